@@ -1,0 +1,361 @@
+"""The book's sources: clean notebooks, the chapter template, the build machinery."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import nbformat
+import pytest
+import yaml
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
+
+from twotower import book
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = book.read_config(ROOT)
+NOTEBOOKS = sorted((ROOT / "book").glob("*.ipynb"))
+CHAPTERS = book.chapters(ROOT)
+
+
+# --- stored notebooks -----------------------------------------------------------------
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_is_valid_and_stored_without_outputs(path):
+    assert book.notebook_problems(path, CONFIG, ROOT) == []
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.name)
+def test_chapter_follows_the_template(path):
+    assert book.structure_problems(path) == []
+
+
+def test_every_notebook_in_book_is_a_chapter_of_the_toc():
+    assert CHAPTERS, "_toc.yml lists no notebook"
+    assert sorted(CHAPTERS) == NOTEBOOKS
+
+
+def test_every_toc_entry_exists():
+    for entry in book.toc_entries(ROOT):
+        found = [ROOT / f"{entry}{suffix}" for suffix in (".md", ".ipynb")]
+        assert any(path.is_file() for path in found), \
+            f"_toc.yml lists {entry}, which is neither .md nor .ipynb"
+
+
+def test_config_keeps_execution_off_and_offline_assets_out_of_static():
+    assert CONFIG["execute"]["execute_notebooks"] == "off"
+    sphinx = CONFIG["sphinx"]["config"]
+    assert sphinx["mathjax_path"].startswith("../vendor/")
+    assert all(path.startswith("../vendor/") for path in sphinx["nb_ipywidgets_js"])
+    assert not (ROOT / "_static").exists() and not (ROOT / "book" / "_static").exists()
+
+
+def _notebook_with(cells, path: Path) -> Path:
+    notebook = new_notebook(cells=cells)
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                       "language": "python"}
+    nbformat.write(notebook, path)
+    return path
+
+
+def test_hygiene_check_fails_on_outputs_and_strip_repairs_it(tmp_path):
+    cell = new_code_cell("print(1)", execution_count=3)
+    cell.outputs = [new_output("stream", name="stdout", text="1\n")]
+    path = _notebook_with([cell], tmp_path / "dirty.ipynb")
+    problems = book.notebook_problems(path)
+    assert any("outputs" in p for p in problems)
+    assert any("execution count" in p for p in problems)
+    notebook = nbformat.read(path, as_version=4)
+    assert book.strip_notebook(notebook)
+    nbformat.write(notebook, path)
+    assert book.notebook_problems(path) == []
+
+
+def test_hygiene_check_fails_on_an_invalid_notebook(tmp_path):
+    path = tmp_path / "broken.ipynb"
+    path.write_text('{"cells": "not a list"}')
+    assert "not a valid notebook" in book.notebook_problems(path)[0]
+
+
+def test_template_check_flags_a_chapter_without_parameters_or_exercises(tmp_path):
+    cells = [new_markdown_cell("# Title"), new_code_cell("import twotower")]
+    path = _notebook_with(cells, tmp_path / "99_bare.ipynb")
+    problems = " ".join(book.structure_problems(path))
+    for expected in ("Colab badge", "install cell", "PRESET", "RUNS_DIR",
+                     "learning objectives", "hide-input", "two exercises", "summary"):
+        assert expected in problems
+
+
+# --- links from _config.yml -----------------------------------------------------------
+
+def test_colab_links_are_built_from_the_repository_in_config():
+    owner, name, branch = book.repository(CONFIG)
+    assert CONFIG["repository"]["url"] == f"https://github.com/{owner}/{name}"
+    assert book.colab_url(CONFIG, "book/01_x") == (
+        f"https://colab.research.google.com/github/{owner}/{name}/blob/{branch}/"
+        "book/01_x.ipynb")
+
+
+def test_links_command_rewrites_badge_and_install_after_a_change_of_url(tmp_path):
+    shutil.copytree(ROOT / "book", tmp_path / "book")
+    shutil.copy(ROOT / "_toc.yml", tmp_path / "_toc.yml")
+    config = dict(CONFIG, repository=dict(CONFIG["repository"],
+                                          url="https://github.com/someone/fork"))
+    (tmp_path / "_config.yml").write_text(yaml.safe_dump(config))
+    chapter = tmp_path / CHAPTERS[0].relative_to(ROOT)
+    assert book.notebook_problems(chapter, config, tmp_path)  # stale links found
+    assert book.main(["--root", str(tmp_path), "links"]) == 0
+    assert book.notebook_problems(chapter, config, tmp_path) == []
+    text = chapter.read_text()
+    assert "github/someone/fork/blob/main/book/" in text
+    assert "git+https://github.com/someone/fork@main" in text
+
+
+# --- student copies -------------------------------------------------------------------
+
+def test_student_copy_drops_solutions_and_keeps_stubs_and_checks(tmp_path):
+    assert book.main(["--root", str(ROOT), "student", "--out", str(tmp_path)]) == 0
+    for chapter in CHAPTERS:
+        source = nbformat.read(chapter, as_version=4)
+        copy = nbformat.read(tmp_path / chapter.name, as_version=4)
+        solutions = [cell for cell in source.cells
+                     if "solution" in cell.metadata.get("tags", [])]
+        assert len(copy.cells) == len(source.cells) - len(solutions)
+        assert not any("solution" in c.metadata.get("tags", []) for c in copy.cells)
+        text = "\n".join(c.source for c in copy.cells)
+        assert "{solution-start}" not in text and "{solution-end}" not in text
+        assert text.count("raise NotImplementedError") >= 2
+        assert len(re.findall(r"checks\.check_\w+\(", text)) >= 2
+
+
+# --- the book's pages -----------------------------------------------------------------
+
+def _all_sources() -> str:
+    texts = [(ROOT / f"{entry}.md").read_text() for entry in book.toc_entries(ROOT)
+             if (ROOT / f"{entry}.md").is_file()]
+    for chapter in CHAPTERS:
+        texts += [c.source for c in nbformat.read(chapter, as_version=4).cells]
+    return "\n".join(texts)
+
+
+def test_every_citation_is_in_references_bib():
+    bib = (ROOT / "references.bib").read_text()
+    keys = set(re.findall(r"@\w+\{([^,]+),", bib))
+    cited = {key.strip() for group in re.findall(r"\{cite[:a-z]*\}`([^`]+)`",
+                                                  _all_sources())
+             for key in group.split(",")}
+    assert cited and cited <= keys, f"not in references.bib: {cited - keys}"
+
+
+def test_every_term_is_in_the_glossary():
+    glossary = (ROOT / "book" / "glossary.md").read_text()
+    terms = {line.strip().lower() for line in glossary.splitlines()
+             if line and not line.startswith((" ", "#", "`", "Terms"))}
+    used = {re.sub(r".*<(.+)>", r"\1", term).strip().lower()
+            for term in re.findall(r"\{term\}`([^`]+)`", _all_sources())}
+    assert used <= terms, f"not in book/glossary.md: {used - terms}"
+
+
+def test_api_page_documents_every_public_module():
+    api = (ROOT / "book" / "api.md").read_text()
+    modules = {path.stem for path in (ROOT / "twotower").glob("*.py")
+               if not path.stem.startswith("_")}
+    listed = set(re.findall(r"twotower-module:: twotower\.(\w+)", api))
+    assert modules <= listed, f"add to book/api.md: {sorted(modules - listed)}"
+    assert listed <= modules, f"book/api.md lists missing modules: {listed - modules}"
+
+
+# --- build machinery (no HTML, no network) --------------------------------------------
+
+def test_offline_check_flags_a_cdn_script_and_accepts_local_copies(tmp_path):
+    (tmp_path / "a.html").write_text(
+        '<script src="https://cdn.jsdelivr.net/npm/mathjax@3/es5/tex-mml-chtml.js">')
+    (tmp_path / "b.html").write_text(
+        '<script src="../_static/../vendor/mathjax/es5/tex-mml-chtml.js"></script>'
+        '<script src="../vendor/html-manager/dist/embed-amd.js"></script>')
+    assert [p.split(":")[0] for p in book.offline_problems(tmp_path)] == ["a.html"]
+
+
+def test_trimmed_toc_leaves_out_chapters_without_an_executed_copy():
+    toc = {"format": "jb-book", "root": "book/intro", "parts": [
+        {"caption": "one", "chapters": [{"file": "book/01_a"}, {"file": "book/02_b"}]},
+        {"caption": "two", "chapters": [{"file": "book/03_c"}]}]}
+    trimmed = book._trim_toc(toc, lambda entry: entry != "book/03_c")
+    assert [part["caption"] for part in trimmed["parts"]] == ["one"]
+    assert len(trimmed["parts"][0]["chapters"]) == 2
+
+
+def test_select_chapters_by_prefix_and_refuse_unknown_ones():
+    paths = [Path("book/01_a.ipynb"), Path("book/02_b.ipynb")]
+    assert book.select_chapters(paths, ["02"]) == [paths[1]]
+    assert book.select_chapters(paths, None) == paths
+    with pytest.raises(book.TwotowerError, match="01_a, 02_b"):
+        book.select_chapters(paths, ["07"])
+
+
+def test_build_refuses_an_unknown_preset_in_one_line(capsys):
+    assert book.main(["--root", str(ROOT), "build", "--preset", "enormous"]) == 2
+    assert "unknown preset" in capsys.readouterr().err
+
+
+def _tiny_book(root: Path, chapters: dict[str, str]) -> None:
+    (root / "book").mkdir(parents=True)
+    (root / "_config.yml").write_text((ROOT / "_config.yml").read_text())
+    files = [{"file": f"book/{name}"} for name in chapters]
+    (root / "_toc.yml").write_text(yaml.safe_dump(
+        {"format": "jb-book", "root": "book/intro",
+         "parts": [{"caption": "t", "chapters": files}]}))
+    (root / "book" / "intro.md").write_text("# Intro\n")
+    for name, body in chapters.items():
+        parameters = new_code_cell('PRESET = "small"\nSEED = 0\nDEVICE = "auto"\n'
+                                   'RUNS_DIR = "runs"')
+        parameters.metadata["tags"] = ["parameters"]
+        _notebook_with([parameters, new_code_cell(body)],
+                       root / "book" / f"{name}.ipynb")
+
+
+def test_build_injects_parameters_keeps_going_after_a_failure_and_times_it(tmp_path):
+    _tiny_book(tmp_path, {
+        "01_fails": "raise RuntimeError('boom')",
+        "02_works": "from pathlib import Path\n"
+                    "Path(RUNS_DIR, 'seen.txt')"
+                    ".write_text(f'{PRESET} {SEED} {DEVICE}')"})
+    out = tmp_path / "_build"
+    status = book.main(["--root", str(tmp_path), "build", "--preset", "smoke",
+                        "--seed", "3", "--out", str(out), "--no-html"])
+    assert status == 1
+    assert (out / "runs" / "smoke" / "seen.txt").read_text() == "smoke 3 auto"
+    timings = json.loads((out / "executed" / "timings.json").read_text())
+    assert [(c["name"], c["status"]) for c in timings["chapters"]] == [
+        ("01_fails", "failed"), ("02_works", "ok")]
+    assert "RuntimeError" in timings["chapters"][0]["error"]
+    failed = nbformat.read(timings["chapters"][0]["notebook"], as_version=4)
+    assert any(output.get("ename") == "RuntimeError"
+               for cell in failed.cells for output in cell.get("outputs", []))
+    injected = [c for c in failed.cells
+                if "injected-parameters" in c.metadata.get("tags", [])]
+    assert injected and "hide-cell" in injected[0].metadata["tags"]
+
+
+def test_check_command_exits_non_zero_on_a_dirty_chapter(tmp_path, capsys):
+    _tiny_book(tmp_path, {"01_dirty": "print(1)"})
+    path = tmp_path / "book" / "01_dirty.ipynb"
+    notebook = nbformat.read(path, as_version=4)
+    notebook.cells[1].outputs = [new_output("stream", name="stdout", text="1\n")]
+    nbformat.write(notebook, path)
+    assert book.main(["--root", str(tmp_path), "check"]) == 1
+    assert "has outputs" in capsys.readouterr().out
+    assert book.main(["--root", str(tmp_path), "strip"]) == 0
+    assert book.notebook_problems(path) == []
+
+
+# --- helpers the chapters call --------------------------------------------------------
+
+def test_live_loss_plot_records_everything_and_draws_nothing_outside_ipython():
+    from matplotlib.figure import Figure
+
+    from twotower.notebook import LiveLossPlot
+
+    plot = LiveLossPlot(every=2)
+    assert not plot._live
+    for step in range(1, 6):
+        plot.on_step_end({"phase": "joint", "step": step, "steps": 5,
+                          "loss": 10.0 / step, "lr": 1e-3})
+    plot.on_eval({"phase": "joint", "step": 5, "val_loss": 2.5, "val_ppl": 12.2})
+    plot.on_step_end({"phase": "readout_a", "step": 1, "steps": 3, "loss": 4.0,
+                      "lr": 5e-4})
+    plot.on_train_end({})
+    assert plot.history["joint"]["step"] == [1, 2, 3, 4, 5]
+    assert plot.history["joint"]["val_ppl"] == [12.2]
+    assert plot._handle is None
+    figure = plot.figure()
+    assert isinstance(figure, Figure) and len(figure.axes[0].lines) >= 3
+
+
+def test_live_loss_plot_redraws_in_place_in_a_notebook(monkeypatch):
+    import IPython.display
+
+    from twotower.notebook import LiveLossPlot
+
+    calls = []
+
+    class Handle:
+        def update(self, image):
+            calls.append(("update", image))
+
+    def display(image, display_id=False):
+        calls.append(("display", image))
+        return Handle()
+
+    monkeypatch.setattr(IPython.display, "display", display)
+    plot = LiveLossPlot(every=3)
+    plot._live = True
+    for step in range(1, 10):
+        plot.on_step_end({"phase": 1, "step": step, "steps": 9, "loss": 1.0, "lr": 0.1})
+    plot.on_train_end({})
+    assert [kind for kind, _ in calls] == ["display", "update", "update", "update"]
+    assert calls[0][1].format == "png" and calls[0][1].data.startswith(b"\x89PNG")
+
+
+def test_notebook_setup_seeds_styles_and_picks_the_cpu(capsys):
+    import matplotlib as mpl
+    import torch
+
+    from twotower import plotting
+    from twotower.notebook import in_colab, setup
+
+    device = setup(seed=5, device="cpu")
+    assert device == torch.device("cpu")
+    first = torch.rand(1)
+    setup(seed=5, device="cpu", quiet=True)
+    assert torch.equal(first, torch.rand(1))
+    assert "device cpu" in capsys.readouterr().out
+    assert mpl.rcParams["axes.spines.top"] is False
+    assert not in_colab()
+    import altair as alt
+
+    assert alt.theme.active == plotting.ALTAIR_THEME
+    assert alt.renderers.active == "svg"
+
+
+def test_plotting_helpers_skip_nan_and_draw_the_architecture():
+    import matplotlib
+    import numpy as np
+
+    matplotlib.use("Agg")
+    from twotower import plotting
+
+    values = np.array([0.5, np.nan, -1.0, 2.0])
+    ax = plotting.sorted_curve(values)
+    assert list(ax.lines[0].get_ydata()) == [2.0, 0.5, -1.0]
+    plotting.hist(values)
+    ax = plotting.agreement([1, 2, 3, np.nan], [1, 2, 4, 5])
+    assert "n = 3" in ax.get_title()
+    with pytest.raises(book.TwotowerError):
+        plotting.agreement([1, 2], [1, 2, 3])
+    ax = plotting.architecture_diagram(n_layers=2, show_readouts=True)
+    texts = " ".join(t.get_text() for t in ax.texts)
+    for word in ("shared token embedding", "tower A", "tower B", "fused head",
+                 "decoder", "readout A", "block 2"):
+        assert word in texts
+    assert plotting.tower_color(1) == plotting.TOWER_COLORS["B"]
+    with pytest.raises(book.TwotowerError):
+        plotting.architecture_diagram(n_layers=40)
+
+
+def test_docstring_extension_escapes_absolute_values_but_not_literals_or_tables():
+    import sys
+
+    sys.path.insert(0, str(ROOT / "book" / "_ext"))
+    try:
+        import twotower_docs
+    finally:
+        sys.path.pop(0)
+    lines = ["sum of |pred - gold| and |r|", "``|x|`` and |y|", "| a | b |", ">>> |z|"]
+    twotower_docs._escape_absolute_values(None, None, None, None, None, lines)
+    assert lines == [r"sum of \|pred - gold\| and \|r\|", r"``|x|`` and \|y\|",
+                     "| a | b |", ">>> |z|"]
+    assert twotower_docs._defined("twotower.errors", "TwotowerError")
+    assert not twotower_docs._defined("twotower.errors", "NoSuchThing")

@@ -1,0 +1,132 @@
+"""Every exercise check accepts its reference and rejects a broken variant."""
+
+from __future__ import annotations
+
+import inspect
+
+import numpy as np
+import pytest
+
+from twotower import checks
+
+
+# --- broken variants: one list per check; a new check_* needs an entry here -----------
+
+def _pref_zero_for_rare(logp_a, logp_b, targets, vocab_size, min_count=5):
+    counts = np.bincount(targets, minlength=vocab_size)
+    sums = np.bincount(targets, weights=logp_a - logp_b, minlength=vocab_size)
+    return sums / np.maximum(counts, 1)  # rare and unseen tokens read as 0, not NaN
+
+
+def _pref_strict_count(logp_a, logp_b, targets, vocab_size, min_count=5):
+    pref = checks._token_preference(logp_a, logp_b, targets, vocab_size, min_count)
+    counts = np.bincount(targets, minlength=vocab_size)
+    pref[counts == min_count] = np.nan  # `>` where `>=` is meant
+    return pref
+
+
+def _pref_sign_flipped(logp_a, logp_b, targets, vocab_size, min_count=5):
+    return -checks._token_preference(logp_a, logp_b, targets, vocab_size, min_count)
+
+
+def _centred_with_nan_mean(pref):
+    return pref - np.mean(pref)  # NaN everywhere as soon as one token is NaN
+
+
+def _centred_nan_to_zero(pref):
+    return np.nan_to_num(pref - np.nanmean(pref))
+
+
+def _centred_by_median(pref):
+    return pref - np.nanmedian(pref)
+
+
+def _split_half_on_all_positions(logp_a, logp_b, targets, half, vocab_size,
+                                 min_count=5):
+    pref = checks._token_preference(logp_a, logp_b, targets, vocab_size, min_count)
+    finite = np.isfinite(pref)
+    return float(np.corrcoef(pref[finite], pref[finite])[0, 1])  # always 1
+
+
+def _split_half_array(logp_a, logp_b, targets, half, vocab_size, min_count=5):
+    r = checks._split_half_correlation(logp_a, logp_b, targets, half, vocab_size,
+                                       min_count)
+    return np.array([r, r])
+
+
+BROKEN = {
+    "check_token_preference": [_pref_zero_for_rare, _pref_strict_count,
+                               _pref_sign_flipped],
+    "check_centred_preference": [_centred_with_nan_mean, _centred_nan_to_zero,
+                                 _centred_by_median],
+    "check_split_half_correlation": [_split_half_on_all_positions, _split_half_array],
+}
+
+CHECKS = {name: function for name, function in inspect.getmembers(checks, callable)
+          if name.startswith("check_")}
+
+
+def test_every_check_has_a_reference_and_a_broken_variant():
+    assert CHECKS, "twotower.checks defines no check_* function"
+    for name, check in CHECKS.items():
+        assert callable(getattr(check, "reference", None)), \
+            f"{name} has no reference; decorate it with @_exercise(reference)"
+    missing = sorted(set(CHECKS) - set(BROKEN))
+    assert not missing, f"add broken variants to BROKEN for: {', '.join(missing)}"
+
+
+@pytest.mark.parametrize("name", sorted(CHECKS))
+def test_check_accepts_its_reference_and_prints_a_pass_line(name, capsys):
+    CHECKS[name](CHECKS[name].reference)
+    assert capsys.readouterr().out.startswith(f"✔ {name} passed")
+
+
+@pytest.mark.parametrize("name, broken", [(name, broken) for name in sorted(BROKEN)
+                                          for broken in BROKEN[name]],
+                         ids=lambda value: getattr(value, "__name__", value))
+def test_check_rejects_a_broken_variant_with_a_one_paragraph_hint(name, broken):
+    with pytest.raises(AssertionError) as failure:
+        CHECKS[name](broken)
+    message = str(failure.value)
+    assert message.startswith(f"✘ {name}")
+    assert "Traceback" not in message and "\n" not in message
+    assert failure.value.__cause__ is None
+
+
+@pytest.mark.parametrize("name", sorted(CHECKS))
+def test_check_says_the_stub_is_not_written_yet(name):
+    def stub(*args, **kwargs):
+        raise NotImplementedError
+
+    with pytest.raises(AssertionError, match="NotImplementedError"):
+        CHECKS[name](stub)
+
+
+def test_check_reports_a_crash_of_the_readers_code_in_one_line():
+    def crashes(logp_a, logp_b, targets, vocab_size, min_count=5):
+        return logp_a[vocab_size * 10**6]
+
+    with pytest.raises(AssertionError, match="raised IndexError") as failure:
+        checks.check_token_preference(crashes)
+    assert failure.value.__suppress_context__
+
+
+def test_check_refuses_a_value_where_a_function_is_expected():
+    with pytest.raises(AssertionError, match="expected a function"):
+        checks.check_centred_preference(np.zeros(3))
+
+
+def test_alternate_halves_balances_every_token():
+    targets = np.array([3, 1, 3, 3, 1, 2, 1, 1])
+    half = checks.alternate_halves(targets)
+    assert half.tolist() == [0, 0, 1, 0, 1, 0, 0, 1]
+    for token in np.unique(targets):
+        counts = np.bincount(half[targets == token], minlength=2)
+        assert abs(counts[0] - counts[1]) <= 1
+
+
+def test_toy_scores_plant_a_preference_that_the_reference_recovers():
+    toy = checks.toy_scores(100_000, vocab_size=50, seed=3, gap=0.5, zipf=0.0)
+    pref = checks._token_preference(toy.logp_a, toy.logp_b, toy.targets, 50)
+    assert np.corrcoef(pref, toy.true_pref)[0, 1] > 0.8
+    assert abs(np.nanmean(pref) - 0.5) < 0.2

@@ -1,0 +1,83 @@
+"""Two processes (gloo on CPU) train exactly like one process with the same global batch."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SCRIPT = r'''
+import json, sys
+import numpy as np, torch
+from twotower import distributed
+from twotower.config import ModelConfig, TrainConfig
+from twotower.model import TwoTowerLM
+from twotower.objectives import Objective
+from twotower.training import WindowBatches, train
+
+family, out = sys.argv[1], sys.argv[2]
+world = distributed.init_from_env()
+torch.manual_seed(0)
+cfg = ModelConfig(family=family, n_layers=1, d_model=16, n_heads=2, d_ff=32,
+                  vocab_size=64, max_len=12, dropout=0.0)
+model = TwoTowerLM(cfg)
+init = {k: v.tolist() for k, v in model.state_dict().items()}
+rng = np.random.default_rng(0)
+windows = rng.integers(5, 64, size=(40, 12))
+windows[:, 0] = 2
+windows[::3, 9:] = 0  # padding: processes hold different numbers of targets
+obj = Objective(family, (0, 1, 2, 3, 4), 0, 2, 4, 64)
+batches = WindowBatches(windows, obj, batch_size=8, seed=1)
+tcfg = TrainConfig(steps=6, batch_size=8, lr=3e-3, warmup_steps=2, precision="fp32",
+                   device="cpu", log_every=1, eval_every=0, checkpoint_every=0)
+train(model, lambda b: model.loss(b.input_ids, b.targets), batches, tcfg,
+      run_dir=out, progress=False)
+if world.is_main:
+    w = {k: v.tolist() for k, v in model.state_dict().items()}
+    json.dump({"final": w, "init": init}, open(out + "/weights.json", "w"))
+'''
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _run(tmp: Path, family: str, nproc: int) -> tuple[list[float], dict]:
+    out = tmp / f"{family}-{nproc}"
+    out.mkdir()
+    script = tmp / "train_script.py"
+    script.write_text(SCRIPT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, str(script), family, str(out)]
+    if nproc > 1:
+        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
+               "--master_addr=127.0.0.1", f"--master_port={_free_port()}", *cmd[1:]]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in lines if "loss" in r]
+    return losses, json.loads((out / "weights.json").read_text())
+
+
+@pytest.mark.parametrize("family", ["causal", "mlm"])
+def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_path,
+                                                                           family):
+    one, w_one = _run(tmp_path, family, 1)
+    two, w_two = _run(tmp_path, family, 2)
+    assert len(one) == len(two) == 6
+    assert two == pytest.approx(one, rel=1e-5, abs=1e-6)
+    moved = max(np.abs(np.subtract(w_one["final"][n], w_one["init"][n])).max()
+                for n in w_one["init"])
+    assert moved > 1e-3  # it trained: the comparison is not between two no-ops
+    w_one, w_two = w_one["final"], w_two["final"]
+    for name in w_one:
+        np.testing.assert_allclose(w_two[name], w_one[name], rtol=1e-4, atol=1e-6,
+                                   err_msg=name)

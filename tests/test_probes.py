@@ -1,0 +1,254 @@
+"""Tests of the structural probes and their metrics in twotower.probes."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.stats import spearmanr
+
+from twotower.errors import TwotowerError
+from twotower.pos import Sentence, tree_depths, tree_distances
+from twotower.probes import (
+    DepthProbe,
+    DistanceProbe,
+    depth_spearman,
+    distance_spearman,
+    evaluate_probe,
+    make_probe_batches,
+    pad_probe_batch,
+    probe_loss,
+    root_accuracy,
+    structural_probe,
+    train_probe,
+    uuas,
+    uuas_counts,
+    word_vectors,
+)
+
+CHAIN = np.array([2, 0, 2, 3])  # 1 - 2 - 3 - 4, rooted at word 2
+STAR = np.array([0, 1, 1, 1])  # words 2, 3, 4 hang from word 1
+
+
+def random_heads(rng: np.random.Generator, n: int) -> np.ndarray:
+    """A random recursive tree on n words, its nodes shuffled into word order."""
+    parent = [-1] + [int(rng.integers(0, node)) for node in range(1, n)]
+    position = rng.permutation(n)
+    heads = np.zeros(n, dtype=np.int64)
+    for node in range(1, n):
+        heads[position[node]] = position[parent[node]] + 1
+    return heads
+
+
+# --- metrics, checked by hand ------------------------------------------------------
+
+
+def test_uuas_finds_two_of_three_chain_edges():
+    pred = np.full((4, 4), 5.0)
+    np.fill_diagonal(pred, 0.0)
+    for i, j in [(0, 1), (1, 2), (1, 3)]:  # the predicted tree: 2 gold edges + (2, 4)
+        pred[i, j] = pred[j, i] = 1.0
+    assert uuas(pred, CHAIN) == pytest.approx(2 / 3)
+    assert uuas_counts(pred, CHAIN) == (2, 3)
+
+
+def test_uuas_of_a_chain_prediction_on_a_star_is_one_third():
+    chain_pred = np.abs(np.subtract.outer(np.arange(4), np.arange(4))).astype(float)
+    assert uuas(chain_pred, STAR) == pytest.approx(1 / 3)  # only edge 1 - 2 is shared
+    assert uuas(chain_pred, CHAIN) == 1.0
+
+
+def test_uuas_counts_zero_and_tiny_distances_as_edges():
+    # scipy treats (near-)zero entries as "no edge": the gold edges here are exactly 0
+    gold = tree_distances(STAR).astype(float)
+    assert uuas(gold - 1.0, STAR) == 1.0
+    assert uuas(gold * 1e-12, STAR) == 1.0
+    assert uuas(np.zeros((4, 4)), STAR) <= 1.0  # all ties: some tree, no crash
+
+
+def test_uuas_is_nan_without_edges_and_can_leave_out_words():
+    assert math.isnan(uuas(np.zeros((1, 1)), np.array([0])))
+    heads = np.array([2, 0, 2, 2])  # word 4 is punctuation hanging from the root
+    pred = tree_distances(heads).astype(float)
+    pred[0, 3] = pred[3, 0] = 0.5  # would pull "4" into the tree via word 1
+    assert uuas_counts(pred, heads) == (2, 3)
+    assert uuas_counts(pred, heads, keep=np.array([1, 1, 1, 0], bool)) == (2, 2)
+
+
+def test_uuas_rejects_wrong_shapes_and_nan():
+    with pytest.raises(TwotowerError):
+        uuas(np.zeros((3, 3)), CHAIN)
+    with pytest.raises(TwotowerError, match="NaN"):
+        uuas(np.full((4, 4), np.nan), CHAIN)
+
+
+def test_distance_spearman_matches_a_hand_computation():
+    gold = tree_distances(np.array([2, 0, 2]))  # [[0,1,2],[1,0,1],[2,1,0]]
+    pred = np.array([[0, 1, 3], [1, 0, 2], [3, 2, 0]], dtype=float)
+    # rows 1 and 3 rank alike (1.0); row 2: ranks (2.5, 1, 2.5) vs (2, 1, 3), centred
+    # (.5, -1, .5) . (0, -1, 1) = 1.5 over sqrt(1.5) sqrt(2): sqrt(3) / 2
+    assert distance_spearman(pred, gold) == pytest.approx((2 + math.sqrt(3) / 2) / 3)
+    pred[0] = 0.0  # a constant row has no rank correlation and is skipped
+    assert distance_spearman(pred, gold) == pytest.approx((1 + math.sqrt(3) / 2) / 2)
+    assert math.isnan(distance_spearman(np.zeros((1, 1)), np.zeros((1, 1))))
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(3, 12), st.integers(0, 2**31))
+def test_distance_spearman_agrees_with_scipy_row_by_row(n, seed):
+    rng = np.random.default_rng(seed)
+    pred = rng.random((n, n))
+    gold = tree_distances(random_heads(rng, n))
+    expected = np.mean([spearmanr(pred[i], gold[i])[0] for i in range(n)])
+    assert distance_spearman(pred, gold) == pytest.approx(expected)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(2, 15), st.integers(0, 2**31))
+def test_any_increasing_map_of_gold_distances_scores_perfectly(n, seed):
+    rng = np.random.default_rng(seed)
+    heads = random_heads(rng, n)
+    pred = 3.0 * tree_distances(heads).astype(float) ** 2 - 7.0
+    assert uuas(pred, heads) == 1.0
+    assert distance_spearman(pred, tree_distances(heads)) == pytest.approx(1.0)
+    assert root_accuracy(tree_depths(heads) + 0.5, heads) == 1.0
+
+
+def test_depth_spearman_and_root_accuracy_by_hand():
+    heads = np.array([2, 0, 2])  # depths (1, 0, 1)
+    assert depth_spearman(np.array([1.0, 0.2, 3.0]), tree_depths(heads)) == (
+        pytest.approx(math.sqrt(3) / 2))  # ranks (2.5, 1, 2.5) vs (2, 1, 3)
+    assert depth_spearman(np.array([0.1, 0.5, 2.0]), np.array([0, 1, 2])) == 1.0
+    assert depth_spearman(np.array([1.0, 2.0, 3.0]), np.array([3, 2, 1])) == -1.0
+    assert math.isnan(depth_spearman(np.ones(3), tree_depths(heads)))
+    assert root_accuracy(np.array([1.0, 0.0, 2.0]), heads) == 1.0
+    assert root_accuracy(np.array([0.0, 1.0, 2.0]), heads) == 0.0
+    assert root_accuracy(np.array([0.0, 1.0, 2.0]), heads, keep=np.array([0, 1, 1],
+                                                                          bool)) == 1.0
+
+
+# --- probes ------------------------------------------------------------------------
+
+
+def test_distance_probe_predicts_squared_projected_distances():
+    probe = DistanceProbe(6, rank=3, seed=1)
+    h = torch.randn(2, 5, 6)
+    z = h @ probe.proj
+    brute = ((z[:, :, None, :] - z[:, None, :, :]) ** 2).sum(-1)
+    torch.testing.assert_close(probe.predict(h), brute, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(DepthProbe(6, 3, seed=1).predict(h), (z**2).sum(-1))
+
+
+def test_padding_changes_neither_the_loss_nor_its_normalisation():
+    rng = np.random.default_rng(0)
+    heads = [random_heads(rng, 3), random_heads(rng, 7)]
+    vectors = [rng.standard_normal((len(h), 4)) for h in heads]
+    for probe in (DistanceProbe(4, 2), DepthProbe(4, 2)):
+        (both,) = make_probe_batches(vectors, heads, batch_size=2)
+        alone = [make_probe_batches([v], [h])[0] for v, h in zip(vectors, heads)]
+        expected = (probe_loss(probe, alone[0]) + probe_loss(probe, alone[1])) / 2
+        torch.testing.assert_close(probe_loss(probe, both), expected)
+    assert both.features.shape == (2, 7, 4) and both.mask.sum() == 10
+
+
+def test_pad_probe_batch_rejects_targets_of_the_wrong_size():
+    with pytest.raises(TwotowerError, match="targets"):
+        pad_probe_batch([np.zeros((3, 2))], [np.zeros((2, 2))], [np.zeros(3)])
+
+
+def test_word_vectors_average_subwords_and_drop_special_tokens():
+    subwords = np.arange(10, dtype=np.float32).reshape(5, 2)  # [CLS] a b c [SEP]
+    words = word_vectors(subwords, [None, 0, 0, 1, None])
+    np.testing.assert_allclose(words, [[3.0, 4.0], [6.0, 7.0]])
+    as_tensor = word_vectors(torch.from_numpy(subwords), np.array([-1, 0, 0, 1, -1]))
+    assert isinstance(as_tensor, torch.Tensor) and as_tensor.shape == (2, 2)
+    with pytest.raises(TwotowerError, match="no subword"):
+        word_vectors(subwords, [0, 0, 2, 2, 2])
+
+
+# --- probes recover a planted tree ---------------------------------------------------
+
+SYNTAX_DIM, NOISE_DIM = 24, 40
+
+
+def planted_vectors(rng, heads, rotation):
+    """Word vectors whose first SYNTAX_DIM coordinates, before ``rotation``, embed the
+    tree exactly: a word is the sum of orthonormal edge vectors on its path from the
+    root, so squared distance is tree distance and squared norm is depth."""
+    n = len(heads)
+    edges, _ = np.linalg.qr(rng.standard_normal((SYNTAX_DIM, n)))  # (S, n) orthonormal
+    syntax = np.zeros((n, SYNTAX_DIM))
+    for word in np.argsort(tree_depths(heads), kind="stable"):  # parents first
+        if heads[word]:
+            syntax[word] = syntax[heads[word] - 1] + edges[:, word]
+    noise = rng.standard_normal((n, NOISE_DIM))
+    return np.concatenate([syntax, noise], axis=1) @ rotation
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    # these tensors are tiny: on a busy 2-core machine, threads only add waiting
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def planted():
+    rng = np.random.default_rng(0)
+    dim = SYNTAX_DIM + NOISE_DIM
+    rotation, _ = np.linalg.qr(rng.standard_normal((dim, dim)))
+    sentences = []
+    for _ in range(150):
+        n = int(rng.integers(6, 17))
+        sentences.append(Sentence([f"w{i}" for i in range(n)], ["NOUN"] * n,
+                                  random_heads(rng, n)))
+    vectors = {id(s): planted_vectors(rng, s.heads, rotation) for s in sentences}
+    shuffled = {key: v[rng.permutation(len(v))] for key, v in vectors.items()}
+    return sentences, vectors, shuffled
+
+
+@pytest.mark.parametrize("task", ["distance", "depth"])
+def test_probe_recovers_a_planted_tree_and_not_a_shuffled_one(planted, task):
+    sentences, vectors, shuffled = planted
+    train, test = sentences[:110], sentences[110:]
+    options = dict(task=task, rank=32, epochs=40, lr=1e-2, batch_size=25)
+    _, scores = structural_probe(lambda ss: [vectors[id(s)] for s in ss],
+                                 train, test, **options)
+    _, control = structural_probe(lambda ss: [shuffled[id(s)] for s in ss],
+                                  train, test, **options)
+    assert scores.n_sentences == 40 and scores.task == task
+    assert set(scores.spearman_by_length) <= set(range(6, 17))
+    assert scores.spearman > 0.85 and control.spearman < 0.5
+    if task == "distance":
+        assert scores.uuas > 0.9 and control.uuas < 0.5
+        assert math.isnan(scores.root_accuracy)
+    else:
+        assert scores.root_accuracy > 0.9 and control.root_accuracy < 0.5
+        assert math.isnan(scores.uuas)
+
+
+def test_probe_training_is_deterministic_in_its_seed(planted):
+    sentences, vectors, _ = planted
+    batches = make_probe_batches([vectors[id(s)] for s in sentences[:40]],
+                                 [s.heads for s in sentences[:40]], batch_size=10)
+    runs = []
+    for _ in range(2):
+        probe = DistanceProbe(SYNTAX_DIM + NOISE_DIM, rank=8, seed=3)
+        runs.append((train_probe(probe, batches, epochs=3, lr=1e-2, seed=5), probe))
+    assert runs[0][0] == runs[1][0] and runs[0][0][-1] < runs[0][0][0]
+    torch.testing.assert_close(runs[0][1].proj, runs[1][1].proj, rtol=0, atol=0)
+
+
+def test_evaluate_probe_rejects_features_of_the_wrong_length(planted):
+    sentences, vectors, _ = planted
+    probe = DepthProbe(SYNTAX_DIM + NOISE_DIM, rank=4)
+    with pytest.raises(TwotowerError, match="one vector per UD word"):
+        evaluate_probe(probe, [vectors[id(sentences[0])][:-1]], sentences[:1])
+    with pytest.raises(TwotowerError, match="one per sentence"):
+        evaluate_probe(probe, [], sentences[:1])

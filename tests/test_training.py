@@ -1,0 +1,417 @@
+"""The training loop and its checkpoints: learning, determinism, resume, failures."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from twotower import checkpoint as ckpt
+from twotower.config import FAMILIES
+from twotower.errors import TwotowerError
+from twotower.model import IGNORE, TwoTowerLM
+from twotower.runtime import seed_everything
+from twotower.training import (WindowBatches, evaluate, make_optimizer, param_groups,
+                               train)
+
+
+class Record:
+    """Callback that keeps every state it is given."""
+
+    def __init__(self):
+        self.steps, self.evals, self.end = [], [], None
+
+    def on_step_end(self, state):
+        self.steps.append(dict(state))
+
+    def on_eval(self, state):
+        self.evals.append(dict(state))
+
+    def on_train_end(self, state):
+        self.end = dict(state)
+
+    @property
+    def losses(self):
+        return [s["loss"] for s in self.steps]
+
+
+class Interrupt(Exception):
+    pass
+
+
+class InterruptAt:
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, state):
+        if state["step"] == self.step:
+            raise Interrupt(f"stopped at {self.step}")
+
+
+def model_loss(model):
+    return lambda b: model.loss(b.input_ids, b.targets)
+
+
+def make_model(cfg, seed):
+    seed_everything(seed)
+    return TwoTowerLM(cfg)
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+# --- learning -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_tiny_model_overfits_one_repeated_batch(family, tiny_config, train_config,
+                                                  synthetic_windows, make_objective):
+    cfg = tiny_config(family, n_layers=1, d_model=32, d_ff=64 if family != "bilm"
+                      else 32)
+    model = make_model(cfg, 0)
+    windows = synthetic_windows(4, 12, 60, pad=False)
+    objective = make_objective(family, mlm_probability=0.3)
+    batch = objective.make_batch(windows, torch.Generator().manual_seed(0))
+    assert batch.n_targets >= 10
+    record = Record()
+    train(model, lambda b: model.loss(batch.input_ids, batch.targets),
+          WindowBatches(windows, objective, 4, 0),
+          train_config(steps=120, lr=1e-2, warmup_steps=10), callbacks=[record],
+          progress=False)
+    assert record.losses[0] > 3.5  # about log(64) at the start
+    assert record.losses[-1] < 0.5
+
+
+def test_training_lowers_the_validation_loss(tiny_config, train_config, synthetic_data):
+    """Not memorisation only: a repeating pattern in the data is learned."""
+    cfg = tiny_config("causal")
+    model = make_model(cfg, 0)
+    objective = synthetic_data.objective("causal")
+    windows = torch.arange(12).repeat(40, 1).numpy() % 7 + 5  # 5 6 7 .. 11 5 6 ..
+    windows[:, 0] = 2
+    batches = WindowBatches(windows[:32], objective, 8, 0)
+    val = WindowBatches(windows[32:], objective, 8, 0)
+    before = evaluate(model_loss(model), model, val.eval_batches(), torch.device("cpu"),
+                      None)["val_loss"]
+    summary = train(model, model_loss(model), batches, train_config(steps=40, lr=1e-2),
+                    val=val, progress=False)
+    assert summary["val_loss"] < 0.5 * before
+    assert summary["val_ppl"] == pytest.approx(math.exp(summary["val_loss"]))
+
+
+# --- determinism ----------------------------------------------------------------------
+
+def run_training(cfg, tcfg, data, seed, run_dir=None, callbacks=()):
+    model = make_model(cfg, seed)
+    objective = data.objective(cfg.family)
+    record = Record()
+    train(model, model_loss(model), WindowBatches(data.train, objective, 4, seed), tcfg,
+          run_dir=run_dir, callbacks=[record, *callbacks], progress=False)
+    return model, record.losses
+
+
+def test_the_same_seed_gives_bit_identical_weights_and_losses(tiny_config, train_config,
+                                                              synthetic_data,
+                                                              weights_equal):
+    cfg = tiny_config("mlm", dropout=0.1)  # masks, dropout and init all seeded
+    tcfg = train_config(steps=6, seed=3)
+    a, losses_a = run_training(cfg, tcfg, synthetic_data, 3)
+    b, losses_b = run_training(cfg, tcfg, synthetic_data, 3)
+    assert losses_a == losses_b
+    assert weights_equal(a, b)
+    c, losses_c = run_training(cfg, train_config(steps=6, seed=4), synthetic_data, 4)
+    assert losses_c != losses_a
+    assert not weights_equal(a, c)
+
+
+@pytest.mark.parametrize("family", ["causal", "mlm", "bilm"])
+def test_resuming_after_an_interruption_gives_the_same_weights_as_one_go(
+        family, tiny_config, train_config, synthetic_data, tmp_path, weights_equal):
+    cfg = tiny_config(family, n_layers=1, dropout=0.2)  # dropout: RNG restore matters
+    tcfg = train_config(steps=8, checkpoint_every=3, keep_checkpoints=5)
+    whole, losses = run_training(cfg, tcfg, synthetic_data, 0, tmp_path / "whole")
+
+    with pytest.raises(Interrupt):  # dies in step 5, after the checkpoint of step 3
+        run_training(cfg, tcfg, synthetic_data, 0, tmp_path / "cut", [InterruptAt(5)])
+    assert ckpt.latest_checkpoint(tmp_path / "cut" / "joint").name == "step-0000003"
+    torch.rand(100)  # the global RNG moves on in between, as in a new process
+    resumed, later_losses = run_training(cfg, tcfg, synthetic_data, 99, tmp_path / "cut")
+    assert later_losses == losses[3:]
+    assert weights_equal(whole, resumed)
+    lines = [json.loads(l) for l in (tmp_path / "cut" / "metrics.jsonl").read_text()
+             .splitlines()]
+    assert [r["step"] for r in lines if "loss" in r] == list(range(1, 9))
+
+
+def test_a_finished_phase_is_not_trained_again(tiny_config, train_config, synthetic_data,
+                                               tmp_path, weights_equal):
+    cfg = tiny_config("causal")
+    tcfg = train_config(steps=4)
+    first, _ = run_training(cfg, tcfg, synthetic_data, 0, tmp_path)
+    metrics = (tmp_path / "metrics.jsonl").read_text()
+    again, losses = run_training(cfg, tcfg, synthetic_data, 5, tmp_path)
+    assert losses == []
+    assert weights_equal(first, again)
+    assert (tmp_path / "metrics.jsonl").read_text() == metrics
+
+
+# --- failures -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_non_finite_loss_names_the_step_and_the_last_good_checkpoint(
+        bad, tiny_config, train_config, synthetic_data, tmp_path):
+    model = make_model(tiny_config("causal"), 0)
+    objective = synthetic_data.objective("causal")
+    calls = []
+
+    def loss_fn(batch):
+        calls.append(1)
+        loss = model.loss(batch.input_ids, batch.targets)
+        return loss * bad if len(calls) == 6 else loss  # step 5 (0-based)
+
+    on_disk = {}
+
+    class SnapshotBeforeStep5:
+        def on_step_end(self, state):
+            if state["step"] == 5:  # the checkpoint of step 4 is written by now
+                on_disk.update(snapshot(tmp_path / "joint"))
+
+    with pytest.raises(TwotowerError) as err:
+        train(model, loss_fn, WindowBatches(synthetic_data.train, objective, 4, 0),
+              train_config(steps=10, checkpoint_every=2), run_dir=tmp_path,
+              callbacks=[SnapshotBeforeStep5()], progress=False)
+    message = str(err.value)
+    assert "\n" not in message
+    assert "step 5" in message and "step-0000004" in message
+    assert on_disk and snapshot(tmp_path / "joint") == on_disk
+
+
+def test_a_model_with_nothing_to_train_is_refused(tiny_config, train_config):
+    model = TwoTowerLM(tiny_config("causal")).requires_grad_(False)
+    with pytest.raises(TwotowerError, match="frozen"):
+        make_optimizer(model, train_config(), torch.device("cpu"))
+
+
+# --- optimiser ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_weight_decay_is_on_weight_matrices_only(family, tiny_config):
+    model = TwoTowerLM(tiny_config(family))
+    decay, no_decay = param_groups(model, 0.01)
+    assert decay["weight_decay"] == 0.01 and no_decay["weight_decay"] == 0.0
+    names = {id(p): n for n, p in model.named_parameters()}
+    norm_params = {id(p) for m in model.modules() if "LayerNorm" in type(m).__name__
+                   for p in m.parameters()}
+    for p in no_decay["params"]:
+        assert "bias" in names[id(p)] or id(p) in norm_params, names[id(p)]
+    for p in decay["params"]:
+        assert "bias" not in names[id(p)] and id(p) not in norm_params, names[id(p)]
+    assert len(decay["params"]) + len(no_decay["params"]) == len(names)
+    assert names[id(model.tok_emb.weight)] in {names[id(p)] for p in decay["params"]}
+
+
+def test_learning_rate_warms_up_linearly_then_decays_to_zero(tiny_config, train_config,
+                                                             synthetic_data):
+    model = TwoTowerLM(tiny_config("causal", n_layers=1))
+    record = Record()
+    tcfg = train_config(steps=10, warmup_steps=4, lr=1e-2)
+    train(model, model_loss(model),
+          WindowBatches(synthetic_data.train, synthetic_data.objective("causal"), 4, 0),
+          tcfg, callbacks=[record], progress=False)
+    # state["lr"] is the rate of the NEXT step; the first step ran at lr / warmup
+    lrs = [tcfg.lr / 4] + [s["lr"] for s in record.steps]
+    expected = [1e-2 * (s + 1) / 4 for s in range(4)] + \
+        [1e-2 * (1 - s / 6) for s in range(7)]
+    assert lrs == pytest.approx(expected, abs=1e-9)
+
+
+def test_evaluate_is_the_token_weighted_mean_over_batches(tiny_config, synthetic_data):
+    model = TwoTowerLM(tiny_config("causal")).eval()
+    objective = synthetic_data.objective("causal")
+    batches = WindowBatches(synthetic_data.val, objective, 3, 0).eval_batches()
+    assert len({b.n_targets for b in batches}) > 1  # unequal batches, so weights matter
+    result = evaluate(model_loss(model), model, batches, torch.device("cpu"), None)
+    ids = torch.cat([b.input_ids for b in batches])
+    targets = torch.cat([b.targets for b in batches])
+    with torch.no_grad():
+        expected = F.cross_entropy(model(ids).flatten(0, 1), targets.flatten(),
+                                   ignore_index=IGNORE)
+    assert result["val_loss"] == pytest.approx(float(expected), rel=1e-5)
+    assert result["val_tokens"] == int((targets != IGNORE).sum())
+
+
+def test_batches_depend_only_on_seed_and_step(synthetic_data):
+    objective = synthetic_data.objective("mlm")
+    a = WindowBatches(synthetic_data.train, objective, 4, 0)
+    b = WindowBatches(synthetic_data.train, objective, 4, 0)
+    for step in (0, 7, 3):
+        x, y = a.train_batch(step), b.train_batch(step)
+        assert torch.equal(x.input_ids, y.input_ids) and torch.equal(x.targets, y.targets)
+    assert not torch.equal(a.train_batch(0).targets, a.train_batch(1).targets)
+    assert not torch.equal(a.train_batch(0).input_ids,
+                           WindowBatches(synthetic_data.train, objective, 4, 1)
+                           .train_batch(0).input_ids)
+    first, second = a.eval_batches(), a.eval_batches()
+    assert all(torch.equal(p.input_ids, q.input_ids) for p, q in zip(first, second))
+    assert sum(len(p.input_ids) for p in first) == len(synthetic_data.train)
+
+
+# --- checkpoints ----------------------------------------------------------------------
+
+def save_one(directory, model, step=5, keep=2):
+    state = {"optimizer": {"lr": 0.1, "moments": [torch.randn(3)]}, "rng": {
+        "torch": torch.get_rng_state()}}
+    return ckpt.save_checkpoint(directory, step, model, state, {"phase": "joint"},
+                                keep=keep), state
+
+
+def test_checkpoint_round_trip_restores_identical_weights_and_state(tiny_config,
+                                                                    tmp_path,
+                                                                    weights_equal):
+    cfg = tiny_config("mlm")
+    model = make_model(cfg, 0)
+    path, state = save_one(tmp_path, model)
+    assert path == tmp_path / "step-0000005"
+    assert ckpt.latest_checkpoint(tmp_path) == path
+    other = make_model(cfg, 1)
+    assert not weights_equal(model, other)
+    ckpt.load_weights(path, other)
+    assert weights_equal(model, other)
+    loaded = ckpt.load_state(path)
+    assert loaded["optimizer"]["lr"] == 0.1
+    assert torch.equal(loaded["optimizer"]["moments"][0], state["optimizer"]["moments"][0])
+    assert torch.equal(loaded["rng"]["torch"], state["rng"]["torch"])
+    assert ckpt.load_meta(path) == {"phase": "joint", "step": 5}
+
+
+def test_only_the_newest_checkpoints_are_kept(tiny_config, tmp_path):
+    model = TwoTowerLM(tiny_config("causal", n_layers=1))
+    for step in (1, 2, 3, 4):
+        save_one(tmp_path, model, step, keep=2)
+    assert sorted(p.name for p in tmp_path.glob("step-*")) == ["step-0000003",
+                                                               "step-0000004"]
+    assert ckpt.latest_checkpoint(tmp_path).name == "step-0000004"
+    assert not list(tmp_path.glob(".tmp-*"))
+
+
+class Payload:
+    """Would run code when unpickled if unpickling were allowed."""
+
+    loaded = False
+
+    def __reduce__(self):
+        return (_mark_loaded, ())
+
+
+def _mark_loaded():
+    Payload.loaded = True
+    return "pwned"
+
+
+def test_a_pickle_payload_in_state_pt_is_refused(tiny_config, tmp_path):
+    path, _ = save_one(tmp_path, TwoTowerLM(tiny_config("causal", n_layers=1)))
+    torch.save({"optimizer": {}, "extra": Payload()}, path / ckpt.STATE)
+    with pytest.raises(TwotowerError) as err:
+        ckpt.load_state(path)
+    assert "refusing" in str(err.value) and "\n" not in str(err.value)
+    assert not Payload.loaded
+    with open(path / ckpt.STATE, "rb") as f:  # it really is a payload
+        torch.load(f, weights_only=False)
+    assert Payload.loaded
+    Payload.loaded = False
+
+
+def test_a_truncated_state_pt_is_refused(tiny_config, tmp_path):
+    path, _ = save_one(tmp_path, TwoTowerLM(tiny_config("causal", n_layers=1)))
+    data = (path / ckpt.STATE).read_bytes()
+    (path / ckpt.STATE).write_bytes(data[:len(data) // 2])
+    with pytest.raises(TwotowerError, match="truncated or damaged"):
+        ckpt.load_state(path)
+
+
+@pytest.mark.parametrize("change", [{"d_model": 32}, {"n_layers": 1}, {"vocab_size": 128}])
+def test_weights_saved_with_another_config_are_refused(change, tiny_config, tmp_path):
+    model = TwoTowerLM(tiny_config("mlm"))
+    path, _ = save_one(tmp_path, model)
+    other = TwoTowerLM(tiny_config("mlm", **change))
+    with pytest.raises(TwotowerError) as err:
+        ckpt.load_weights(path, other)
+    assert "another config" in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.xfail(reason="bug: checkpoint.py load_weights calls safetensors load_model "
+                   "(load_state_dict strict=False), which copies every tensor whose "
+                   "shape fits before the size mismatch is raised, so a refused load "
+                   "leaves the module half overwritten", strict=True)
+def test_a_refused_load_leaves_the_model_untouched(tiny_config, tmp_path):
+    path, _ = save_one(tmp_path, TwoTowerLM(tiny_config("mlm")))
+    other = TwoTowerLM(tiny_config("mlm", vocab_size=128))  # only the embedding differs
+    before = {k: v.clone() for k, v in other.state_dict().items()}
+    with pytest.raises(TwotowerError):
+        ckpt.load_weights(path, other)
+    after = other.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "empty"])
+def test_a_damaged_weights_file_is_refused(damage, tiny_config, tmp_path):
+    model = TwoTowerLM(tiny_config("causal", n_layers=1))
+    path, _ = save_one(tmp_path, model)
+    file = path / ckpt.WEIGHTS
+    data = file.read_bytes()
+    file.write_bytes({"truncate": data[:len(data) // 2],
+                      "garbage": b"\x00\xff" * 500, "empty": b""}[damage])
+    with pytest.raises(TwotowerError) as err:
+        ckpt.load_weights(path, model)
+    assert "\n" not in str(err.value)
+
+
+def test_missing_weights_are_refused(tiny_config, tmp_path):
+    with pytest.raises(TwotowerError, match="no weights"):
+        ckpt.load_weights(tmp_path, TwoTowerLM(tiny_config("causal", n_layers=1)))
+
+
+@pytest.mark.parametrize("pointer", ["step-0000009", "", "step-0000004", "../x"])
+def test_a_damaged_latest_pointer_falls_back_to_the_newest_complete_checkpoint(
+        pointer, tiny_config, tmp_path):
+    model = TwoTowerLM(tiny_config("causal", n_layers=1))
+    for step in (2, 3):
+        save_one(tmp_path, model, step, keep=5)
+    incomplete = tmp_path / "step-0000004"  # a directory without meta.json
+    incomplete.mkdir()
+    (incomplete / ckpt.WEIGHTS).write_bytes(b"")
+    (tmp_path / ckpt.LATEST).write_text(pointer)
+    assert ckpt.latest_checkpoint(tmp_path) == tmp_path / "step-0000003"
+
+
+@pytest.mark.xfail(reason="bug: checkpoint.py latest_checkpoint reads the pointer with "
+                   "read_text(encoding='utf-8') and lets UnicodeDecodeError (and "
+                   "ValueError for a NUL byte) escape instead of falling back",
+                   strict=True)
+@pytest.mark.parametrize("garbage", [b"\xff\xfe\x00\x01", b"step-000\x000003"])
+def test_a_latest_pointer_of_binary_garbage_falls_back(garbage, tiny_config, tmp_path):
+    model = TwoTowerLM(tiny_config("causal", n_layers=1))
+    save_one(tmp_path, model, 3)
+    (tmp_path / ckpt.LATEST).write_bytes(garbage)
+    assert ckpt.latest_checkpoint(tmp_path) == tmp_path / "step-0000003"
+
+
+def test_no_checkpoint_at_all_gives_none(tmp_path):
+    assert ckpt.latest_checkpoint(tmp_path) is None
+    assert ckpt.latest_checkpoint(tmp_path / "missing") is None
+
+
+def test_resaving_a_step_replaces_it(tiny_config, tmp_path, weights_equal):
+    cfg = tiny_config("causal", n_layers=1)
+    save_one(tmp_path, make_model(cfg, 0), 3)
+    newer = make_model(cfg, 1)
+    save_one(tmp_path, newer, 3)
+    loaded = make_model(cfg, 2)
+    ckpt.load_weights(tmp_path / "step-0000003", loaded)
+    assert weights_equal(newer, loaded)
+

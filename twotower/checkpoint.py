@@ -1,0 +1,157 @@
+"""Checkpoints that survive crashes and refuse files that are not what they claim.
+
+Introduced in chapter 6 (*Training on a GPU (or not)*).
+
+A checkpoint is a directory ``step-000123/`` holding ``model.safetensors`` (weights: no
+code can hide in them), ``state.pt`` (optimizer, schedule and RNG states: tensors and
+numbers only, read with ``torch.load(weights_only=True)``) and ``meta.json``. It is written
+under a temporary name, flushed to disk, then renamed, and only then does the ``latest``
+pointer move (itself replaced atomically), so a crash at any moment leaves the previous
+checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_model, save_model
+from torch import nn
+
+from .errors import TwotowerError
+
+WEIGHTS, STATE, META, LATEST = "model.safetensors", "state.pt", "meta.json", "latest"
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Replace ``path`` by ``text`` so readers see the old or the new file, never half."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def save_checkpoint(directory: Path, step: int, module: nn.Module, state: dict,
+                    meta: dict, keep: int = 2) -> Path:
+    """Write checkpoint ``directory/step-{step}`` atomically and keep the newest ``keep``.
+
+    Args:
+        directory: the phase's checkpoint folder.
+        step: optimiser steps done.
+        module: whose ``state_dict`` goes to safetensors (tied weights stored once).
+        state: optimizer/scheduler/RNG states (tensors, numbers, lists, dicts only).
+        meta: JSON-able description (config, phase, step).
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    final = directory / f"step-{step:07d}"
+    tmp = directory / f".tmp-step-{step:07d}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    save_model(module, str(tmp / WEIGHTS))
+    torch.save(state, tmp / STATE)
+    (tmp / META).write_text(json.dumps({**meta, "step": step}, indent=1))
+    for name in (WEIGHTS, STATE, META):
+        _fsync_file(tmp / name)
+    _fsync_dir(tmp)
+    if final.exists():  # a rerun of the same step: the old copy goes only now
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _fsync_dir(directory)
+    write_text_atomic(directory / LATEST, final.name)
+    for old in sorted(directory.glob("step-*"))[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def latest_checkpoint(directory: Path) -> Path | None:
+    """The newest complete checkpoint in ``directory``, or None."""
+    directory = Path(directory)
+    pointer = directory / LATEST
+    if pointer.exists():
+        candidate = directory / pointer.read_text(encoding="utf-8").strip()
+        if (candidate / META).exists():
+            return candidate
+    complete = [p for p in sorted(directory.glob("step-*")) if (p / META).exists()]
+    return complete[-1] if complete else None
+
+
+def load_weights(path: Path, module: nn.Module) -> None:
+    """Load ``path/model.safetensors`` (or a ``.safetensors`` file) into ``module``.
+
+    Raises:
+        TwotowerError: when the file is missing, truncated or damaged, or its tensors
+            do not match the module (a checkpoint made with another config).
+    """
+    path = Path(path)
+    file = path / WEIGHTS if path.is_dir() else path
+    if not file.exists():
+        raise TwotowerError(f"no weights at {file}; point at a checkpoint directory "
+                            "made by twotower")
+    try:
+        missing, unexpected = load_model(module, str(file), strict=False, device="cpu")
+    except (SafetensorError, OSError, ValueError) as err:
+        raise TwotowerError(f"cannot read {file} ({str(err).splitlines()[0]}); the file "
+                            "is truncated or not safetensors: use an earlier "
+                            "checkpoint") from None
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()
+        detail = next((l.strip() for l in first if "size mismatch" in l), first[0])
+        raise TwotowerError(f"{file} does not fit this model ({detail[:160]}); it was "
+                            "saved with another config: load it with its own "
+                            "config.json") from None
+    if missing or unexpected:
+        raise TwotowerError(f"{file} does not fit this model (missing {len(missing)} "
+                            f"tensors e.g. {missing[:2]}, unexpected {unexpected[:2]}); "
+                            "it was saved with another config")
+
+
+def load_state(path: Path) -> dict:
+    """``state.pt`` of a checkpoint, refusing anything that would run code.
+
+    Raises:
+        TwotowerError: for a pickle payload (code), a truncated or damaged file.
+    """
+    file = Path(path) / STATE
+    try:
+        return torch.load(file, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise TwotowerError(f"refusing to load {file}: it holds Python objects that "
+                            f"would run code ({str(err).splitlines()[0][:120]}); only "
+                            "load checkpoints made by twotower") from None
+    except (RuntimeError, EOFError, OSError) as err:
+        raise TwotowerError(f"cannot read {file} ({str(err).splitlines()[0][:120]}); "
+                            "it is truncated or damaged: use an earlier checkpoint"
+                            ) from None
+
+
+def load_meta(path: Path) -> dict:
+    """``meta.json`` of a checkpoint."""
+    file = Path(path) / META
+    try:
+        return json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise TwotowerError(f"cannot read {file} ({err}); use an earlier checkpoint"
+                            ) from None

@@ -1,0 +1,139 @@
+"""Command line: ``python -m twotower run|presets ...``.
+
+Every mistake a user can make ends in one line on stderr, ``error: ...`` naming the fix,
+and exit status 2; never a traceback from inside the library.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+import time
+
+from .config import FAMILIES, PRESETS, RunConfig, get_preset
+from .errors import TwotowerError
+
+
+def _positive(kind=int):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        return value
+    return parse
+
+
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m twotower", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="phase 1 -> readouts -> preference (resumable)")
+    run.add_argument("--preset", default="small", choices=list(PRESETS))
+    run.add_argument("--family", default="causal", choices=FAMILIES)
+    run.add_argument("--seed", type=_non_negative, default=0)
+    run.add_argument("--out", required=True, help="run directory (rerun to resume)")
+    run.add_argument("--steps", type=_positive(), help="phase 1 steps (preset's default)")
+    run.add_argument("--readout-steps", type=_positive(), help="phase 2/3 steps")
+    run.add_argument("--batch-size", type=_positive(), help="windows per step")
+    run.add_argument("--lr", type=_positive(float), help="peak learning rate")
+    run.add_argument("--device", help="auto (default), cpu, cuda, cuda:N, mps")
+    run.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"))
+    run.add_argument("--corpus", help="wikitext-2, wikitext-103 or a path to .txt files")
+    run.add_argument("--source", choices=("auto", "hub", "bundled"))
+    run.add_argument("--baseline", action="store_true",
+                     help="also train the parameter-matched single-tower model")
+    run.add_argument("--compile", action="store_true", help="use torch.compile")
+    run.add_argument("--detect-anomaly", action="store_true",
+                     help="torch anomaly detection (slow; find where NaNs start)")
+    run.add_argument("--cache-dir", help="tokenizer and token cache (default "
+                     "$TWOTOWER_CACHE or ~/.cache/twotower)")
+    run.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    sub.add_parser("presets", help="list the presets and their sizes")
+    sub.add_parser("bench", help="speed figures (see python -m twotower bench --help)")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    """The preset for ``args.family`` with the command-line overrides applied."""
+    cfg = get_preset(args.preset, args.family).with_seed(args.seed)
+    train_over = {k: v for k, v in {
+        "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
+        "device": args.device, "precision": args.precision, "compile": args.compile,
+        "detect_anomaly": args.detect_anomaly}.items() if v not in (None, False)}
+    readout_over = {k: v for k, v in train_over.items() if k not in ("steps", "lr")}
+    if args.readout_steps:
+        readout_over["steps"] = args.readout_steps
+    data_over = {k: v for k, v in {"corpus": args.corpus, "source": args.source}.items()
+                 if v is not None}
+    for part, over in (("train", train_over), ("readout", readout_over)):
+        new = dataclasses.replace(getattr(cfg, part), **over)
+        if new.warmup_steps >= new.steps:  # a short override keeps a sane schedule
+            new = dataclasses.replace(new, warmup_steps=max(1, new.steps // 10))
+        cfg = dataclasses.replace(cfg, **{part: new})
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, **data_over),
+                               baseline=args.baseline or cfg.baseline)
+
+
+def _print_presets() -> None:
+    from .model import count_parameters
+    print(f"{'preset':<12} {'family':<7} {'layers':>6} {'d_model':>7} {'params':>12} "
+          f"{'steps':>7} {'batch':>5} {'ctx':>4}")
+    for name, by_family in PRESETS.items():
+        for family, cfg in by_family.items():
+            m, t = cfg.model, cfg.train
+            print(f"{name:<12} {family:<7} {m.n_layers:>6} {m.d_model:>7} "
+                  f"{count_parameters(m, 2):>12,} {t.steps:>7} {t.batch_size:>5} "
+                  f"{m.max_len:>4}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:  # its own parser: python -m twotower bench --help
+        from .bench import main as bench_main
+        return bench_main(argv[1:])
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        if args.command == "presets":
+            _print_presets()
+            return 0
+        from .distributed import init_from_env
+        from .pipeline import run  # heavy imports only when needed
+        cfg = config_from_args(args)
+        if not init_from_env().is_main:  # under torchrun: rank 0 reports
+            run(cfg, args.out, cache_dir=args.cache_dir, progress=False)
+            return 0
+        started = time.perf_counter()
+        results = run(cfg, args.out, cache_dir=args.cache_dir, progress=not args.quiet)
+        scores, pref = results["scores"], results["preference"]
+        print(f"done in {time.perf_counter() - started:.1f}s -> {args.out}")
+        print(f"joint ppl {scores['joint_ppl']:.1f}, readout A {scores['readout_a_ppl']:.1f},"
+              f" readout B {scores['readout_b_ppl']:.1f}; pref over "
+              f"{pref['n_tokens']} tokens: sd {pref.get('sd', float('nan')):.3f}, "
+              f"split-half r {results['split_half']['r']:.2f}")
+        print(json.dumps({k: round(v, 1) for k, v in results["seconds"].items()}))
+        return 0
+    except TwotowerError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; rerun the same command to resume from the last checkpoint",
+              file=sys.stderr)
+        return 130

@@ -1,0 +1,191 @@
+"""Token preference: which tower predicts which token better, with its noise ceiling.
+
+Introduced in chapter 8 (*The emerging preference*).
+
+For each vocabulary id v (PAPER.md section 1.3):
+``ll_k(v)`` = mean log-probability readout k gives to v over the positions where v is
+the target, ``n(v)`` their number, and ``pref(v) = ll_A(v) - ll_B(v)`` in nats (> 0: tower
+A predicts v better). Tokens seen fewer than ``min_count`` times get NaN, never 0 (the
+authors' code read unseen tokens as 0: bug 5). Everything is a ``bincount`` over the
+per-position arrays: no Python loop over tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from .errors import TwotowerError
+from .readouts import TokenScores
+
+
+def _means(ids: np.ndarray, values: np.ndarray, vocab_size: int):
+    count = np.bincount(ids, minlength=vocab_size).astype(np.int64)
+    total = np.bincount(ids, weights=values, minlength=vocab_size)  # sums in fp64
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return count, total / count
+
+
+def token_preference(scores: TokenScores, vocab_size: int, min_count: int = 5,
+                     tokens: list[str] | None = None) -> pd.DataFrame:
+    """Per-token mean log-probabilities, counts and preference.
+
+    Args:
+        scores: paired per-position scores of the two readouts.
+        vocab_size: V (ids must be < V).
+        min_count: tokens with fewer occurrences get NaN.
+        tokens: optional id -> string table for a ``token`` column.
+
+    Returns:
+        DataFrame indexed by id with columns ``token`` (if given), ``count``, ``ll_a``,
+        ``ll_b``, ``pref``, ``pref_se`` (standard error of the mean difference), only
+        for ids seen at least once.
+    """
+    if scores.ll.shape[0] != 2:
+        raise TwotowerError("preference needs exactly two readouts (towers A and B)")
+    ids = scores.target.astype(np.intp)  # bincount's native index type
+    if ids.size and ids.max() >= vocab_size:
+        raise TwotowerError(f"token id {ids.max()} >= vocab_size {vocab_size}; pass the "
+                            "model's vocab_size")
+    diff = scores.ll[0] - scores.ll[1]  # fp32 values; bincount sums them in fp64
+    count, ll_a = _means(ids, scores.ll[0], vocab_size)
+    _, ll_b = _means(ids, scores.ll[1], vocab_size)
+    _, mean_sq = _means(ids, np.square(diff), vocab_size)
+    mean_diff = ll_a - ll_b  # the mean of differences is the difference of means
+    with np.errstate(invalid="ignore", divide="ignore"):
+        var = (mean_sq - mean_diff**2) * count / (count - 1)
+        se = np.sqrt(np.maximum(var, 0) / count)
+    seen = np.flatnonzero(count)
+    df = pd.DataFrame({"count": count[seen], "ll_a": ll_a[seen], "ll_b": ll_b[seen],
+                       "pref": mean_diff[seen], "pref_se": se[seen]},
+                      index=pd.Index(seen, name="id"))
+    df.loc[df["count"] < min_count, ["pref", "pref_se"]] = np.nan
+    if tokens is not None:
+        df.insert(0, "token", [tokens[i] for i in seen])
+    return df
+
+
+def naive_token_preference(scores: TokenScores, min_count: int = 5) -> dict[int, float]:
+    """Per-token averaging as a plain Python loop over positions, the way the authors'
+    code accumulates per-vocabulary sums (reference for tests and for the benchmark)."""
+    total: dict[int, float] = {}
+    count: dict[int, int] = {}
+    for target, a, b in zip(scores.target, scores.ll[0], scores.ll[1]):
+        t = int(target)
+        total[t] = total.get(t, 0.0) + float(a) - float(b)
+        count[t] = count.get(t, 0) + 1
+    return {t: (total[t] / count[t] if count[t] >= min_count else float("nan"))
+            for t in total}
+
+
+@dataclass(frozen=True)
+class SplitHalf:
+    """Split-half reliability of ``pref``: the noise ceiling of any correlation.
+
+    ``r`` correlates pref computed on two random halves of each token's occurrences;
+    ``ceiling`` is the Spearman-Brown estimate for full-length data, ``2r / (1 + r)``.
+    """
+
+    r: float
+    ceiling: float
+    n_tokens: int
+    r_centred: float  # the same after removing each half's mean gap between towers
+
+
+def half_assignment(ids: np.ndarray, seed: int) -> np.ndarray:
+    """0/1 per occurrence, balanced within each token (random order, then alternate)."""
+    rng = np.random.default_rng(seed)
+    order = np.lexsort((rng.random(ids.size), ids))  # grouped by id, random inside
+    sorted_ids = ids[order]
+    starts = np.r_[0, np.flatnonzero(np.diff(sorted_ids)) + 1]
+    rank = np.arange(ids.size) - np.repeat(starts, np.diff(np.r_[starts, ids.size]))
+    half = np.empty(ids.size, dtype=np.int8)
+    half[order] = rank % 2
+    return half
+
+
+def pearson(x: np.ndarray, y: np.ndarray) -> float:
+    """Pearson r over entries finite in both (NaN when fewer than 3)."""
+    ok = np.isfinite(x) & np.isfinite(y)
+    if ok.sum() < 3 or np.std(x[ok]) == 0 or np.std(y[ok]) == 0:
+        return float("nan")
+    return float(stats.pearsonr(x[ok], y[ok])[0])
+
+
+def split_half(scores: TokenScores, vocab_size: int, min_count: int = 5,
+               seed: int = 0) -> SplitHalf:
+    """Correlate pref between two random halves of every token's occurrences.
+
+    Only tokens with at least ``min_count`` occurrences in EACH half count.
+    """
+    ids = scores.target.astype(np.int64)
+    diff = scores.ll[0].astype(np.float64) - scores.ll[1]
+    half = half_assignment(ids, seed)
+    prefs = []
+    for h in (0, 1):
+        count, mean = _means(ids[half == h], diff[half == h], vocab_size)
+        mean[count < min_count] = np.nan
+        prefs.append(mean)
+    r = pearson(*prefs)
+    centred = [p - np.nanmean(p) for p in prefs]
+    n = int((np.isfinite(prefs[0]) & np.isfinite(prefs[1])).sum())
+    ceiling = 2 * r / (1 + r) if np.isfinite(r) and r > -1 else float("nan")
+    return SplitHalf(r=r, ceiling=float(ceiling), n_tokens=n,
+                     r_centred=pearson(*centred))
+
+
+def bootstrap_correlation(x: np.ndarray, y: np.ndarray, n_boot: int = 1000,
+                          seed: int = 0, level: float = 0.95) -> tuple[float, float, float]:
+    """Pearson r over tokens with a percentile bootstrap interval (tokens resampled).
+
+    Returns: ``(r, low, high)``.
+    """
+    ok = np.isfinite(x) & np.isfinite(y)
+    x, y = np.asarray(x)[ok], np.asarray(y)[ok]
+    if x.size < 3:
+        return float("nan"), float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, x.size, size=(n_boot, x.size))
+    xs, ys = x[idx], y[idx]
+    xs = xs - xs.mean(1, keepdims=True)
+    ys = ys - ys.mean(1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rs = (xs * ys).sum(1) / np.sqrt((xs**2).sum(1) * (ys**2).sum(1))
+    lo, hi = np.nanquantile(rs, [(1 - level) / 2, (1 + level) / 2])
+    return pearson(x, y), float(lo), float(hi)
+
+
+def centred_preference(df: pd.DataFrame) -> pd.Series:
+    """pref with the global gap, difficulty and frequency regressed out: the residual of
+    regressing pref on ``[1, mean loss, log count]`` over tokens.
+
+    A tower that is simply better everywhere, or hard tokens that have larger loss
+    differences, make raw prefs correlate across runs without any division of labour
+    (PAPER.md section 1.3); this residual removes both.
+    """
+    ok = df["pref"].notna()
+    sub = df[ok]
+    difficulty = -(sub["ll_a"] + sub["ll_b"]) / 2
+    X = np.column_stack([np.ones(len(sub)), difficulty, np.log(sub["count"])])
+    coef, *_ = np.linalg.lstsq(X, sub["pref"].to_numpy(), rcond=None)
+    out = pd.Series(np.nan, index=df.index, name="pref_centred")
+    out[ok] = sub["pref"].to_numpy() - X @ coef
+    return out
+
+
+def preference_summary(df: pd.DataFrame, scores: TokenScores | None = None) -> dict:
+    """Spread and balance of pref over tokens with enough occurrences."""
+    p = df["pref"].dropna().to_numpy()
+    out = {"n_tokens": int(p.size)}
+    if p.size:
+        q = np.quantile(p, [0.05, 0.25, 0.5, 0.75, 0.95])
+        out.update({"mean": float(p.mean()), "sd": float(p.std(ddof=1)) if p.size > 1
+                    else float("nan"), "share_a_better": float((p > 0).mean()),
+                    "q05": q[0], "q25": q[1], "median": q[2], "q75": q[3], "q95": q[4]})
+        out = {k: float(v) if isinstance(v, np.floating) else v for k, v in out.items()}
+    if scores is not None:
+        out["global_gap"] = float((scores.ll[0].astype(np.float64) - scores.ll[1]).mean())
+    return out

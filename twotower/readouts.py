@@ -1,0 +1,165 @@
+"""Phases 2 and 3: read each tower alone through a fresh readout on frozen towers.
+
+Introduced in chapter 7 (*Reading each tower alone*).
+
+After joint training, the embedding and the towers are frozen with
+``requires_grad_(False)`` and left out of the optimiser (the authors only wrapped them in
+``no_grad`` while they stayed in the optimiser, so weight decay still moved them: bug 3).
+Each tower gets a fresh, untied readout that normalises *that tower's* output on its own
+(the authors normalised the concatenation of both towers and then sliced it, so each
+readout saw statistics of the other tower: bug 2). Both readouts are trained on the same
+batches and scored on identical positions and masks (the authors scored them on different
+random subsets: bug 4), with log-probabilities in fp32 (bug 5).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import TrainConfig
+from .model import IGNORE, TowerLM
+from .objectives import Batch
+from .runtime import autocast, resolve_device, resolve_precision
+from .training import WindowBatches, train
+
+
+class Readout(nn.Module):
+    """LayerNorm (one tower only) -> dense D->D -> GELU -> LayerNorm -> linear D->V."""
+
+    def __init__(self, d_model: int, vocab_size: int):
+        super().__init__()
+        self.norm_in = nn.LayerNorm(d_model)
+        self.dense = nn.Linear(d_model, d_model)
+        self.norm_out = nn.LayerNorm(d_model)
+        self.decoder = nn.Linear(d_model, vocab_size)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        """``(N, D) -> logits (N, V)``."""
+        return self.decoder(self.norm_out(F.gelu(self.dense(self.norm_in(h)))))
+
+
+class TowerReadouts(nn.Module):
+    """One :class:`Readout` per tower. Holds no reference to the (frozen) model."""
+
+    def __init__(self, d_model: int, vocab_size: int, n_towers: int = 2):
+        super().__init__()
+        self.readouts = nn.ModuleList(Readout(d_model, vocab_size)
+                                      for _ in range(n_towers))
+
+    def loss(self, model: TowerLM, batch: Batch) -> torch.Tensor:
+        """Sum over towers of each readout's mean cross-entropy (fp32).
+
+        The towers are frozen, so each readout's gradient comes from its own term only.
+        """
+        with torch.no_grad():
+            features = model.features(batch.input_ids)  # (K, B, T, D)
+        keep = batch.targets != IGNORE
+        target = batch.targets[keep]
+        return sum(F.cross_entropy(r(features[k][keep]).float(), target)
+                   for k, r in enumerate(self.readouts))
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    """Take every parameter out of training and switch dropout off."""
+    model.requires_grad_(False)
+    return model.eval()
+
+
+def train_readouts(model: TowerLM, batches: WindowBatches, cfg: TrainConfig, *,
+                   val: WindowBatches | None = None, run_dir: Path | None = None,
+                   callbacks: Iterable = (), progress: bool = True,
+                   phase: str = "readouts") -> tuple[TowerReadouts, dict]:
+    """Freeze ``model`` and train one fresh readout per tower (phases 2 and 3).
+
+    Both readouts see the same batches; gradients are clipped per readout.
+
+    Returns:
+        ``(readouts, training summary)``.
+    """
+    freeze(model).to(resolve_device(cfg.device))
+    torch.manual_seed(cfg.seed + 1)  # readout init differs from the model's
+    readouts = TowerReadouts(model.cfg.d_model, model.cfg.vocab_size, model.n_towers)
+    summary = train(readouts, lambda b: readouts.loss(model, b), batches, cfg,
+                    phase=phase, val=val, run_dir=run_dir, callbacks=callbacks,
+                    clip_groups=[list(r.parameters()) for r in readouts.readouts],
+                    progress=progress)
+    return readouts.eval(), summary
+
+
+@dataclass(frozen=True)
+class TokenScores:
+    """Per scored position: the target id and each predictor's log-probability of it.
+
+    ``ll[k]`` is readout k's fp32 log-probability of the true token; ``joint`` the
+    fused head's. All arrays have one entry per scored position (N,).
+    """
+
+    target: np.ndarray  # (N,) int32
+    ll: np.ndarray  # (K, N) float32
+    joint: np.ndarray  # (N,) float32
+
+    @property
+    def ll_a(self) -> np.ndarray:
+        return self.ll[0]
+
+    @property
+    def ll_b(self) -> np.ndarray:
+        return self.ll[1]
+
+    def save(self, path: Path) -> None:
+        np.savez_compressed(path, target=self.target, ll=self.ll, joint=self.joint)
+
+    @classmethod
+    def load(cls, path: Path) -> "TokenScores":
+        with np.load(path) as z:
+            return cls(z["target"], z["ll"], z["joint"])
+
+
+def _true_logprob(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return logits.float().log_softmax(-1).gather(1, target[:, None])[:, 0]
+
+
+@torch.no_grad()
+def score_readouts(model: TowerLM, readouts: TowerReadouts, batches: Iterable[Batch],
+                   device: str | torch.device = "auto", precision: str = "auto"
+                   ) -> TokenScores:
+    """Score every readout and the fused head on the SAME positions and masks.
+
+    Streams over ``batches``; memory grows by 16 bytes per scored position.
+    """
+    device = resolve_device(device)
+    dtype = resolve_precision(precision, device)
+    model.to(device).eval()
+    readouts.to(device).eval()
+    targets, lls, joints = [], [], []
+    with autocast(device, dtype):
+        for batch in batches:
+            batch = batch.to(device)
+            features = model.features(batch.input_ids)  # (K, B, T, D)
+            keep = batch.targets != IGNORE
+            target = batch.targets[keep]
+            joint = model.head_logits(model.fuse(features)[keep])
+            joints.append(_true_logprob(joint, target).cpu())
+            lls.append(torch.stack([_true_logprob(r(features[k][keep]), target)
+                                    for k, r in enumerate(readouts.readouts)]).cpu())
+            targets.append(target.to(torch.int32).cpu())
+    return TokenScores(torch.cat(targets).numpy(), torch.cat(lls, 1).numpy(),
+                       torch.cat(joints).numpy())
+
+
+def loss_summary(scores: TokenScores) -> dict:
+    """Mean loss (nats) and perplexity of the joint head and of each readout."""
+    out = {"scored_tokens": int(scores.target.size)}
+    named = {"joint": scores.joint, **{f"readout_{'ab'[k]}": scores.ll[k]
+                                       for k in range(scores.ll.shape[0])}}
+    for name, ll in named.items():
+        loss = float(-ll.mean())
+        out[f"{name}_loss"], out[f"{name}_ppl"] = loss, float(np.exp(min(loss, 50.0)))
+    return out

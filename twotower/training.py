@@ -1,0 +1,314 @@
+"""One training loop for every phase: joint model (phase 1) and readouts (phases 2/3).
+
+Introduced in chapter 6 (*Training on a GPU (or not)*).
+
+AdamW (betas 0.9/0.98, weight decay only on weight matrices), linear warm-up then linear
+decay to 0 (``torch.optim.lr_scheduler``), gradient clipping, autocast (bf16 on CPU),
+optional ``torch.compile``, a ``tqdm`` progress bar, callbacks, a JSON-lines metrics log,
+validation loss and perplexity, atomic checkpoints and exact resume: the batch and masks
+of step ``s`` depend only on ``(seed, s)``, and the RNG state is saved, so a resumed run
+takes the same steps as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from . import checkpoint as ckpt
+from . import distributed as dist_
+from .config import TrainConfig, config_to_dict
+from .data import batch_windows, iter_batches
+from .errors import TwotowerError
+from .objectives import Batch, Objective, step_generator
+from .runtime import autocast, resolve_device, resolve_precision
+
+LossFn = Callable[[Batch], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class WindowBatches:
+    """Training and evaluation batches of one objective over a window array.
+
+    Args:
+        windows: ``(N, T)`` token windows.
+        objective: turns windows into inputs and targets.
+        batch_size: windows per optimiser step.
+        seed: batch order and masks.
+    """
+
+    windows: np.ndarray
+    objective: Objective
+    batch_size: int
+    seed: int
+
+    def train_batch(self, step: int) -> Batch:
+        """The batch of optimiser step ``step`` (the same on every call)."""
+        rows = batch_windows(self.windows, step, self.batch_size, self.seed)
+        return self.objective.make_batch(rows, step_generator(self.seed, step))
+
+    def eval_batches(self, limit: int = 0, batch_size: int | None = None) -> list[Batch]:
+        """Batches over the windows in order, with fixed masks (``limit`` 0 = all)."""
+        out = []
+        for i, rows in enumerate(iter_batches(self.windows, batch_size or self.batch_size)):
+            if limit and i >= limit:
+                break
+            out.append(self.objective.make_batch(rows, step_generator(self.seed, i, 1)))
+        return out
+
+
+def param_groups(module: nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on weight matrices only: never on biases and norm parameters."""
+    decay, no_decay = [], []
+    for name, p in module.named_parameters():
+        if not p.requires_grad:
+            continue
+        is_norm = "norm" in name.split(".")[-2] if "." in name else False
+        (no_decay if p.ndim < 2 or name.endswith("bias") or is_norm else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0}]
+
+
+def make_optimizer(module: nn.Module, cfg: TrainConfig, device: torch.device):
+    """AdamW (fused on CUDA, foreach elsewhere) and its warm-up/decay schedule."""
+    groups = param_groups(module, cfg.weight_decay)
+    if not any(g["params"] for g in groups):
+        raise TwotowerError("nothing to train: every parameter is frozen")
+    fused = device.type == "cuda"
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, fused=fused or None,
+                            foreach=None if fused else True)
+    warmup = max(1, min(cfg.warmup_steps, cfg.steps - 1))
+    sched = torch.optim.lr_scheduler.SequentialLR(opt, [
+        torch.optim.lr_scheduler.LinearLR(opt, 1.0 / warmup, 1.0, total_iters=warmup),
+        torch.optim.lr_scheduler.LinearLR(opt, 1.0, 0.0,
+                                          total_iters=max(1, cfg.steps - warmup)),
+    ], milestones=[warmup])
+    return opt, sched
+
+
+def evaluate(loss_fn: LossFn, module: nn.Module, batches: Sequence[Batch],
+             device: torch.device, dtype: torch.dtype | None) -> dict:
+    """Token-weighted mean loss and perplexity over ``batches``."""
+    was_training = module.training
+    module.eval()
+    total, count = 0.0, 0
+    with torch.no_grad(), autocast(device, dtype):
+        for batch in batches:
+            n = batch.n_targets
+            if n:
+                total += float(loss_fn(batch.to(device))) * n
+                count += n
+    module.train(was_training)
+    loss = total / max(count, 1)
+    return {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0)), "val_tokens": count}
+
+
+class MetricsLog:
+    """Append-only JSON lines, one per logged step; resuming drops lines past the step."""
+
+    def __init__(self, path: Path | None, phase: str, resume_step: int):
+        self.path, self.phase = path, phase
+        if path is None:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        kept = []
+        if path.exists():
+            for line in path.read_text(encoding="utf-8").splitlines():
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:  # a line cut short by a crash
+                    continue
+                if rec.get("phase") != phase or rec.get("step", 0) <= resume_step:
+                    kept.append(line)
+        ckpt.write_text_atomic(path, "".join(l + "\n" for l in kept))
+
+    def write(self, record: dict) -> None:
+        if self.path is not None:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps({"phase": self.phase, **record}) + "\n")
+
+
+class _LossModule(nn.Module):
+    """Lets DistributedDataParallel wrap "module + loss function" as one forward."""
+
+    def __init__(self, module: nn.Module, loss_fn: LossFn):
+        super().__init__()
+        self.module, self.loss_fn = module, loss_fn
+
+    def forward(self, input_ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return self.loss_fn(Batch(input_ids, targets))
+
+
+def _call(callbacks: Iterable, name: str, state: dict) -> None:
+    for cb in callbacks:
+        fn = getattr(cb, name, None)
+        if fn is not None:
+            fn(state)
+
+
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def train(
+    module: nn.Module,
+    loss_fn: LossFn,
+    batches: WindowBatches,
+    cfg: TrainConfig,
+    *,
+    phase: str = "joint",
+    val: WindowBatches | None = None,
+    run_dir: Path | str | None = None,
+    callbacks: Iterable = (),
+    clip_groups: Sequence[Sequence[nn.Parameter]] | None = None,
+    meta: dict | None = None,
+    progress: bool = True,
+) -> dict:
+    """Train ``module`` by minimising ``loss_fn`` for ``cfg.steps`` steps (or resume).
+
+    Args:
+        module: what is trained and checkpointed (only its ``requires_grad`` params
+            are optimised).
+        loss_fn: batch -> scalar fp32 loss; runs under autocast.
+        batches: training batches; ``val`` the validation ones.
+        cfg: optimiser, schedule, precision, bookkeeping.
+        phase: name used in logs and for the checkpoint folder ``run_dir/<phase>``.
+        run_dir: where ``metrics.jsonl`` and checkpoints go (None: nothing saved).
+        callbacks: objects with any of ``on_step_end(state)``, ``on_eval(state)``,
+            ``on_train_end(state)``; ``state`` is a dict (phase, step, steps, loss, lr...).
+        clip_groups: clip each group's gradient norm separately (one per readout);
+            default: one global norm.
+        meta: extra JSON saved in every checkpoint's ``meta.json``.
+
+    Returns:
+        Summary dict: steps, final train loss, val loss/perplexity, tokens per second.
+
+    Raises:
+        TwotowerError: NaN/inf loss (naming step, batch and last good checkpoint).
+    """
+    world = dist_.current()
+    device = resolve_device(dist_.device_for(world, cfg.device))
+    dtype = resolve_precision(cfg.precision, device)
+    module.to(device).train()
+    opt, sched = make_optimizer(module, cfg, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    run_dir = Path(run_dir) if run_dir is not None else None
+    ckpt_dir = run_dir / phase if run_dir is not None else None
+    meta = {"phase": phase, "train_config": config_to_dict(cfg), **(meta or {})}
+
+    start = 0
+    last = ckpt.latest_checkpoint(ckpt_dir) if ckpt_dir is not None else None
+    if last is not None:
+        ckpt.load_weights(last, module)
+        state = ckpt.load_state(last)
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        _set_rng_state(state["rng"])
+        start = ckpt.load_meta(last)["step"]
+    log = MetricsLog(run_dir / "metrics.jsonl" if run_dir and world.is_main else None,
+                     phase, start)
+    step_loss = _LossModule(module, torch.compile(loss_fn) if cfg.compile else loss_fn)
+    if world.active:
+        step_loss = nn.parallel.DistributedDataParallel(
+            step_loss, device_ids=[device.index] if device.type == "cuda" else None)
+    groups = clip_groups or [[p for p in module.parameters() if p.requires_grad]]
+    val_batches = val.eval_batches(cfg.eval_batches) if val is not None else []
+
+    def save(step: int) -> None:
+        if ckpt_dir is not None and world.is_main:
+            state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                     "scaler": scaler.state_dict(), "rng": _rng_state()}
+            ckpt.save_checkpoint(ckpt_dir, step, module, state, meta,
+                                 keep=cfg.keep_checkpoints)
+        dist_.barrier(world)
+
+    summary = {"phase": phase, "steps": cfg.steps, "resumed_from": start}
+    bar = tqdm(total=cfg.steps, initial=start, desc=phase,
+               disable=not (progress and world.is_main), mininterval=1.0,
+               dynamic_ncols=True)
+    window_loss, window_tokens, window_steps, t0 = 0.0, 0, 0, time.perf_counter()
+    first_step_time = t0
+    with torch.autograd.set_detect_anomaly(cfg.detect_anomaly):
+        for step in range(start, cfg.steps):
+            batch = batches.train_batch(step)
+            batch = batch.rows(slice(world.rank, None, world.world)).to(device)
+            n_local = batch.n_targets
+            # Scale so that DDP's average of the gradients is the gradient of the
+            # global batch's mean loss (processes may hold different target counts).
+            share = n_local * world.world / max(dist_.global_count(n_local, device,
+                                                                   world), 1)
+            with autocast(device, dtype):
+                loss = step_loss(batch.input_ids, batch.targets)
+            # The global batch's mean loss: the sum of every process's share.
+            value = dist_.all_sum(float(loss.detach()) * share / world.world, device,
+                                  world)
+            if not math.isfinite(value):
+                good = ckpt.latest_checkpoint(ckpt_dir) if ckpt_dir else None
+                bar.close()
+                raise TwotowerError(
+                    f"loss became {value} at step {step} (batch {step} of seed "
+                    f"{batches.seed}) in phase {phase}; last good checkpoint: {good}; "
+                    "lower --lr or rerun with --detect-anomaly")
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss * share).backward()
+            scaler.unscale_(opt)
+            for params in groups:
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            scaler.step(opt)
+            scaler.update()
+            sched.step()
+            window_loss += value
+            window_tokens += batch.input_ids.numel() * world.world
+            window_steps += 1
+            done = step + 1
+            state = {"phase": phase, "step": done, "steps": cfg.steps,
+                     "loss": value, "lr": sched.get_last_lr()[0]}
+            _call(callbacks, "on_step_end", state)
+            bar.update(1)
+            if done % cfg.log_every == 0 or done == cfg.steps:
+                now = time.perf_counter()
+                rec = {"step": done, "loss": window_loss / window_steps,
+                       "lr": state["lr"], "tokens_per_s": window_tokens / (now - t0)}
+                log.write(rec)
+                bar.set_postfix(loss=f"{rec['loss']:.3f}")
+                summary["train_loss"] = rec["loss"]
+                window_loss, window_tokens, window_steps, t0 = 0.0, 0, 0, now
+            if val_batches and (done == cfg.steps or
+                                (cfg.eval_every and done % cfg.eval_every == 0)):
+                ev = evaluate(loss_fn, module, val_batches, device, dtype)
+                log.write({"step": done, **ev})
+                summary.update(ev)
+                _call(callbacks, "on_eval", {"phase": phase, "step": done, **ev})
+            if done == cfg.steps or (cfg.checkpoint_every and
+                                     done % cfg.checkpoint_every == 0):
+                save(done)
+    bar.close()
+    elapsed = time.perf_counter() - first_step_time
+    trained = cfg.steps - start
+    summary["seconds"] = elapsed
+    if trained:
+        summary["tokens_per_s"] = trained * batches.batch_size * batches.windows.shape[1] \
+            / elapsed
+    if val_batches and "val_loss" not in summary:  # resumed after the last step
+        summary.update(evaluate(loss_fn, module, val_batches, device, dtype))
+    _call(callbacks, "on_train_end", summary)
+    return summary
