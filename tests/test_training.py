@@ -106,11 +106,13 @@ def test_training_lowers_the_validation_loss(tiny_config, train_config, syntheti
 
 # --- determinism ----------------------------------------------------------------------
 
-def run_training(cfg, tcfg, data, seed, run_dir=None, callbacks=()):
-    model = make_model(cfg, seed)
+def run_training(cfg, tcfg, data, init_seed, run_dir=None, callbacks=()):
+    """Build a model from ``init_seed`` and train it; batches and masks follow tcfg.seed."""
+    model = make_model(cfg, init_seed)
     objective = data.objective(cfg.family)
     record = Record()
-    train(model, model_loss(model), WindowBatches(data.train, objective, 4, seed), tcfg,
+    train(model, model_loss(model), WindowBatches(data.train, objective, 4, tcfg.seed),
+          tcfg,
           run_dir=run_dir, callbacks=[record, *callbacks], progress=False)
     return model, record.losses
 
@@ -224,10 +226,13 @@ def test_learning_rate_warms_up_linearly_then_decays_to_zero(tiny_config, train_
           WindowBatches(synthetic_data.train, synthetic_data.objective("causal"), 4, 0),
           tcfg, callbacks=[record], progress=False)
     # state["lr"] is the rate of the NEXT step; the first step ran at lr / warmup
-    lrs = [tcfg.lr / 4] + [s["lr"] for s in record.steps]
-    expected = [1e-2 * (s + 1) / 4 for s in range(4)] + \
-        [1e-2 * (1 - s / 6) for s in range(7)]
-    assert lrs == pytest.approx(expected, abs=1e-9)
+    lrs = [tcfg.lr / 4] + [s["lr"] for s in record.steps]  # rate of steps 0..10
+    assert lrs[0] == pytest.approx(tcfg.lr / 4)
+    assert max(lrs) == pytest.approx(tcfg.lr) and lrs[4] == pytest.approx(tcfg.lr)
+    up, down = torch.tensor(lrs[:5]).diff(), torch.tensor(lrs[4:]).diff()
+    assert (up > 0).all() and torch.allclose(up, up[0].expand_as(up))  # linear up
+    assert (down < 0).all() and torch.allclose(down, down[0].expand_as(down))  # down
+    assert lrs[-1] == pytest.approx(0.0, abs=1e-12)  # reaches 0 after the last step
 
 
 def test_evaluate_is_the_token_weighted_mean_over_batches(tiny_config, synthetic_data):
@@ -334,7 +339,15 @@ def test_a_truncated_state_pt_is_refused(tiny_config, tmp_path):
         ckpt.load_state(path)
 
 
-@pytest.mark.parametrize("change", [{"d_model": 32}, {"n_layers": 1}, {"vocab_size": 128}])
+@pytest.mark.parametrize("change", [
+    {"d_model": 32}, {"vocab_size": 128},
+    pytest.param({"n_layers": 1}, id="fewer-layers", marks=pytest.mark.xfail(
+        reason="bug: checkpoint.py load_weights formats missing[:2] and unexpected[:2] "
+        "but safetensors' load_model returns sets, so a checkpoint with extra or "
+        "missing tensors raises TypeError instead of TwotowerError", strict=True)),
+    pytest.param({"n_layers": 3}, id="more-layers", marks=pytest.mark.xfail(
+        reason="bug: same TypeError as fewer-layers (missing tensors)", strict=True)),
+])
 def test_weights_saved_with_another_config_are_refused(change, tiny_config, tmp_path):
     model = TwoTowerLM(tiny_config("mlm"))
     path, _ = save_one(tmp_path, model)
@@ -376,7 +389,8 @@ def test_missing_weights_are_refused(tiny_config, tmp_path):
         ckpt.load_weights(tmp_path, TwoTowerLM(tiny_config("causal", n_layers=1)))
 
 
-@pytest.mark.parametrize("pointer", ["step-0000009", "", "step-0000004", "../x"])
+@pytest.mark.parametrize("pointer", ["step-0000009", "", "step-0000004", "../x",
+                                     "step-000\x000003"])
 def test_a_damaged_latest_pointer_falls_back_to_the_newest_complete_checkpoint(
         pointer, tiny_config, tmp_path):
     model = TwoTowerLM(tiny_config("causal", n_layers=1))
@@ -390,14 +404,13 @@ def test_a_damaged_latest_pointer_falls_back_to_the_newest_complete_checkpoint(
 
 
 @pytest.mark.xfail(reason="bug: checkpoint.py latest_checkpoint reads the pointer with "
-                   "read_text(encoding='utf-8') and lets UnicodeDecodeError (and "
-                   "ValueError for a NUL byte) escape instead of falling back",
+                   "read_text(encoding='utf-8'), so a pointer damaged into non-UTF-8 "
+                   "bytes raises UnicodeDecodeError instead of falling back",
                    strict=True)
-@pytest.mark.parametrize("garbage", [b"\xff\xfe\x00\x01", b"step-000\x000003"])
-def test_a_latest_pointer_of_binary_garbage_falls_back(garbage, tiny_config, tmp_path):
+def test_a_latest_pointer_that_is_not_utf8_falls_back(tiny_config, tmp_path):
     model = TwoTowerLM(tiny_config("causal", n_layers=1))
     save_one(tmp_path, model, 3)
-    (tmp_path / ckpt.LATEST).write_bytes(garbage)
+    (tmp_path / ckpt.LATEST).write_bytes(b"\xff\xfestep-0000003")
     assert ckpt.latest_checkpoint(tmp_path) == tmp_path / "step-0000003"
 
 

@@ -16,6 +16,7 @@ import json
 import os
 import pickle
 import shutil
+import time
 from pathlib import Path
 
 import torch
@@ -76,6 +77,7 @@ def save_checkpoint(directory: Path, step: int, module: nn.Module, state: dict,
     for name in (WEIGHTS, STATE, META):
         _fsync_file(tmp / name)
     _fsync_dir(tmp)
+    _fault_injection_pause(tmp, step)
     if final.exists():  # a rerun of the same step: the old copy goes only now
         shutil.rmtree(final)
     os.replace(tmp, final)
@@ -84,6 +86,15 @@ def save_checkpoint(directory: Path, step: int, module: nn.Module, state: dict,
     for old in sorted(directory.glob("step-*"))[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def _fault_injection_pause(tmp: Path, step: int) -> None:
+    """For the crash tests: with ``TWOTOWER_FAULT_PAUSE_SAVE=<step>`` set, stop in the
+    middle of that step's save (files written, not yet renamed) and wait to be killed."""
+    if os.environ.get("TWOTOWER_FAULT_PAUSE_SAVE") == str(step):
+        (tmp.parent / "PAUSED-IN-SAVE").write_text(str(step))
+        while True:
+            time.sleep(0.1)
 
 
 def latest_checkpoint(directory: Path) -> Path | None:

@@ -52,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--readout-steps", type=_positive(), help="phase 2/3 steps")
     run.add_argument("--batch-size", type=_positive(), help="windows per step")
     run.add_argument("--lr", type=_positive(float), help="peak learning rate")
+    run.add_argument("--checkpoint-every", type=_non_negative,
+                     help="steps between checkpoints (0: only at the end)")
     run.add_argument("--device", help="auto (default), cpu, cuda, cuda:N, mps")
     run.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"))
     run.add_argument("--corpus", help="wikitext-2, wikitext-103 or a path to .txt files")
@@ -75,8 +77,9 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     cfg = get_preset(args.preset, args.family).with_seed(args.seed)
     train_over = {k: v for k, v in {
         "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
+        "checkpoint_every": args.checkpoint_every,
         "device": args.device, "precision": args.precision, "compile": args.compile,
-        "detect_anomaly": args.detect_anomaly}.items() if v not in (None, False)}
+        "detect_anomaly": args.detect_anomaly}.items() if v is not None and v is not False}
     readout_over = {k: v for k, v in train_over.items() if k not in ("steps", "lr")}
     if args.readout_steps:
         readout_over["steps"] = args.readout_steps

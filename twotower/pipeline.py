@@ -72,7 +72,7 @@ def _check_run_dir(out: Path, cfg: RunConfig) -> None:
     except (OSError, json.JSONDecodeError):
         raise TwotowerError(f"{saved_path} is unreadable; move the run directory away "
                             "or use another --out") from None
-    now = config_to_dict(cfg)
+    now = json.loads(json.dumps(config_to_dict(cfg)))  # tuples as JSON has them
     saved.pop("preset", None), now.pop("preset", None)
     if saved != now:
         diffs = [f"{part}.{k}: {saved.get(part, {}).get(k)!r} -> {v!r}"
