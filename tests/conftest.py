@@ -215,7 +215,8 @@ def write_tiny_corpus(path: Path, n_articles: int = 6, paragraphs: int = 5,
     rng = random.Random(seed)
     lines = []
     for a in range(n_articles):
-        lines += ["", f" = Article {a + 1} about {rng.choice(_OBJECTS)[2:]} = ", ""]
+        topic = rng.choice(_OBJECTS).split(" ", 1)[1]  # "the bridge" -> "bridge"
+        lines += ["", f" = Article {a + 1} about the {topic} = ", ""]
         for _ in range(paragraphs):
             sentences = []
             for _ in range(rng.randint(4, 7)):

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from twotower import data as data_module
+from twotower import corpus as corpus_module
 from twotower.config import DataConfig
 from twotower.data import (
     Corpus,
@@ -137,7 +137,7 @@ def fake_hub(monkeypatch, calls):
         return {split: {"text": lines} for split, lines in splits.items()}
 
     monkeypatch.setattr(datasets, "load_dataset", load_dataset)
-    monkeypatch.setattr(data_module, "hub_is_reachable", lambda: True)
+    monkeypatch.setattr(corpus_module, "hub_is_reachable", lambda: True)
 
 
 def test_hub_source_joins_train_validation_and_test_articles(monkeypatch):

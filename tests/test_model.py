@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from twotower.config import FAMILIES, PRESETS, ModelConfig, get_preset
+from twotower.config import (FAMILIES, PRESETS, ModelConfig, config_to_dict,
+                              get_preset, run_config_from_dict)
 from twotower.errors import TwotowerError
 from twotower.model import (IGNORE, SingleTowerLM, TwoTowerLM, count_parameters,
                             matched_single_tower_config)
@@ -172,7 +174,8 @@ def test_the_decoder_is_the_token_embedding(tiny_config):
     h = torch.randn(3, W)
     before = model.head_logits(h)
     with torch.no_grad():
-        model.tok_emb.weight[7] += 1.0
+        # not a constant shift: the head's last LayerNorm output sums to zero
+        model.tok_emb.weight[7] += torch.randn(W)
     after = model.head_logits(h)
     assert not torch.allclose(before[:, 7], after[:, 7])
     torch.testing.assert_close(before[:, :7], after[:, :7])
@@ -329,3 +332,25 @@ def test_bilm_needs_an_even_d_model():
 def test_every_preset_is_a_valid_config(preset, family):
     cfg = get_preset(preset, family)
     assert cfg.model.validate() is cfg.model and cfg.model.family == family
+
+
+@pytest.mark.parametrize("preset", list(PRESETS))
+def test_a_run_config_survives_a_json_round_trip(preset):
+    cfg = get_preset(preset, "mlm").with_seed(7)
+    assert run_config_from_dict(json.loads(json.dumps(config_to_dict(cfg)))) == cfg
+
+
+def test_a_config_written_by_another_version_is_refused():
+    d = config_to_dict(get_preset("smoke"))
+    d["model"]["n_experts"] = 4
+    with pytest.raises(TwotowerError, match="n_experts"):
+        run_config_from_dict(d)
+
+
+@pytest.mark.xfail(reason="bug: config.py config_to_dict promises 'tuples turned into "
+                   "lists, ready for JSON' but returns dataclasses.asdict unchanged, so "
+                   "TrainConfig.betas stays a tuple and differs from what config.json "
+                   "reads back (pipeline._check_run_dir works around it)", strict=True)
+def test_config_to_dict_equals_what_json_reads_back():
+    d = config_to_dict(get_preset("smoke"))
+    assert json.loads(json.dumps(d)) == d

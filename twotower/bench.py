@@ -15,7 +15,6 @@ subprocess so its peak memory is its own. Speed is a benchmark, never a timed te
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import resource
 import subprocess

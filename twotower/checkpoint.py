@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model, save_model
 from torch import nn
 
@@ -102,8 +102,10 @@ def latest_checkpoint(directory: Path) -> Path | None:
     directory = Path(directory)
     pointer = directory / LATEST
     if pointer.exists():
-        candidate = directory / pointer.read_text(encoding="utf-8").strip()
-        if (candidate / META).exists():
+        # A damaged pointer (any bytes) falls back to scanning, never to an error.
+        name = pointer.read_bytes().decode("utf-8", errors="replace").strip()
+        candidate = directory / name
+        if name.startswith("step-") and "/" not in name and (candidate / META).exists():
             return candidate
     complete = [p for p in sorted(directory.glob("step-*")) if (p / META).exists()]
     return complete[-1] if complete else None
@@ -111,6 +113,9 @@ def latest_checkpoint(directory: Path) -> Path | None:
 
 def load_weights(path: Path, module: nn.Module) -> None:
     """Load ``path/model.safetensors`` (or a ``.safetensors`` file) into ``module``.
+
+    Every name and shape is checked against the module BEFORE anything is copied, so a
+    refused file leaves the module untouched.
 
     Raises:
         TwotowerError: when the file is missing, truncated or damaged, or its tensors
@@ -122,21 +127,42 @@ def load_weights(path: Path, module: nn.Module) -> None:
         raise TwotowerError(f"no weights at {file}; point at a checkpoint directory "
                             "made by twotower")
     try:
-        missing, unexpected = load_model(module, str(file), strict=False, device="cpu")
+        with safe_open(str(file), framework="pt") as f:
+            stored = {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}
     except (SafetensorError, OSError, ValueError) as err:
         raise TwotowerError(f"cannot read {file} ({str(err).splitlines()[0]}); the file "
                             "is truncated or not safetensors: use an earlier "
                             "checkpoint") from None
-    except RuntimeError as err:
-        first = str(err).strip().splitlines()
-        detail = next((l.strip() for l in first if "size mismatch" in l), first[0])
-        raise TwotowerError(f"{file} does not fit this model ({detail[:160]}); it was "
-                            "saved with another config: load it with its own "
-                            "config.json") from None
-    if missing or unexpected:
-        raise TwotowerError(f"{file} does not fit this model (missing {len(missing)} "
-                            f"tensors e.g. {missing[:2]}, unexpected {unexpected[:2]}); "
-                            "it was saved with another config")
+    expected = {name: tuple(t.shape) for name, t in module.state_dict().items()}
+    # Tied tensors are stored once (safetensors' save_model): an alias may be absent.
+    aliases = _aliases(module)
+    missing = sorted(n for n in expected if n not in stored and
+                     not any(a in stored for a in aliases.get(n, ())))
+    unexpected = sorted(n for n in stored if n not in expected)
+    wrong = sorted(n for n in stored if n in expected and stored[n] != expected[n])
+    if missing or unexpected or wrong:
+        detail = (f"{wrong[0]} is {stored[wrong[0]]} in the file but "
+                  f"{expected[wrong[0]]} here" if wrong else
+                  f"missing {len(missing)} tensors e.g. {missing[:2]}, unexpected "
+                  f"{len(unexpected)} e.g. {unexpected[:2]}")
+        raise TwotowerError(f"{file} does not fit this model ({detail}); it was saved "
+                            "with another config: load it with its own config.json")
+    try:
+        load_model(module, str(file), strict=True, device="cpu")
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        raise TwotowerError(f"cannot read {file} ({str(err).splitlines()[0][:160]}); "
+                            "it is truncated or damaged: use an earlier checkpoint"
+                            ) from None
+
+
+def _aliases(module: nn.Module) -> dict[str, tuple[str, ...]]:
+    """For every state-dict name, the other names that share its storage (tied)."""
+    by_storage: dict[tuple, list[str]] = {}
+    for name, t in module.state_dict(keep_vars=True).items():
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape))
+        by_storage.setdefault(key, []).append(name)
+    return {n: tuple(o for o in names if o != n)
+            for names in by_storage.values() for n in names}
 
 
 def load_state(path: Path) -> dict:

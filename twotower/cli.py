@@ -39,9 +39,17 @@ def _non_negative(text: str) -> int:
     return value
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that reports a bad argument in one line (no usage block)."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m twotower", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = OneLineParser(prog="python -m twotower", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True,
+                                parser_class=OneLineParser)
 
     run = sub.add_parser("run", help="phase 1 -> readouts -> preference (resumable)")
     run.add_argument("--preset", default="small", choices=list(PRESETS))

@@ -212,7 +212,13 @@ def get_preset(name: str, family: str = "causal") -> RunConfig:
 
 def config_to_dict(cfg) -> dict:
     """``asdict`` with tuples turned into lists, ready for JSON."""
-    return dataclasses.asdict(cfg)
+    def lists(value):
+        if isinstance(value, dict):
+            return {k: lists(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [lists(v) for v in value]
+        return value
+    return lists(dataclasses.asdict(cfg))
 
 
 def run_config_from_dict(d: dict) -> RunConfig:

@@ -52,18 +52,22 @@ class SelfAttention(nn.Module):
         return F.dropout(self.out(y), self.dropout, self.training)
 
 
-def attention_by_hand(q, k, v, causal: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def attention_by_hand(q, k, v, causal: bool, key_padding: torch.Tensor | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
     """softmax(Q K^T / sqrt(d)) V written out, for the book and for tests.
 
-    Args: q, k, v ``(..., T, d)``.
+    Args: q, k, v ``(B, ..., T, d)``; key_padding ``(B, T)`` True where a key is padding.
 
-    Returns: ``(output (..., T, d), weights (..., T, T))``.
+    Returns: ``(output (B, ..., T, d), weights (B, ..., T, T))``.
     """
     scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # (..., T, T)
     if causal:
         T = q.shape[-2]
         future = torch.ones(T, T, dtype=torch.bool, device=q.device).triu(1)
         scores = scores.masked_fill(future, float("-inf"))
+    if key_padding is not None:
+        shape = (key_padding.shape[0],) + (1,) * (scores.dim() - 2) + scores.shape[-1:]
+        scores = scores.masked_fill(key_padding.view(shape), float("-inf"))
     weights = scores.softmax(dim=-1)
     return weights @ v, weights
 

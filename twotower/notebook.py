@@ -202,3 +202,181 @@ def _ema(values: np.ndarray, weight: float) -> np.ndarray:
         running = weight * running + (1 - weight) * value
         out[i] = running
     return out
+
+
+# --- shared runs ----------------------------------------------------------------------
+
+
+def run_path(runs_dir: str, preset: str, family: str, seed: int, variant: str = "") -> str:
+    """Where the book keeps the run of ``(preset, family, seed[, variant])``.
+
+    One naming scheme for every chapter, so a later chapter finds what an earlier one
+    trained instead of training it again.
+    """
+    import os
+    name = f"{preset}-{family}-seed{seed}" + (f"-{variant}" if variant else "")
+    return os.path.join(runs_dir, name)
+
+
+def ensure_run(runs_dir: str, preset: str, family: str = "causal", seed: int = 0, *,
+               device: str = "auto", baseline: bool = False, callbacks=(),
+               progress: bool = True):
+    """The finished run of ``(preset, family, seed)``: loaded if it exists, else trained
+    (or resumed) with :func:`twotower.pipeline.run` first.
+
+    Returns:
+        :class:`twotower.pipeline.LoadedRun`.
+    """
+    import dataclasses
+    import os
+
+    from .config import get_preset
+    from .pipeline import load_run, run
+
+    path = run_path(runs_dir, preset, family, seed)
+    if not os.path.exists(os.path.join(path, "results.json")):
+        cfg = get_preset(preset, family).with_seed(seed)
+        cfg = dataclasses.replace(
+            cfg, baseline=baseline or cfg.baseline,
+            train=dataclasses.replace(cfg.train, device=device),
+            readout=dataclasses.replace(cfg.readout, device=device))
+        run(cfg, path, callbacks=callbacks, progress=progress)
+    return load_run(path)
+
+
+# --- reading a run (chapters 6 to 8) --------------------------------------------------
+
+
+def load_metrics(run_dir):
+    """The ``metrics.jsonl`` of a run directory as one table (introduced in chapter 6).
+
+    Every logged training step and every validation pass of every phase is one row;
+    a line cut short by a crash is skipped.
+
+    Args:
+        run_dir: a run directory written by :func:`twotower.pipeline.run` (or the
+            ``metrics.jsonl`` file itself).
+
+    Returns:
+        DataFrame with columns ``phase``, ``step`` and whatever was logged: ``loss``,
+        ``lr``, ``tokens_per_s`` on training rows; ``val_loss``, ``val_ppl``,
+        ``val_tokens`` on validation rows (NaN elsewhere).
+
+    Raises:
+        TwotowerError: when there is no ``metrics.jsonl``.
+    """
+    import json
+    from pathlib import Path
+
+    import pandas as pd
+
+    from .errors import TwotowerError
+
+    path = Path(run_dir)
+    path = path / "metrics.jsonl" if path.is_dir() else path
+    if not path.is_file():
+        raise TwotowerError(f"no metrics log at {path}; train the run first")
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return pd.DataFrame(rows).sort_values(["phase", "step"], kind="stable",
+                                          ignore_index=True)
+
+
+def bootstrap_means(values, n_boot: int = 1000, seed: int = 0, level: float = 0.95,
+                    chunk: int = 4_000_000):
+    """Means of paired measurements with percentile bootstrap intervals (chapter 7).
+
+    All rows are resampled with the SAME positions in each bootstrap draw, so the
+    intervals of differences between rows stay paired.
+
+    Args:
+        values: ``(M, N)`` (or ``(N,)``) numbers, one row per measurement and one
+            column per position, e.g. the losses of the joint head and both readouts.
+        n_boot: bootstrap draws.
+        seed: seed of the resampling.
+        level: coverage of the interval.
+        chunk: at most this many resampled entries in memory at once.
+
+    Returns:
+        ``(mean, low, high)``, each ``(M,)`` (or a float for a 1-D input).
+    """
+    values = np.asarray(values, dtype=np.float64)
+    flat = values.ndim == 1
+    values = np.atleast_2d(values)
+    n = values.shape[1]
+    rng = np.random.default_rng(seed)
+    draws = []
+    per_chunk = max(1, chunk // max(n, 1))
+    for start in range(0, n_boot, per_chunk):
+        idx = rng.integers(0, n, size=(min(per_chunk, n_boot - start), n))
+        draws.append(values[:, idx].mean(-1))  # (M, draws)
+    draws = np.concatenate(draws, axis=1)
+    low, high = np.quantile(draws, [(1 - level) / 2, (1 + level) / 2], axis=1)
+    mean = values.mean(1)
+    if flat:
+        return float(mean[0]), float(low[0]), float(high[0])
+    return mean, low, high
+
+
+def lookup_token(table, text: str, limit: int = 10):
+    """Rows of a preference table for one token string (chapter 8).
+
+    Exact match first (WordPiece is uncased here, so the text is lower-cased); when
+    nothing matches, up to ``limit`` tokens that start with the text, most frequent
+    first.
+
+    Args:
+        table: a :func:`twotower.preference.token_preference` table with a ``token``
+            column.
+        text: what the reader typed.
+        limit: most rows returned for a prefix search.
+
+    Returns:
+        The matching rows (possibly none).
+    """
+    text = str(text).strip()
+    tokens = table["token"].astype(str)
+    exact = table[(tokens == text) | (tokens == text.lower())]
+    if len(exact) or not text:
+        return exact
+    prefix = table[tokens.str.startswith(text.lower())]
+    return prefix.sort_values("count", ascending=False).head(limit)
+
+
+def token_explorer(table, default: str = "the"):
+    """A text box that shows a token's row of a preference table (chapter 8).
+
+    In a live kernel every edit of the box looks the token up with
+    :func:`lookup_token`. A static page (the HTML book) keeps the widget as it was
+    when the notebook ran, showing ``default``: typing there cannot run Python.
+
+    Args:
+        table: a :func:`twotower.preference.token_preference` table.
+        default: token shown before anything is typed.
+
+    Returns:
+        An ``ipywidgets.VBox`` to display (the last expression of a cell).
+    """
+    import ipywidgets as widgets
+    from IPython.display import display
+
+    box = widgets.Text(value=default, description="token",
+                       placeholder="a word or word piece, e.g. the or ##s")
+    out = widgets.Output()
+
+    def show(change=None) -> None:
+        out.clear_output(wait=True)
+        with out:
+            rows = lookup_token(table, box.value)
+            if len(rows):
+                display(rows)
+            else:
+                print(f"{box.value!r} is not a scored token of this run")
+
+    box.observe(show, names="value")
+    show()
+    return widgets.VBox([box, out])

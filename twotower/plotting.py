@@ -13,6 +13,7 @@ Tower A is always drawn in :data:`TOWER_COLORS` ``["A"]`` (blue) and tower B in
 
 from __future__ import annotations
 
+import re
 from typing import Sequence
 
 import matplotlib as mpl
@@ -339,3 +340,183 @@ def architecture_diagram(n_layers: int = 3, ax: plt.Axes | None = None, *,
     ax.set_aspect("equal")
     ax.axis("off")
     return ax
+
+
+# --- chapters 3 to 5: rank-frequency, position-by-position maps ----------------------
+
+def zipf_plot(frequencies, ax: plt.Axes | None = None, *,
+              fit: tuple[int, int] = (10, 1000), label: str | None = None,
+              color: str | None = None) -> float:
+    """Draw frequencies against their rank on log-log axes and fit Zipf's line.
+
+    Introduced in chapter 3 (*Data and tokens*). The fit is least squares of
+    ``log f`` on ``log rank`` over the ranks ``fit[0] .. fit[1]`` (1-based, inclusive,
+    clipped to the ranks available), drawn dashed over those ranks.
+
+    Args:
+        frequencies: 1-D counts in any order; zeros and NaN are left out.
+        ax: Axes to draw on; a new figure is made when ``None``.
+        fit: First and last rank of the fit.
+        label: Legend label; the fitted slope is appended to it.
+        color: Line colour.
+
+    Returns:
+        The fitted slope ``d log f / d log rank`` (about -1 for Zipf's law).
+    """
+    ax = _axes(ax)
+    values = _finite(frequencies)
+    values = np.sort(values[values > 0])[::-1]
+    rank = np.arange(1, values.size + 1)
+    first, last = max(1, fit[0]), min(values.size, fit[1])
+    if last - first < 2:
+        raise TwotowerError(f"zipf_plot needs at least 3 ranks in fit={fit}, but only "
+                            f"{values.size} positive frequencies; lower fit[0]")
+    fitted = slice(first - 1, last)
+    slope, intercept = np.polyfit(np.log(rank[fitted]), np.log(values[fitted]), 1)
+    line = ax.plot(rank, values, color=color,
+                   label=f"{label}: slope {slope:.2f}" if label else None)[0]
+    ax.plot(rank[fitted], np.exp(intercept) * rank[fitted] ** slope, "--",
+            color=line.get_color(), linewidth=1.0)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("rank")
+    ax.set_ylabel("frequency")
+    if label:
+        ax.legend()
+    return float(slope)
+
+
+def position_map(matrix, ax: plt.Axes | None = None, *, log: bool = False,
+                 labels: Sequence[str] | None = None, title: str | None = None,
+                 xlabel: str = "input position j", ylabel: str = "output position i",
+                 cmap: str = "viridis", colorbar: bool = True) -> plt.Axes:
+    """Show a ``(T, T)`` position-by-position matrix as an image, row i against col j.
+
+    Introduced in chapter 4 (*Three kinds of tower*) for the influence of each input
+    position on each output position, and used in chapter 5 for attention patterns.
+    With ``log`` the image is ``log10`` of the values and exact zeros stay blank, so a
+    position that cannot influence another is visibly empty rather than dark.
+
+    Args:
+        matrix: 2-D array-like of non-negative numbers.
+        ax: Axes to draw on; a new figure is made when ``None``.
+        log: Draw ``log10`` of the values, zeros left blank.
+        labels: Tick labels (tokens) for both axes; ``None`` keeps numeric ticks.
+        title: Axes title.
+        xlabel: Label of the columns.
+        ylabel: Label of the rows.
+        cmap: Matplotlib colour map.
+        colorbar: Add a colour bar next to the image.
+
+    Returns:
+        The axes drawn on.
+    """
+    ax = _axes(ax)
+    values = np.asarray(matrix, dtype=float)
+    if values.ndim != 2:
+        raise TwotowerError(f"position_map needs a 2-D matrix, got shape {values.shape}")
+    if log:
+        positive = values > 0
+        values = np.where(positive, np.log10(np.where(positive, values, 1.0)), np.nan)
+    image = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, interpolation="nearest")
+    ax.grid(False)
+    if labels is not None:
+        ticks = np.arange(len(labels))
+        ax.set_xticks(ticks, labels, rotation=90, fontsize=7)
+        ax.set_yticks(ticks, labels, fontsize=7)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    if colorbar:
+        bar = ax.figure.colorbar(image, ax=ax, shrink=0.8)
+        bar.set_label("log10" if log else "")
+    return ax
+
+
+# --- chapter 8: a sorted curve with its error band, and SVG charts with tooltips -------
+
+def sorted_band(values, errors, ax: plt.Axes | None = None, *,
+                label: str | None = None, color: str | None = None,
+                band_label: str | None = "± 1 standard error") -> plt.Axes:
+    """:func:`sorted_curve` with a shaded band of ``values ± errors`` around it.
+
+    Entries whose value is NaN are dropped; a NaN error draws no band at that rank.
+
+    Args:
+        values: 1-D array-like, e.g. the preference of every token.
+        errors: 1-D array-like of the same length, e.g. each preference's standard
+            error.
+        ax: Axes to draw on; a new figure is made when ``None``.
+        label: Legend label of the curve.
+        color: Colour of the curve and (lighter) of the band.
+        band_label: Legend label of the band (``None``: no entry).
+
+    Returns:
+        The axes drawn on.
+    """
+    values = np.asarray(values, dtype=float).ravel()
+    errors = np.asarray(errors, dtype=float).ravel()
+    if values.shape != errors.shape:
+        raise TwotowerError(f"sorted_band needs one error per value, got {values.size} "
+                            f"values and {errors.size} errors")
+    keep = np.isfinite(values)
+    order = np.argsort(-values[keep], kind="stable")
+    ordered, spread = values[keep][order], errors[keep][order]
+    rank = np.arange(1, ordered.size + 1)
+    ax = _axes(ax)
+    color = color or TOWER_COLORS["A"]
+    ax.fill_between(rank, ordered - spread, ordered + spread, color=color, alpha=0.25,
+                    linewidth=0, label=band_label)
+    ax.plot(rank, ordered, color=color, label=label)
+    ax.axhline(0.0, color=SHARED_COLOR, linewidth=0.8, zorder=0)
+    ax.set_xlabel("rank")
+    if label or band_label:
+        ax.legend()
+    return ax
+
+
+_SYMBOL = re.compile(r'<(path|rect|circle|line|text)\b([^>]*?role="graphics-symbol"'
+                     r'[^>]*?)/>')
+_LABEL = re.compile(r'aria-label="([^"]*)"')
+
+
+def svg_with_tooltips(chart) -> str:
+    """An Altair chart as SVG markup whose marks show their tooltip on hover.
+
+    vl-convert writes a mark's tooltip fields only into its ``aria-label`` (read by
+    screen readers, ignored by a mouse). This copies each label into a ``<title>``
+    child, which every browser shows as a native tooltip, so a static page keeps
+    working tooltips without any JavaScript. Displayed with
+    :func:`chart_with_tooltips`; an ``<img>`` of the same SVG would lose them.
+
+    Args:
+        chart: an Altair chart with a ``tooltip`` encoding.
+
+    Returns:
+        The SVG document as a string.
+    """
+    import vl_convert
+
+    svg = vl_convert.vegalite_to_svg(chart.to_json())
+
+    def add_title(match: re.Match) -> str:
+        tag, attributes = match.group(1), match.group(2)
+        label = _LABEL.search(attributes)
+        if label is None:
+            return match.group(0)
+        title = label.group(1).replace("; ", "\n")
+        return f"<{tag}{attributes}><title>{title}</title></{tag}>"
+
+    return _SYMBOL.sub(add_title, svg)
+
+
+def chart_with_tooltips(chart):
+    """Display object of :func:`svg_with_tooltips`: inline SVG in the page.
+
+    Returns:
+        ``IPython.display.HTML`` (the last expression of a cell shows it).
+    """
+    from IPython.display import HTML
+
+    return HTML(f'<div class="twotower-chart">{svg_with_tooltips(chart)}</div>')

@@ -29,6 +29,44 @@ def _means(ids: np.ndarray, values: np.ndarray, vocab_size: int):
         return count, total / count
 
 
+def _token_means(target, ll_a, ll_b, vocab_size):
+    ids = np.asarray(target).astype(np.intp)
+    count, mean_a = _means(ids, np.asarray(ll_a), vocab_size)
+    _, mean_b = _means(ids, np.asarray(ll_b), vocab_size)
+    return count, mean_a, mean_b
+
+
+def preference_array(target: np.ndarray, ll_a: np.ndarray, ll_b: np.ndarray,
+                     vocab_size: int, min_count: int = 5) -> np.ndarray:
+    """``pref`` of every id as a plain array ``(V,)``: mean ll_a - mean ll_b, NaN for
+    ids seen fewer than ``min_count`` times (or never)."""
+    count, mean_a, mean_b = _token_means(target, ll_a, ll_b, vocab_size)
+    pref = mean_a - mean_b
+    pref[count < max(min_count, 1)] = np.nan
+    return pref
+
+
+def residual_preference(pref: np.ndarray, ll_a: np.ndarray, ll_b: np.ndarray,
+                        count: np.ndarray) -> np.ndarray:
+    """pref with the global gap, difficulty and frequency regressed out.
+
+    The residual of a least-squares fit of pref on ``[1, mean loss, log count]`` over
+    the tokens where pref is finite (NaN elsewhere). A tower that is simply better
+    everywhere, or hard tokens that have larger loss differences, make raw prefs
+    correlate across runs without any division of labour (PAPER.md section 1.3).
+    """
+    pref = np.asarray(pref, dtype=float)
+    ok = np.isfinite(pref)
+    out = np.full(pref.shape, np.nan)
+    if ok.sum() < 4:
+        return out
+    difficulty = -(np.asarray(ll_a)[ok] + np.asarray(ll_b)[ok]) / 2
+    X = np.column_stack([np.ones(ok.sum()), difficulty, np.log(np.asarray(count)[ok])])
+    coef, *_ = np.linalg.lstsq(X, pref[ok], rcond=None)
+    out[ok] = pref[ok] - X @ coef
+    return out
+
+
 def token_preference(scores: TokenScores, vocab_size: int, min_count: int = 5,
                      tokens: list[str] | None = None) -> pd.DataFrame:
     """Per-token mean log-probabilities, counts and preference.
@@ -92,13 +130,19 @@ class SplitHalf:
     r: float
     ceiling: float
     n_tokens: int
-    r_centred: float  # the same after removing each half's mean gap between towers
+    r_centred: float  # the same for pref with gap, difficulty, frequency regressed out
 
 
-def half_assignment(ids: np.ndarray, seed: int) -> np.ndarray:
-    """0/1 per occurrence, balanced within each token (random order, then alternate)."""
-    rng = np.random.default_rng(seed)
-    order = np.lexsort((rng.random(ids.size), ids))  # grouped by id, random inside
+def half_assignment(ids: np.ndarray, seed: int | None = 0) -> np.ndarray:
+    """0/1 per occurrence, balanced within each token: each token's occurrences, in a
+    random order (``seed``) or in order of appearance (``seed=None``), alternate
+    between half 0 and half 1."""
+    ids = np.asarray(ids)
+    if seed is None:
+        order = np.argsort(ids, kind="stable")
+    else:
+        rng = np.random.default_rng(seed)
+        order = np.lexsort((rng.random(ids.size), ids))  # grouped by id, random inside
     sorted_ids = ids[order]
     starts = np.r_[0, np.flatnonzero(np.diff(sorted_ids)) + 1]
     rank = np.arange(ids.size) - np.repeat(starts, np.diff(np.r_[starts, ids.size]))
@@ -116,25 +160,30 @@ def pearson(x: np.ndarray, y: np.ndarray) -> float:
 
 
 def split_half(scores: TokenScores, vocab_size: int, min_count: int = 5,
-               seed: int = 0) -> SplitHalf:
-    """Correlate pref between two random halves of every token's occurrences.
+               seed: int | None = 0, half: np.ndarray | None = None) -> SplitHalf:
+    """Correlate pref between two halves of every token's occurrences.
+
+    Args:
+        half: 0/1 per position; default :func:`half_assignment` with ``seed``.
 
     Only tokens with at least ``min_count`` occurrences in EACH half count.
+    ``r_centred`` correlates the halves' :func:`residual_preference` instead.
     """
-    ids = scores.target.astype(np.int64)
-    diff = scores.ll[0].astype(np.float64) - scores.ll[1]
-    half = half_assignment(ids, seed)
-    prefs = []
+    half = half_assignment(scores.target, seed) if half is None else np.asarray(half)
+    prefs, residuals = [], []
     for h in (0, 1):
-        count, mean = _means(ids[half == h], diff[half == h], vocab_size)
-        mean[count < min_count] = np.nan
-        prefs.append(mean)
+        count, mean_a, mean_b = _token_means(scores.target[half == h],
+                                             scores.ll[0][half == h],
+                                             scores.ll[1][half == h], vocab_size)
+        pref = mean_a - mean_b
+        pref[count < max(min_count, 1)] = np.nan
+        prefs.append(pref)
+        residuals.append(residual_preference(pref, mean_a, mean_b, count))
     r = pearson(*prefs)
-    centred = [p - np.nanmean(p) for p in prefs]
     n = int((np.isfinite(prefs[0]) & np.isfinite(prefs[1])).sum())
     ceiling = 2 * r / (1 + r) if np.isfinite(r) and r > -1 else float("nan")
     return SplitHalf(r=r, ceiling=float(ceiling), n_tokens=n,
-                     r_centred=pearson(*centred))
+                     r_centred=pearson(*residuals))
 
 
 def bootstrap_correlation(x: np.ndarray, y: np.ndarray, n_boot: int = 1000,
@@ -159,21 +208,10 @@ def bootstrap_correlation(x: np.ndarray, y: np.ndarray, n_boot: int = 1000,
 
 
 def centred_preference(df: pd.DataFrame) -> pd.Series:
-    """pref with the global gap, difficulty and frequency regressed out: the residual of
-    regressing pref on ``[1, mean loss, log count]`` over tokens.
-
-    A tower that is simply better everywhere, or hard tokens that have larger loss
-    differences, make raw prefs correlate across runs without any division of labour
-    (PAPER.md section 1.3); this residual removes both.
-    """
-    ok = df["pref"].notna()
-    sub = df[ok]
-    difficulty = -(sub["ll_a"] + sub["ll_b"]) / 2
-    X = np.column_stack([np.ones(len(sub)), difficulty, np.log(sub["count"])])
-    coef, *_ = np.linalg.lstsq(X, sub["pref"].to_numpy(), rcond=None)
-    out = pd.Series(np.nan, index=df.index, name="pref_centred")
-    out[ok] = sub["pref"].to_numpy() - X @ coef
-    return out
+    """:func:`residual_preference` of a :func:`token_preference` table, as a Series."""
+    values = residual_preference(df["pref"].to_numpy(), df["ll_a"].to_numpy(),
+                                 df["ll_b"].to_numpy(), df["count"].to_numpy())
+    return pd.Series(values, index=df.index, name="pref_centred")
 
 
 def preference_summary(df: pd.DataFrame, scores: TokenScores | None = None) -> dict:

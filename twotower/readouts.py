@@ -54,16 +54,19 @@ class TowerReadouts(nn.Module):
                                       for _ in range(n_towers))
 
     def loss(self, model: TowerLM, batch: Batch) -> torch.Tensor:
-        """Sum over towers of each readout's mean cross-entropy (fp32).
+        """Mean over towers of each readout's mean cross-entropy (fp32).
 
-        The towers are frozen, so each readout's gradient comes from its own term only.
+        The towers are frozen, so each readout's gradient comes from its own term only
+        (scaled by 1/K, which AdamW does not notice); as a validation loss it is the mean
+        of the readouts' losses, so its exp is their geometric-mean perplexity.
         """
         with torch.no_grad():
             features = model.features(batch.input_ids)  # (K, B, T, D)
         keep = batch.targets != IGNORE
         target = batch.targets[keep]
-        return sum(F.cross_entropy(r(features[k][keep]).float(), target)
-                   for k, r in enumerate(self.readouts))
+        losses = [F.cross_entropy(r(features[k][keep]).float(), target)
+                  for k, r in enumerate(self.readouts)]
+        return torch.stack(losses).mean()
 
 
 def freeze(model: nn.Module) -> nn.Module:

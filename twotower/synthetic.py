@@ -22,13 +22,16 @@ the measured preference follows that line.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import pandas as pd
 
 from .errors import TwotowerError
 from .preference import bootstrap_correlation
+
+if TYPE_CHECKING:  # the generator itself needs no torch
+    from .readouts import TokenScores
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 SPECIAL_IDS = tuple(range(len(SPECIAL_TOKENS)))
@@ -187,8 +190,9 @@ class PlantedLanguage:
             p_word = (belief * emit).sum(1)
             p_local = np.where(last >= 0, self.transition[np.maximum(last, 0), local],
                                1.0 / L)  # the first local token: uniform over L
-            out[:, t - 1] = np.log(np.where(is_topic, cfg.p_topic * p_word,
-                                            (1 - cfg.p_topic) * p_local))
+            with np.errstate(divide="ignore"):  # a forbidden successor: log 0
+                out[:, t - 1] = np.log(np.where(is_topic, cfg.p_topic * p_word,
+                                                (1 - cfg.p_topic) * p_local))
             posterior = belief * emit / p_word[:, None]
             belief = np.where(is_topic[:, None], posterior, belief)
             last = np.where(is_topic, last, local)
@@ -229,6 +233,20 @@ def conditional_entropies(sample: PlantedSample, vocab_size: int) -> pd.DataFram
 
 
 # --- does the preference follow the planted line? ------------------------------------
+
+
+def process_losses(scores: "TokenScores", labels: np.ndarray) -> pd.DataFrame:
+    """Mean loss (nats) of each readout and of the fused head on each process's tokens.
+
+    Returns:
+        DataFrame with rows ``tower A``, ``tower B``, ``joint head`` and columns
+        ``local``, ``topic``. A division of labour shows as a cross: each tower is the
+        better one on one process.
+    """
+    kind = np.asarray(labels)[scores.target]
+    rows = {"tower A": scores.ll[0], "tower B": scores.ll[1], "joint head": scores.joint}
+    return pd.DataFrame({p: {name: float(-ll[kind == p].mean()) for name, ll in
+                             rows.items()} for p in LABELS[1:]})
 
 
 class SplitScore(NamedTuple):
@@ -297,14 +315,15 @@ def planted_split_score(pref_df: pd.DataFrame, labels: np.ndarray, n_boot: int =
 
 
 def split_shares(pref_df: pd.DataFrame, labels: np.ndarray) -> dict:
-    """Which tower took the local tokens, and how cleanly.
+    """Which tower took the local tokens, how cleanly, and by how much.
 
     Returns:
         ``local_tower`` (``"A"`` or ``"B"``: the tower that prefers more local tokens),
         ``share_local`` (share of the local tokens it prefers), ``share_topic`` (share
-        of the topic tokens the other tower prefers) and ``balanced``: the balanced
+        of the topic tokens the other tower prefers), ``balanced``: the balanced
         accuracy of the sign of pref as a guess of the label, either way round (0.5 is
-        chance; a global gap alone cannot raise it).
+        chance; a global gap alone cannot raise it), and ``separation``: |mean pref of
+        the local tokens - mean pref of the topic tokens| in nats.
     """
     pref, is_local = _local_topic(pref_df, labels)
     a_local = float((pref[is_local == 1] > 0).mean())
@@ -313,5 +332,7 @@ def split_shares(pref_df: pd.DataFrame, labels: np.ndarray) -> dict:
     share_local = a_local if tower == "A" else 1 - a_local
     share_topic = 1 - a_topic if tower == "A" else a_topic
     accuracy = (a_local + 1 - a_topic) / 2
+    separation = abs(pref[is_local == 1].mean() - pref[is_local == 0].mean())
     return {"local_tower": tower, "share_local": share_local,
-            "share_topic": share_topic, "balanced": max(accuracy, 1 - accuracy)}
+            "share_topic": share_topic, "balanced": max(accuracy, 1 - accuracy),
+            "separation": float(separation)}

@@ -96,14 +96,18 @@ class StackedBlock(nn.Module):
         qkv = self.qkv(self.norm1(x.view(K, B * T, D)))  # (K, B*T, 3D)
         q, k, v = qkv.view(K * B, T, 3, H, D // H).unbind(2)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (K*B, H, T, D/H)
-        mask = None
+        mask = padding = None
         if key_padding is not None:
-            mask = ~key_padding.repeat(K, 1)[:, None, None, :]  # (K*B, 1, 1, T)
+            padding = key_padding.repeat(K, 1)  # (K*B, T)
+            mask = ~padding[:, None, None, :]  # (K*B, 1, 1, T): True = may attend
+            if self.causal:
+                mask = mask & torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, is_causal=self.causal and mask is None,
             dropout_p=self.dropout if self.training else 0.0)
         if self.attn_pattern.active:  # only for analysis: SDPA never forms the weights
-            _, weights = attention_by_hand(q.float(), k.float(), v.float(), self.causal)
+            _, weights = attention_by_hand(q.float(), k.float(), v.float(), self.causal,
+                                           padding)
             self.attn_pattern(weights.view(K, B, H, T, T))
         y = y.transpose(1, 2).reshape(K, B * T, D)
         y = F.dropout(self.attn_proj(y), self.dropout, self.training)

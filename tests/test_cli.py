@@ -1,0 +1,238 @@
+"""``python -m twotower``: argument errors, an end-to-end run, resume, refusal, offline.
+
+The CLI runs in-process (``twotower.cli.main``); the end-to-end runs use a ~30-paragraph
+local corpus and the ``smoke`` preset cut to a few steps, in fp32 on the CPU.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from twotower import checkpoint as ckpt
+from twotower import pipeline
+from twotower.cli import build_parser, config_from_args, main
+from twotower.config import PRESETS
+from twotower.errors import TwotowerError
+from twotower.model import TwoTowerLM
+from twotower.readouts import TokenScores
+
+
+def cli(argv: list[str], capsys) -> tuple[int, str, str]:
+    """Run the CLI in-process: ``(exit status, stdout, stderr)``."""
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as exit_:  # argparse exits instead of returning
+        code = exit_.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.strip()]
+
+
+def snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
+    return {str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns)
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def fast_args(corpus: Path, out: Path, *extra) -> list[str]:
+    return ["run", "--preset", "smoke", "--corpus", str(corpus), "--steps", "6",
+            "--readout-steps", "4", "--precision", "fp32", "--device", "cpu", "--quiet",
+            "--out", str(out), *extra]
+
+
+# --- argument errors ------------------------------------------------------------------
+
+BAD_ARGUMENTS = [
+    (["--steps", "-5"], "--steps"),
+    (["--steps", "0"], "--steps"),
+    (["--readout-steps", "-1"], "--readout-steps"),
+    (["--seed", "-1"], "--seed"),
+    (["--lr", "-0.1"], "--lr"),
+    (["--steps", "ten"], "--steps"),
+    (["--preset", "huge"], "huge"),
+    (["--family", "rnn"], "rnn"),
+]
+
+
+@pytest.mark.parametrize("extra, named", BAD_ARGUMENTS)
+def test_bad_arguments_exit_2_naming_the_argument_without_a_traceback(
+        extra, named, tmp_path, capsys):
+    code, out, err = cli(["run", "--out", tmp_path / "run", *extra], capsys)
+    assert code == 2
+    assert "Traceback" not in err and out == ""
+    assert "error" in lines(err)[-1] and named in lines(err)[-1]
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.xfail(reason="bug: cli.py build_parser uses argparse's default error(), "
+                   "which prints the multi-line usage block before the error line; "
+                   "the module promises one 'error: ...' line (override "
+                   "ArgumentParser.error to print only that line and exit 2)",
+                   strict=True)
+@pytest.mark.parametrize("extra", [["--steps", "-5"], ["--preset", "huge"],
+                                   ["--family", "rnn"]])
+def test_bad_arguments_print_exactly_one_line(extra, tmp_path, capsys):
+    code, _, err = cli(["run", "--out", tmp_path / "run", *extra], capsys)
+    assert code == 2 and len(lines(err)) == 1 and lines(err)[0].startswith("error")
+
+
+def test_a_missing_corpus_is_one_error_line_and_exit_2(tmp_path, capsys):
+    code, out, err = cli(fast_args(tmp_path / "nowhere.txt", tmp_path / "run"), capsys)
+    assert code == 2
+    assert lines(err) == [lines(err)[0]] and lines(err)[0].startswith("error: ")
+    assert "nowhere.txt" in err and "Traceback" not in err
+
+
+def test_an_interrupted_run_says_how_to_resume(tmp_path, capsys, monkeypatch,
+                                               tiny_corpus):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "run", interrupted)
+    code, _, err = cli(fast_args(tiny_corpus, tmp_path / "run"), capsys)
+    assert code == 130 and "rerun the same command" in err and "Traceback" not in err
+
+
+def test_presets_lists_every_preset_and_family(capsys):
+    code, out, _ = cli(["presets"], capsys)
+    assert code == 0
+    for name in PRESETS:
+        assert name in out
+    assert all(family in out for family in ("causal", "mlm", "bilm"))
+
+
+def test_command_line_overrides_reach_the_config(tmp_path):
+    args = build_parser().parse_args(fast_args(Path("c.txt"), tmp_path, "--seed", "3",
+                                               "--family", "mlm"))
+    cfg = config_from_args(args)
+    assert cfg.model.family == "mlm" and cfg.train.seed == cfg.readout.seed == 3
+    assert cfg.train.steps == 6 and cfg.readout.steps == 4
+    assert cfg.train.precision == cfg.readout.precision == "fp32"
+    assert cfg.train.warmup_steps < 6 and cfg.readout.warmup_steps < 4
+    assert cfg.data.corpus == "c.txt"
+
+
+# --- an end-to-end run ----------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, tiny_corpus):
+    """One CLI run on the tiny corpus: ``(run directory, stdout, metrics after it)``."""
+    out = tmp_path_factory.mktemp("cli") / "run"
+    code = main(fast_args(tiny_corpus, out))
+    assert code == 0
+    return out, (out / "metrics.jsonl").read_text(encoding="utf-8")
+
+
+@pytest.mark.slow
+def test_run_writes_the_whole_run_directory(finished_run):
+    out, _ = finished_run
+    for name in ("config.json", "metrics.jsonl", "scores.npz", "preference.csv",
+                 "results.json"):
+        assert (out / name).is_file(), name
+    for phase in ("joint", "readouts"):
+        last = ckpt.latest_checkpoint(out / phase)
+        assert last is not None and (last / ckpt.WEIGHTS).is_file()
+    assert ckpt.latest_checkpoint(out / "joint").name == "step-0000006"
+    assert ckpt.latest_checkpoint(out / "readouts").name == "step-0000004"
+    config = json.loads((out / "config.json").read_text())
+    assert config["model"]["family"] == "causal" and config["train"]["steps"] == 6
+    df = pd.read_csv(out / "preference.csv", keep_default_na=False, na_values=[""])
+    assert list(df.columns) == ["token", "id", "count", "ll_a", "ll_b", "pref",
+                                "pref_se"]
+    assert len(df) > 10 and (df["count"] >= 1).all()
+    assert df.loc[df["count"] < config["min_count"], "pref"].isna().all()
+    assert df.loc[df["count"] >= config["min_count"], "pref"].notna().all()
+    results = json.loads((out / "results.json").read_text())
+    for key in ("scores", "preference", "split_half", "joint_training",
+                "readout_training", "parameters", "data"):
+        assert key in results, key
+    scores = TokenScores.load(out / "scores.npz")
+    assert results["scores"]["scored_tokens"] == scores.target.size == df["count"].sum()
+    metrics = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert {m["phase"] for m in metrics} == {"joint", "readouts"}
+
+
+@pytest.mark.slow
+def test_rerunning_the_same_command_resumes_without_training_again(finished_run,
+                                                                   tiny_corpus, capsys):
+    out, metrics_before = finished_run
+    weights = (ckpt.latest_checkpoint(out / "joint") / ckpt.WEIGHTS).read_bytes()
+    scores = TokenScores.load(out / "scores.npz")
+    code, stdout, err = cli(fast_args(tiny_corpus, out), capsys)
+    assert code == 0, err
+    metrics_after = (out / "metrics.jsonl").read_text(encoding="utf-8")
+    assert metrics_after == metrics_before  # no new training-step lines
+    assert (ckpt.latest_checkpoint(out / "joint") / ckpt.WEIGHTS).read_bytes() == weights
+    again = TokenScores.load(out / "scores.npz")
+    np.testing.assert_array_equal(again.ll, scores.ll)
+
+
+@pytest.mark.slow
+def test_a_run_directory_made_with_another_config_is_refused_untouched(
+        finished_run, tiny_corpus, capsys):
+    out, _ = finished_run
+    before = snapshot(out)
+    code, _, err = cli(fast_args(tiny_corpus, out, "--seed", "1"), capsys)
+    assert code == 2
+    assert len(lines(err)) == 1 and lines(err)[0].startswith("error: ")
+    assert "another config" in err and "seed" in err and "Traceback" not in err
+    assert snapshot(out) == before
+
+
+@pytest.mark.slow
+def test_load_run_gives_back_the_model_readouts_and_preference(finished_run):
+    out, _ = finished_run
+    loaded = pipeline.load_run(out)
+    assert isinstance(loaded.model, TwoTowerLM) and not loaded.model.training
+    assert not any(p.requires_grad for p in loaded.model.parameters())
+    saved = TwoTowerLM(loaded.config.model)
+    ckpt.load_weights(ckpt.latest_checkpoint(out / "joint"), saved)
+    assert all(torch.equal(a, b) for a, b in zip(saved.state_dict().values(),
+                                                 loaded.model.state_dict().values()))
+    assert list(loaded.preference.columns) == ["token", "count", "ll_a", "ll_b", "pref",
+                                               "pref_se"]
+    assert loaded.results["family"] == "causal"
+
+
+def test_load_run_of_an_unfinished_directory_is_refused(tmp_path):
+    with pytest.raises(TwotowerError, match="not a finished run"):
+        pipeline.load_run(tmp_path)
+
+
+@pytest.mark.slow
+def test_pipeline_run_is_reproducible_for_a_seed_and_differs_across_seeds(
+        finished_run, tiny_corpus, tmp_path):
+    out, _ = finished_run
+    cfg = config_from_args(build_parser().parse_args(fast_args(tiny_corpus, out)))
+    pipeline.run(cfg, tmp_path / "same", progress=False)
+    for name in ("scores.npz", "preference.csv"):
+        assert (tmp_path / "same" / name).read_bytes() == (out / name).read_bytes(), name
+    for phase in ("joint", "readouts"):
+        mine = ckpt.latest_checkpoint(tmp_path / "same" / phase) / ckpt.WEIGHTS
+        theirs = ckpt.latest_checkpoint(out / phase) / ckpt.WEIGHTS
+        assert mine.read_bytes() == theirs.read_bytes(), phase
+    pipeline.run(cfg.with_seed(1), tmp_path / "other", progress=False)
+    other = TokenScores.load(tmp_path / "other" / "scores.npz")
+    assert not np.array_equal(other.ll, TokenScores.load(out / "scores.npz").ll)
+
+
+@pytest.mark.slow
+def test_bundled_corpus_runs_with_the_network_blocked(tmp_path, capsys, no_network):
+    code, stdout, err = cli(["run", "--preset", "smoke", "--source", "bundled",
+                             "--corpus", "wikitext-2", "--steps", "2",
+                             "--readout-steps", "2", "--precision", "fp32",
+                             "--device", "cpu", "--quiet", "--out", tmp_path / "run"],
+                            capsys)
+    assert code == 0, err
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["data"]["source"] == "bundled"
+    assert results["data"]["corpus"] == "wikitext-2"
+    assert (tmp_path / "run" / "preference.csv").is_file()

@@ -1,0 +1,191 @@
+"""The experiment of chapter 2: two towers on the planted language, read and scored.
+
+Introduced in chapter 2 (*A language with a planted division*).
+
+One call of :func:`run_planted` does what chapters 5 to 8 take apart, on the language of
+:mod:`twotower.synthetic`: phase 1 (the two-tower model through its fused head), phases
+2/3 (a readout per frozen tower), scoring both readouts on the same validation
+positions, and the token preference. With ``control=True`` it also reads out the same
+model *at initialisation* (readouts trained, towers never trained): the control that
+shows how much "division" random towers already produce.
+
+A run directory ``<runs_dir>/planted-<hash of the config>/seed<k>/`` holds the phase
+checkpoints, ``metrics.jsonl``, ``scores.npz`` and ``init_scores.npz``; a rerun finds
+them and trains nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from .config import ModelConfig, TrainConfig, config_to_dict
+from .model import TwoTowerLM
+from .objectives import Objective
+from .preference import token_preference
+from .readouts import TokenScores, score_readouts, train_readouts
+from .synthetic import (CLS_ID, SPECIAL_IDS, PlantedLanguage, PlantedLanguageConfig,
+                        planted_split_score, process_losses, split_shares)
+from .training import WindowBatches, train
+
+
+@dataclass(frozen=True)
+class PlantedRunConfig:
+    """Language, model, the two training phases and the amount of data."""
+
+    language: PlantedLanguageConfig = field(default_factory=PlantedLanguageConfig)
+    model: ModelConfig = field(default_factory=lambda: ModelConfig(
+        n_layers=1, d_model=32, n_heads=1, d_ff=64, dropout=0.0))
+    joint: TrainConfig = field(default_factory=lambda: TrainConfig(
+        steps=1500, batch_size=32, lr=3e-3, warmup_steps=30, eval_every=250,
+        eval_batches=4, checkpoint_every=0, log_every=25))
+    readout: TrainConfig = field(default_factory=lambda: TrainConfig(
+        steps=200, batch_size=32, lr=3e-3, warmup_steps=10, eval_every=0,
+        eval_batches=4, checkpoint_every=0, log_every=25))
+    n_train: int = 2000  # training windows
+    n_val: int = 256  # validation windows (scored for pref)
+    min_count: int = 20  # tokens seen fewer times as targets get pref = NaN
+
+    def resolved_model(self, vocab_size: int) -> ModelConfig:
+        """The model config with the language's vocabulary and window filled in."""
+        return dataclasses.replace(self.model, family="causal", vocab_size=vocab_size,
+                                   max_len=self.language.window)
+
+    def key(self) -> str:
+        """Eight hex digits that change whenever anything in the config changes."""
+        text = json.dumps(config_to_dict(self), sort_keys=True)
+        return hashlib.sha1(text.encode()).hexdigest()[:8]
+
+
+def _smoke() -> PlantedRunConfig:
+    base = PlantedRunConfig()
+    return dataclasses.replace(
+        base, language=dataclasses.replace(base.language, window=32),
+        joint=dataclasses.replace(base.joint, steps=600, lr=1e-2, eval_every=100),
+        readout=dataclasses.replace(base.readout, steps=100, lr=1e-2),
+        n_train=1000, n_val=128)
+
+
+#: The run of chapter 2 at each preset (``smoke``: CI; anything else: ``small``).
+PLANTED_PRESETS: dict[str, PlantedRunConfig] = {"smoke": _smoke(),
+                                                "small": PlantedRunConfig()}
+
+
+@dataclass
+class PlantedRun:
+    """What one seed of the experiment produced (see :func:`run_planted`)."""
+
+    cfg: PlantedRunConfig
+    seed: int
+    language: PlantedLanguage
+    run_dir: Path
+    scores: TokenScores  # readouts of the trained towers
+    pref: pd.DataFrame  # token_preference of ``scores``
+    init_scores: TokenScores | None  # readouts of the same towers at initialisation
+    init_pref: pd.DataFrame | None
+    seconds: float  # spent in this call (0 when everything was on disk)
+
+    def oracle_losses(self) -> pd.Series:
+        """Loss (nats) of the true generator on the validation targets, per process:
+        the floor that no model can beat."""
+        windows = _windows(self.cfg, self.language, self.seed)[1]
+        sample_ll = self.language.oracle_log_probs(windows)  # (N, T - 1)
+        labels = self.language.labels[windows[:, 1:]]
+        return pd.Series({p: float(-sample_ll[labels == p].mean())
+                          for p in ("local", "topic")}, name="oracle")
+
+    def metrics(self) -> pd.DataFrame:
+        """The joint phase's ``metrics.jsonl`` (train loss every ``log_every`` steps,
+        validation loss at every evaluation)."""
+        path = self.run_dir / "metrics.jsonl"
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line]
+        return pd.DataFrame([r for r in rows if r.get("phase") == "joint"])
+
+
+def _windows(cfg: PlantedRunConfig, language: PlantedLanguage, seed: int):
+    """Training windows depend on the seed; validation windows are the same for all."""
+    train_windows = language.sample(cfg.n_train, seed=1 + seed).windows
+    val_windows = language.sample(cfg.n_val, seed=10_000).windows
+    return train_windows, val_windows
+
+
+def run_planted(cfg: PlantedRunConfig, seed: int, runs_dir: str | Path, *,
+                device: str = "auto", control: bool = True, callbacks: Iterable = (),
+                progress: bool = True) -> PlantedRun:
+    """Train (or reload) one seed of the planted-division experiment.
+
+    Args:
+        cfg: language, model and training phases.
+        seed: model initialisation, batch order and training windows.
+        runs_dir: parent of the run directory; what is there is reused.
+        device: where to train (fp32 unless the device has fast bf16/fp16).
+        control: also read out the untrained model.
+        callbacks: passed to the joint phase's training loop (e.g. a LiveLossPlot).
+
+    Returns:
+        :class:`PlantedRun` with the scores and preferences of both models.
+    """
+    start = time.perf_counter()
+    language = PlantedLanguage(cfg.language)
+    V = language.vocab_size
+    run_dir = Path(runs_dir) / f"planted-{cfg.key()}" / f"seed{seed}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(json.dumps(config_to_dict(cfg), indent=1))
+    joint = dataclasses.replace(cfg.joint, seed=seed, device=device)
+    readout = dataclasses.replace(cfg.readout, seed=seed, device=device)
+    objective = Objective("causal", SPECIAL_IDS, pad_id=0, cls_id=CLS_ID, mask_id=4,
+                          n_tokens=V)
+    train_windows, val_windows = _windows(cfg, language, seed)
+    batches = WindowBatches(train_windows, objective, joint.batch_size, seed)
+    val = WindowBatches(val_windows, objective, 64, seed)
+
+    def read(model: TwoTowerLM, name: str) -> TokenScores:
+        path = run_dir / f"{name}.npz"
+        if not path.exists():  # phases 2/3, then both readouts on the same positions
+            readouts, _ = train_readouts(model, batches, readout, run_dir=run_dir,
+                                         phase=f"{name}_readouts", progress=progress)
+            score_readouts(model, readouts, val.eval_batches(), device).save(path)
+        return TokenScores.load(path)
+
+    init_scores = None
+    if control:
+        torch.manual_seed(seed)  # the very weights the trained model starts from
+        init_scores = read(TwoTowerLM(cfg.resolved_model(V)), "init_scores")
+    torch.manual_seed(seed)
+    model = TwoTowerLM(cfg.resolved_model(V))
+    if not (run_dir / "scores.npz").exists():  # phase 1 (resumes from a checkpoint)
+        train(model, lambda b: model.loss(b.input_ids, b.targets), batches, joint,
+              val=val, run_dir=run_dir, callbacks=callbacks, progress=progress)
+    scores = read(model, "scores")
+    prefs = [None if s is None else token_preference(s, V, cfg.min_count)
+             for s in (scores, init_scores)]
+    return PlantedRun(cfg, seed, language, run_dir, scores, prefs[0], init_scores,
+                      prefs[1], time.perf_counter() - start)
+
+
+def summarise(run: PlantedRun, n_boot: int = 1000, n_perm: int = 2000) -> pd.DataFrame:
+    """One row per model (``trained``, ``untrained``): |r| with its interval, the
+    permutation p, the shares of :func:`twotower.synthetic.split_shares` and the
+    readout losses per process."""
+    rows = {}
+    for name, scores, pref in (("trained", run.scores, run.pref),
+                               ("untrained", run.init_scores, run.init_pref)):
+        if scores is None:
+            continue
+        score = planted_split_score(pref, run.language.labels, n_boot, n_perm,
+                                    seed=run.seed)
+        losses = process_losses(scores, run.language.labels)
+        rows[name] = {"seed": run.seed, "|r|": score.r, "ci_low": score.ci[0],
+                      "ci_high": score.ci[1], "p": score.p,
+                      **split_shares(pref, run.language.labels),
+                      **{f"loss {k} {p}": losses.loc[k, p] for k in losses.index
+                         for p in losses.columns}}
+    return pd.DataFrame(rows).T
