@@ -53,7 +53,7 @@ def special() -> SpecialIds:
     return SPECIAL
 
 
-# --- tiny configurations ----------------------------------------------------------------
+# --- tiny configurations --------------------------------------------------------------
 
 def _tiny_config(family: str = "causal", **overrides) -> ModelConfig:
     base = dict(family=family, n_layers=2, d_model=16, n_heads=2, d_ff=32,
@@ -74,21 +74,21 @@ def _fp32_train_config(**overrides) -> TrainConfig:
 
 @pytest.fixture
 def tiny_config():
-    """Factory: ``tiny_config(family, **overrides)`` -> a small fp32-friendly ModelConfig."""
+    """Factory: ``tiny_config(family, **overrides)`` -> a small ModelConfig."""
     return _tiny_config
 
 
 @pytest.fixture
 def train_config():
-    """Factory: ``train_config(**overrides)`` -> a TrainConfig for CPU, fp32, no autocast."""
+    """Factory: ``train_config(**overrides)`` -> a TrainConfig for CPU in fp32."""
     return _fp32_train_config
 
 
-# --- synthetic windows ------------------------------------------------------------------
+# --- synthetic windows ----------------------------------------------------------------
 
 def _synthetic_windows(n: int, T: int, n_tokens: int, seed: int = 0,
                        pad: bool = True, special: SpecialIds = SPECIAL) -> np.ndarray:
-    """``(n, T)`` int64 windows like ``data.make_windows`` makes: [CLS] first, PAD at the end.
+    """``(n, T)`` int64 windows like ``data.make_windows``: [CLS] first, PAD at the end.
 
     Real tokens are drawn from the non-special ids below ``n_tokens``, with an
     occasional [SEP]; with ``pad`` about half of the rows end in padding.
@@ -146,7 +146,7 @@ def synthetic_data() -> SyntheticData:
                          val=_synthetic_windows(8, 12, 60, seed=2))
 
 
-# --- models -----------------------------------------------------------------------------
+# --- models ---------------------------------------------------------------------------
 
 def _randomise(module: torch.nn.Module, seed: int = 0, scale: float = 0.3) -> None:
     """Give every parameter (norms and biases too) random values, so no symmetry hides
@@ -193,7 +193,7 @@ def swapped_tower_state():
     return _swapped_tower_state
 
 
-# --- a tiny text corpus -----------------------------------------------------------------
+# --- a tiny text corpus ---------------------------------------------------------------
 
 _SUBJECTS = ["the old miller", "a young sailor", "the river", "her brother", "the king",
              "a small village", "the northern army", "my neighbour", "the blue bird",
@@ -234,7 +234,7 @@ def tiny_corpus(tmp_path_factory) -> Path:
     return write_tiny_corpus(tmp_path_factory.mktemp("corpus") / "tiny.txt")
 
 
-# --- network ----------------------------------------------------------------------------
+# --- network --------------------------------------------------------------------------
 
 def _refuse(*args, **kwargs):
     raise OSError("network disabled by the test")

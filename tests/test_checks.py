@@ -65,6 +65,18 @@ BROKEN = {
 from test_checks_ch2 import BROKEN as _BROKEN_CH2  # noqa: E402 (chapter 2's variants)
 
 BROKEN.update(_BROKEN_CH2)
+from test_checks_ch03_05 import BROKEN as _BROKEN_CH3_5  # noqa: E402 (chapters 3-5)
+
+BROKEN.update(_BROKEN_CH3_5)
+from test_checks_ch06_08 import BROKEN as _BROKEN_CH6_8  # noqa: E402 (chapters 6-8)
+
+BROKEN.update(_BROKEN_CH6_8)
+from test_checks_ch09_11 import BROKEN as _BROKEN_CH9_11  # noqa: E402 (chapters 9-11)
+
+BROKEN.update(_BROKEN_CH9_11)
+from test_checks_ch12_14 import BROKEN as _BROKEN_CH12_14  # noqa: E402 (chapters 12-14)
+
+BROKEN.update(_BROKEN_CH12_14)
 
 CHECKS = {name: function for name, function in inspect.getmembers(checks, callable)
           if name.startswith("check_")}

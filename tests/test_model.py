@@ -1,4 +1,4 @@
-"""TwoTowerLM and SingleTowerLM: shapes, what each position may see, hooks, sizes, config."""
+"""TwoTowerLM and SingleTowerLM: shapes, who sees what, hooks, sizes, configuration."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def ids_of(windows) -> torch.Tensor:
 
 
 def changed_at(ids: torch.Tensor, j: int, n_tokens: int = 60) -> torch.Tensor:
-    """A copy of ``ids`` with an ordinary token at position ``j`` replaced by another."""
+    """A copy of ``ids`` with the ordinary token at position ``j`` replaced."""
     out = ids.clone()
     out[:, j] = 5 + (out[:, j] - 5 + 17) % (n_tokens - 5)
     assert (out[:, j] != ids[:, j]).all()
@@ -111,8 +111,8 @@ def test_mlm_logits_depend_on_tokens_on_both_sides(j, tiny_config, synthetic_win
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_padding_does_not_change_the_logits_of_real_positions(family, tiny_config,
-                                                             synthetic_windows, special):
+def test_padding_does_not_change_the_logits_of_real_positions(
+        family, tiny_config, synthetic_windows, special):
     """A window with PAD at the end gives the same logits at its real positions as the
     same window cut before the padding, alone or next to an unpadded row."""
     model = TwoTowerLM(tiny_config(family)).eval()
@@ -347,10 +347,6 @@ def test_a_config_written_by_another_version_is_refused():
         run_config_from_dict(d)
 
 
-@pytest.mark.xfail(reason="bug: config.py config_to_dict promises 'tuples turned into "
-                   "lists, ready for JSON' but returns dataclasses.asdict unchanged, so "
-                   "TrainConfig.betas stays a tuple and differs from what config.json "
-                   "reads back (pipeline._check_run_dir works around it)", strict=True)
 def test_config_to_dict_equals_what_json_reads_back():
     d = config_to_dict(get_preset("smoke"))
     assert json.loads(json.dumps(d)) == d

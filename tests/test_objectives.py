@@ -23,16 +23,16 @@ def gen(seed: int = 0) -> torch.Generator:
 
 # --- causal and biLM ------------------------------------------------------------------
 
-def test_causal_targets_are_the_next_token_and_never_padding(make_objective,
-                                                             synthetic_windows, special):
+def test_causal_targets_are_the_next_token_and_never_padding(
+        make_objective, synthetic_windows, special):
     windows = synthetic_windows(16, 10, 60)
     batch = make_objective("causal").make_batch(windows, gen())
     ids = torch.as_tensor(windows)
     assert torch.equal(batch.input_ids, ids)
     assert (batch.targets[:, -1] == IGNORE).all()
     nxt = ids[:, 1:]
-    assert torch.equal(batch.targets[:, :-1],
-                       torch.where(nxt == special.pad, torch.full_like(nxt, IGNORE), nxt))
+    expected = torch.where(nxt == special.pad, torch.full_like(nxt, IGNORE), nxt)
+    assert torch.equal(batch.targets[:, :-1], expected)
     assert (ids == special.pad).any()  # the padding case really occurred
 
 
@@ -141,7 +141,8 @@ def test_mlm_masks_depend_only_on_seed_and_step(make_objective, synthetic_window
     a = objective.make_batch(windows, step_generator(3, 10))
     b = objective.make_batch(windows, step_generator(3, 10))
     assert torch.equal(a.input_ids, b.input_ids) and torch.equal(a.targets, b.targets)
-    for other in (step_generator(3, 11), step_generator(4, 10), step_generator(3, 10, 1)):
+    for other in (step_generator(3, 11), step_generator(4, 10),
+                  step_generator(3, 10, 1)):
         c = objective.make_batch(windows, other)
         assert not torch.equal(a.targets, c.targets)
 

@@ -81,7 +81,8 @@ def test_preference_columns_are_per_token_means_counts_and_standard_errors():
 
 
 def test_rare_tokens_get_nan_never_zero_and_unseen_tokens_no_row():
-    scores = make_scores([3, 3, 3, 7], [-1.0, -1.0, -1.0, -2.0], [-2.0, -2.0, -2.0, -1.0])
+    scores = make_scores([3, 3, 3, 7], [-1.0, -1.0, -1.0, -2.0],
+                         [-2.0, -2.0, -2.0, -1.0])
     df = token_preference(scores, vocab_size=10, min_count=3)
     assert list(df.index) == [3, 7]
     assert df.loc[3, "pref"] == pytest.approx(1.0)
@@ -91,7 +92,8 @@ def test_rare_tokens_get_nan_never_zero_and_unseen_tokens_no_row():
 
 def test_token_strings_are_added_as_a_column():
     scores = make_scores([1, 2, 2], [-1.0] * 3, [-1.5] * 3)
-    df = token_preference(scores, vocab_size=4, min_count=1, tokens=["a", "b", "c", "d"])
+    df = token_preference(scores, vocab_size=4, min_count=1,
+                          tokens=["a", "b", "c", "d"])
     assert list(df.columns) == ["token", "count", "ll_a", "ll_b", "pref", "pref_se"]
     assert list(df["token"]) == ["b", "c"]
 
@@ -136,11 +138,6 @@ def test_split_half_depends_on_the_seed_only_through_the_halves():
     assert split_half(scores, 60, seed=2).r != a.r
 
 
-@pytest.mark.xfail(reason="bug: preference.py split_half computes r_centred as the "
-                   "Pearson r of each half minus its own mean, which equals r exactly "
-                   "(Pearson is shift-invariant), so the 'centred' control never "
-                   "removes anything; centre on difficulty/frequency instead (e.g. the "
-                   "residual of centred_preference computed per half)", strict=True)
 def test_split_half_centred_r_removes_a_difficulty_confound():
     """Hard tokens having larger differences in both halves is not a preference."""
     scores, _ = planted(signal=0.0, noise=0.5, difficulty_slope=0.5, n_tokens=300)

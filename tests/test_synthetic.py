@@ -42,6 +42,16 @@ def test_the_language_seed_changes_the_grammar_not_the_shapes():
     assert same.vocab_size == other.vocab_size
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_every_local_token_can_follow_every_other_eventually(seed):
+    transition = PlantedLanguage(dataclasses.replace(CFG, seed=seed)).transition
+    assert np.allclose(transition.sum(1), 1)
+    assert ((transition > 0).sum(1) == CFG.local_successors).all()
+    reach = np.linalg.matrix_power((transition > 0).astype(int) + np.eye(CFG.n_local,
+                                   dtype=int), CFG.n_local)
+    assert (reach > 0).all()  # irreducible: no local token dies out
+
+
 def test_windows_have_the_promised_shape_and_start_with_cls(sample):
     assert sample.windows.shape == (3000, CFG.window)
     assert sample.windows.dtype == np.int64

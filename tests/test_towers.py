@@ -16,12 +16,19 @@ from twotower.towers import (BiLSTMTowers, StackedLayerNorm, StackedLinear,
 TIGHT = dict(rtol=1e-5, atol=1e-5)
 
 
+def assert_close_fp32(actual, expected):
+    """Tight fp32 agreement, the absolute part scaled to the tensor's magnitude
+    (gradients summed over many positions reach ~10, where 1e-5 is one ulp's noise)."""
+    scale = max(1.0, float(expected.detach().abs().max()))
+    torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5 * scale)
+
+
 def padding_mask(B: int, T: int, lengths: list[int]) -> torch.Tensor:
     """``(B, T)`` True at the positions past each row's length."""
     return torch.arange(T)[None, :] >= torch.tensor(lengths)[:, None]
 
 
-# --- stacked transformer == two reference blocks ---------------------------------------
+# --- stacked transformer == two reference blocks --------------------------------------
 
 @pytest.mark.parametrize("family, padded", [("causal", False), ("mlm", False),
                                             ("mlm", True)])
@@ -35,8 +42,9 @@ def test_stacked_towers_equal_separate_reference_blocks_forward_and_backward(
             for k in range(2)]
     K, B, T, D = 2, 3, 7, cfg.d_model
     key_padding = padding_mask(B, T, [7, 4, 5]) if padded else None
-    x = torch.randn(K, B, T, D, requires_grad=True)
-    weight = torch.randn(K, B, T, D)  # a random linear loss tests every gradient entry
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(K, B, T, D, generator=g, requires_grad=True)
+    weight = torch.randn(K, B, T, D, generator=g)  # random linear loss: all gradients
 
     y = stacked(x, key_padding)
     (y * weight).sum().backward()
@@ -45,17 +53,17 @@ def test_stacked_towers_equal_separate_reference_blocks_forward_and_backward(
         h = xk
         for block in refs[k]:
             h = block(h, key_padding)
-        torch.testing.assert_close(y[k], h, **TIGHT)
+        assert_close_fp32(y[k], h)
         (h * weight[k]).sum().backward()
-        torch.testing.assert_close(x.grad[k], xk.grad, **TIGHT)
+        assert_close_fp32(x.grad[k], xk.grad)
         for layer, (ref, s) in enumerate(zip(refs[k], stacked.blocks)):
             for lin, st in ((ref.attn.qkv, s.qkv), (ref.attn.out, s.attn_proj),
                             (ref.mlp.up, s.mlp_in), (ref.mlp.down, s.mlp_out)):
-                torch.testing.assert_close(st.weight.grad[k], lin.weight.grad.T, **TIGHT)
-                torch.testing.assert_close(st.bias.grad[k, 0], lin.bias.grad, **TIGHT)
+                assert_close_fp32(st.weight.grad[k], lin.weight.grad.T)
+                assert_close_fp32(st.bias.grad[k, 0], lin.bias.grad)
             for ln, st in ((ref.ln1, s.norm1), (ref.ln2, s.norm2)):
-                torch.testing.assert_close(st.weight.grad[k, 0], ln.weight.grad, **TIGHT)
-                torch.testing.assert_close(st.bias.grad[k, 0], ln.bias.grad, **TIGHT)
+                assert_close_fp32(st.weight.grad[k, 0], ln.weight.grad)
+                assert_close_fp32(st.bias.grad[k, 0], ln.bias.grad)
 
 
 def test_reference_block_is_a_copy_not_a_view(tiny_config):
@@ -138,10 +146,6 @@ def test_attention_pattern_is_what_the_block_computes(tiny_config, randomise):
     torch.testing.assert_close(cache["out"], expected, **TIGHT)
 
 
-@pytest.mark.xfail(reason="bug: towers.py StackedBlock.forward computes the attn_pattern "
-                   "hook with attention_by_hand(q, k, v, causal) and ignores key_padding, "
-                   "so the hooked pattern of an mlm window with padding puts weight on "
-                   "PAD keys that the real attention never sees", strict=True)
 def test_attention_pattern_puts_no_weight_on_padding_keys(tiny_config,
                                                          synthetic_windows, special):
     model = TwoTowerLM(tiny_config("mlm")).eval()
@@ -152,10 +156,6 @@ def test_attention_pattern_puts_no_weight_on_padding_keys(tiny_config,
         assert pattern[:, 0, :, :, 5:].abs().max() == 0
 
 
-@pytest.mark.xfail(reason="bug: towers.py StackedBlock.forward passes "
-                   "is_causal=self.causal and mask is None, so a causal "
-                   "StackedTransformer given key_padding attends to the future",
-                   strict=True)
 def test_causal_stacked_transformer_stays_causal_when_given_key_padding(
         tiny_config, randomise):
     cfg = tiny_config("causal", n_layers=1)
@@ -201,7 +201,8 @@ def test_stacked_layer_norm_equals_one_layer_norm_per_tower():
 # --- biLM streams ---------------------------------------------------------------------
 
 def bilm_streams(model, ids):
-    logits, cache = model.run_with_cache(ids, names=["towers.fwd_out", "towers.bwd_out"])
+    names = ["towers.fwd_out", "towers.bwd_out"]
+    logits, cache = model.run_with_cache(ids, names=names)
     return logits, cache["towers.fwd_out"], cache["towers.bwd_out"]
 
 

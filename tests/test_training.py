@@ -107,7 +107,7 @@ def test_training_lowers_the_validation_loss(tiny_config, train_config, syntheti
 # --- determinism ----------------------------------------------------------------------
 
 def run_training(cfg, tcfg, data, init_seed, run_dir=None, callbacks=()):
-    """Build a model from ``init_seed`` and train it; batches and masks follow tcfg.seed."""
+    """Build a model from ``init_seed`` and train it (batches and masks: tcfg.seed)."""
     model = make_model(cfg, init_seed)
     objective = data.objective(cfg.family)
     record = Record()
@@ -142,16 +142,17 @@ def test_resuming_after_an_interruption_gives_the_same_weights_as_one_go(
         run_training(cfg, tcfg, synthetic_data, 0, tmp_path / "cut", [InterruptAt(5)])
     assert ckpt.latest_checkpoint(tmp_path / "cut" / "joint").name == "step-0000003"
     torch.rand(100)  # the global RNG moves on in between, as in a new process
-    resumed, later_losses = run_training(cfg, tcfg, synthetic_data, 99, tmp_path / "cut")
+    resumed, later_losses = run_training(cfg, tcfg, synthetic_data, 99,
+                                         tmp_path / "cut")
     assert later_losses == losses[3:]
     assert weights_equal(whole, resumed)
-    lines = [json.loads(l) for l in (tmp_path / "cut" / "metrics.jsonl").read_text()
-             .splitlines()]
+    text = (tmp_path / "cut" / "metrics.jsonl").read_text()
+    lines = [json.loads(line) for line in text.splitlines()]
     assert [r["step"] for r in lines if "loss" in r] == list(range(1, 9))
 
 
-def test_a_finished_phase_is_not_trained_again(tiny_config, train_config, synthetic_data,
-                                               tmp_path, weights_equal):
+def test_a_finished_phase_is_not_trained_again(tiny_config, train_config,
+                                               synthetic_data, tmp_path, weights_equal):
     cfg = tiny_config("causal")
     tcfg = train_config(steps=4)
     first, _ = run_training(cfg, tcfg, synthetic_data, 0, tmp_path)
@@ -256,7 +257,8 @@ def test_batches_depend_only_on_seed_and_step(synthetic_data):
     b = WindowBatches(synthetic_data.train, objective, 4, 0)
     for step in (0, 7, 3):
         x, y = a.train_batch(step), b.train_batch(step)
-        assert torch.equal(x.input_ids, y.input_ids) and torch.equal(x.targets, y.targets)
+        assert torch.equal(x.input_ids, y.input_ids)
+        assert torch.equal(x.targets, y.targets)
     assert not torch.equal(a.train_batch(0).targets, a.train_batch(1).targets)
     assert not torch.equal(a.train_batch(0).input_ids,
                            WindowBatches(synthetic_data.train, objective, 4, 1)
@@ -289,7 +291,8 @@ def test_checkpoint_round_trip_restores_identical_weights_and_state(tiny_config,
     assert weights_equal(model, other)
     loaded = ckpt.load_state(path)
     assert loaded["optimizer"]["lr"] == 0.1
-    assert torch.equal(loaded["optimizer"]["moments"][0], state["optimizer"]["moments"][0])
+    assert torch.equal(loaded["optimizer"]["moments"][0],
+                       state["optimizer"]["moments"][0])
     assert torch.equal(loaded["rng"]["torch"], state["rng"]["torch"])
     assert ckpt.load_meta(path) == {"phase": "joint", "step": 5}
 
@@ -339,15 +342,9 @@ def test_a_truncated_state_pt_is_refused(tiny_config, tmp_path):
         ckpt.load_state(path)
 
 
-@pytest.mark.parametrize("change", [
-    {"d_model": 32}, {"vocab_size": 128},
-    pytest.param({"n_layers": 1}, id="fewer-layers", marks=pytest.mark.xfail(
-        reason="bug: checkpoint.py load_weights formats missing[:2] and unexpected[:2] "
-        "but safetensors' load_model returns sets, so a checkpoint with extra or "
-        "missing tensors raises TypeError instead of TwotowerError", strict=True)),
-    pytest.param({"n_layers": 3}, id="more-layers", marks=pytest.mark.xfail(
-        reason="bug: same TypeError as fewer-layers (missing tensors)", strict=True)),
-])
+@pytest.mark.parametrize("change", [{"d_model": 32}, {"vocab_size": 128},
+                                    {"n_layers": 1}, {"n_layers": 3}],
+                         ids=["wider", "bigger-vocab", "fewer-layers", "more-layers"])
 def test_weights_saved_with_another_config_are_refused(change, tiny_config, tmp_path):
     model = TwoTowerLM(tiny_config("mlm"))
     path, _ = save_one(tmp_path, model)
@@ -357,10 +354,6 @@ def test_weights_saved_with_another_config_are_refused(change, tiny_config, tmp_
     assert "another config" in str(err.value) and "\n" not in str(err.value)
 
 
-@pytest.mark.xfail(reason="bug: checkpoint.py load_weights calls safetensors load_model "
-                   "(load_state_dict strict=False), which copies every tensor whose "
-                   "shape fits before the size mismatch is raised, so a refused load "
-                   "leaves the module half overwritten", strict=True)
 def test_a_refused_load_leaves_the_model_untouched(tiny_config, tmp_path):
     path, _ = save_one(tmp_path, TwoTowerLM(tiny_config("mlm")))
     other = TwoTowerLM(tiny_config("mlm", vocab_size=128))  # only the embedding differs
@@ -403,10 +396,6 @@ def test_a_damaged_latest_pointer_falls_back_to_the_newest_complete_checkpoint(
     assert ckpt.latest_checkpoint(tmp_path) == tmp_path / "step-0000003"
 
 
-@pytest.mark.xfail(reason="bug: checkpoint.py latest_checkpoint reads the pointer with "
-                   "read_text(encoding='utf-8'), so a pointer damaged into non-UTF-8 "
-                   "bytes raises UnicodeDecodeError instead of falling back",
-                   strict=True)
 def test_a_latest_pointer_that_is_not_utf8_falls_back(tiny_config, tmp_path):
     model = TwoTowerLM(tiny_config("causal", n_layers=1))
     save_one(tmp_path, model, 3)

@@ -20,6 +20,7 @@ check without one).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -484,8 +485,8 @@ def check_fertility(fertility: Callable) -> None:
     __tracebackhide__ = True
     name = "check_fertility"
     hint = ("Hint: tokenizer.encode(word, add_special_tokens=False).ids holds the "
-            "word's pieces (encode adds [CLS] and [SEP] unless told not to); return one "
-            "count per word, in order (encode_batch does all words at once).")
+            "word's pieces (encode adds [CLS] and [SEP] unless told not to); return "
+            "one count per word, in order (encode_batch does all words at once).")
     tokenizer = _tiny_tokenizer()
     cases = [dict(words=["the", "lobster", "lobsters", "Cooking", "eggs"],
                   tokenizer=tokenizer),
@@ -523,8 +524,8 @@ def _crossing_cases() -> list[dict[str, Any]]:
         cases.append(dict(label_windows=windows, special_ids=special.all))
         body = max_len - 1  # the authors' packing: cut the stream, ignore articles
         packed = labels[: labels.size // body * body].reshape(-1, body)
-        cases.append(dict(label_windows=np.c_[np.full(len(packed), special.cls), packed],
-                          special_ids=special.all))
+        packed = np.c_[np.full(len(packed), special.cls), packed]
+        cases.append(dict(label_windows=packed, special_ids=special.all))
     return cases
 
 
@@ -537,7 +538,8 @@ def check_windows_crossing_articles(windows_crossing_articles: Callable) -> None
     name = "check_windows_crossing_articles"
     hint = ("Hint: in label_windows every real token is the number of its article; "
             "ignore the special ids ([CLS], PAD, ...) and flag a row whose remaining "
-            "labels are not all equal (compare the row's min and max over real tokens).")
+            "labels are not all equal (compare the row's min and max over real "
+            "tokens).")
     cases = _crossing_cases()
     for case in cases:
         got = _call(name, windows_crossing_articles, case)
@@ -618,8 +620,22 @@ def _mask_tokens(ids, special, n_tokens, generator, mlm_probability=0.15):
     return batch.input_ids, batch.targets
 
 
-def _masking_statistics(ids, inputs, targets, special):
-    """Shares that define BERT masking, from one (inputs, targets) pair."""
+def masking_shares(ids, inputs, targets, special) -> dict[str, float]:
+    """The shares that define BERT's masking, read off one masked batch.
+
+    Introduced in chapter 4 (*Three kinds of tower*).
+
+    Args:
+        ids: ``(B, T)`` original token ids.
+        inputs: ``(B, T)`` ids the model is shown.
+        targets: ``(B, T)`` ids to predict, -100 where there is nothing to predict.
+        special: the tokenizer's :class:`~twotower.tokenizer.SpecialIds`.
+
+    Returns:
+        ``selected``: share of the non-special positions that have a target; and, as
+        shares of the selected positions, ``[MASK]`` (shown as ``[MASK]``), ``random``
+        (shown as another token) and ``kept`` (shown unchanged).
+    """
     import torch
 
     is_special = torch.isin(ids, torch.tensor(special.all))
@@ -685,8 +701,8 @@ def check_mask_tokens(mask_tokens: Callable) -> None:
         case = dict(ids=ids.clone(), special=special, n_tokens=60,
                     generator=torch.Generator().manual_seed(1), mlm_probability=p)
         got = _call(name, mask_tokens, case)
-        again = _call(name, mask_tokens, {**case, "ids": ids.clone(),
-                                          "generator": torch.Generator().manual_seed(1)})
+        again = _call(name, mask_tokens, {
+            **case, "ids": ids.clone(), "generator": torch.Generator().manual_seed(1)})
         if not isinstance(got, tuple) or len(got) != 2:
             raise _Fail(f"✘ {name}: return a pair (inputs, targets), got "
                         f"{type(got).__name__}. {hint}")
@@ -701,8 +717,8 @@ def check_mask_tokens(mask_tokens: Callable) -> None:
                         f"generator argument. {hint}")
         reference = _mask_tokens(**{**case, "generator":
                                     torch.Generator().manual_seed(2)})
-        mine = _masking_statistics(ids, inputs, targets, special)
-        theirs = _masking_statistics(ids, *reference, special)
+        mine = masking_shares(ids, inputs, targets, special)
+        theirs = masking_shares(ids, *reference, special)
         eligible = float((~torch.isin(ids, torch.tensor(special.all))).sum())
         for key, share in theirs.items():  # n: positions each share is taken over
             n = eligible * (1.0 if key == "selected" else theirs["selected"])
@@ -723,7 +739,7 @@ def _predicted_influence(family, T):
     from .model import SingleTowerLM
 
     cfg = ModelConfig(family=family, n_layers=2, d_model=16, n_heads=2,
-                      d_ff=24 if family == "bilm" else 32, vocab_size=64, max_len=T,
+                      d_ff=8 if family == "bilm" else 32, vocab_size=64, max_len=T,
                       dropout=0.0)
     torch.manual_seed(T)
     model = SingleTowerLM(cfg).eval()
@@ -742,10 +758,11 @@ def check_predicted_influence(predicted_influence: Callable) -> None:
     models of the package with :func:`position_influence`."""
     __tracebackhide__ = True
     name = "check_predicted_influence"
-    hint = ("Hint: row i is the output position, column j the changed input. The causal "
-            "prediction at i (of token i+1) reads tokens 0..i; the masked LM reads every "
-            "position (the [MASK] in the input hides the target); the biLM's forward "
-            "stream reads j < i and its backward stream j > i, never i itself.")
+    hint = ("Hint: row i is the output position, column j the changed input. The "
+            "causal prediction at i (of token i+1) reads tokens 0..i; the masked LM "
+            "reads every position (the [MASK] in the input hides the target); the "
+            "biLM's forward stream reads j < i and its backward stream j > i, never i "
+            "itself.")
     for family in _INFLUENCE_FAMILIES:
         for T in (4, 9):
             got = _call(name, predicted_influence, dict(family=family, T=T))
@@ -777,8 +794,8 @@ def check_fused_head_parameters(fused_head_parameters: Callable) -> None:
     __tracebackhide__ = True
     name = "check_fused_head_parameters"
     hint = ("Hint: two LayerNorms of width W (a scale and a shift each), one dense "
-            "W x W layer with its bias, and the decoder's bias of V; the decoder weight "
-            "is the token embedding, counted there, not here.")
+            "W x W layer with its bias, and the decoder's bias of V; the decoder "
+            "weight is the token embedding, counted there, not here.")
     sizes = ((8, 10), (128, 2048), (256, 8192), (768, 30528))
     for width, vocab in sizes:
         got = _call(name, fused_head_parameters, dict(width=width, vocab_size=vocab))
@@ -836,3 +853,683 @@ def check_zero_tower_hook(zero_tower_hook: Callable) -> None:
             _assert_close(name, got.numpy(), expected.numpy(),
                           f"family={family!r}, tower={tower}", hint, atol=1e-5)
     _passed(name, "tower 0 and tower 1, causal and masked LM")
+
+
+# --- Chapter 6: Training on a GPU (or not) ---
+# (book/06_training.ipynb)
+
+
+def _learning_rate(step, peak_lr, warmup_steps, total_steps):
+    return _schedule(peak_lr, warmup_steps, total_steps)[step]
+
+
+@functools.lru_cache(maxsize=8)
+def _schedule(peak_lr, warmup_steps, total_steps) -> tuple[float, ...]:
+    from .config import TrainConfig
+    from .notebook import learning_rates
+
+    cfg = TrainConfig(steps=total_steps, warmup_steps=warmup_steps, lr=peak_lr)
+    return tuple(learning_rates(cfg))  # make_optimizer's schedule, step by step
+
+
+@_exercise(_learning_rate)
+def check_learning_rate(learning_rate: Callable) -> None:
+    """Check ``learning_rate(step, peak_lr, warmup_steps, total_steps)``: the learning
+    rate of optimiser step ``step`` (0-based) under the schedule of
+    :func:`twotower.training.make_optimizer`."""
+    __tracebackhide__ = True
+    name = "check_learning_rate"
+    hint = ("Hint: during warm-up (step < warmup_steps) the rate climbs linearly from "
+            "peak_lr / warmup_steps at step 0 to peak_lr at step warmup_steps; then it "
+            "falls linearly to 0 at step total_steps.")
+    schedules = ((1e-3, 100, 600), (2e-3, 10, 120), (0.5, 1, 10), (3e-4, 40, 50))
+    cases = 0
+    for peak, warmup, total in schedules:
+        for step in sorted({0, 1, warmup // 2, warmup - 1, warmup, warmup + 1,
+                            (warmup + total) // 2, total - 1, total}):
+            got = _call(name, learning_rate, dict(step=step, peak_lr=peak,
+                                                  warmup_steps=warmup,
+                                                  total_steps=total))
+            if np.ndim(got) != 0:
+                raise _Fail(f"✘ {name}: returned shape {np.shape(got)}, expected one "
+                            f"number. {hint}")
+            _assert_close(name, got, _learning_rate(step, peak, warmup, total),
+                          f"step={step}, peak_lr={peak}, warmup_steps={warmup}, "
+                          f"total_steps={total}", hint, atol=1e-12, rtol=1e-6)
+            cases += 1
+    _passed(name, f"{cases} steps of {len(schedules)} schedules, warm-up and decay")
+
+
+def _train_flops_per_token(cfg, n_towers):
+    from .flops import train_flops_per_token
+
+    return train_flops_per_token(cfg, n_towers)
+
+
+@_exercise(_train_flops_per_token)
+def check_train_flops_per_token(train_flops_per_token: Callable) -> None:
+    """Check ``train_flops_per_token(cfg, n_towers)`` for transformer towers against
+    :func:`twotower.flops.train_flops_per_token` (every position has a target)."""
+    __tracebackhide__ = True
+    from .config import PRESETS, ModelConfig
+
+    name = "check_train_flops_per_token"
+    hint = ("Hint: forward FLOPs per token = 2 W^2 (the K projections W -> D) + "
+            "K * n_layers * (2*D*3D + 2*D*D + 2*2*D*F + 2*2*T*D) + 2 W^2 + 2 W V (head "
+            "dense and decoder), with W = K * D; training is 3 x forward.")
+    configs = [ModelConfig(family="causal", n_layers=1, d_model=8, n_heads=2, d_ff=16,
+                           vocab_size=50, max_len=4)]
+    configs += [PRESETS[preset][family].model for preset in ("smoke", "small",
+                                                             "paper_base")
+                for family in ("causal", "mlm")]
+    for cfg in configs:
+        for n_towers in (1, 2):
+            got = _call(name, train_flops_per_token, dict(cfg=cfg, n_towers=n_towers))
+            if np.ndim(got) != 0:
+                raise _Fail(f"✘ {name}: returned shape {np.shape(got)}, expected one "
+                            f"number. {hint}")
+            _assert_close(name, got, _train_flops_per_token(cfg, n_towers),
+                          f"n_layers={cfg.n_layers}, d_model={cfg.d_model}, d_ff="
+                          f"{cfg.d_ff}, vocab_size={cfg.vocab_size}, max_len="
+                          f"{cfg.max_len}, n_towers={n_towers}", hint, atol=0,
+                          rtol=1e-9)
+    _passed(name, f"{len(configs)} configs, one and two towers")
+
+
+# --- Chapter 7: Reading each tower alone ---
+# (book/07_reading_each_tower_alone.ipynb)
+
+
+def _readout_optimizer(model, readout, lr, weight_decay):
+    import torch
+
+    from .config import TrainConfig
+    from .readouts import freeze
+    from .training import make_optimizer
+
+    freeze(model)
+    cfg = TrainConfig(steps=10, warmup_steps=1, lr=lr, weight_decay=weight_decay)
+    optimizer, _ = make_optimizer(readout, cfg, torch.device("cpu"))
+    return optimizer
+
+
+def _state_bytes(module) -> dict:
+    return {key: value.detach().clone() for key, value in module.state_dict().items()}
+
+
+@_exercise(_readout_optimizer)
+def check_readout_optimizer(readout_optimizer: Callable) -> None:
+    """Check ``readout_optimizer(model, readout, lr, weight_decay)``: freezes ``model``
+    (no gradient, dropout off) and returns an optimiser of the readout's parameters
+    only, so that training the readout leaves the model bit-identical."""
+    __tracebackhide__ = True
+    import torch
+    import torch.nn.functional as F
+
+    from .config import ModelConfig
+    from .model import TwoTowerLM
+    from .readouts import Readout
+
+    name = "check_readout_optimizer"
+    hint = ("Hint: model.requires_grad_(False) and model.eval() (or "
+            "twotower.readouts.freeze), then torch.optim.AdamW over "
+            "readout.parameters() ONLY: a frozen parameter left in the optimiser is "
+            "still shrunk by weight decay whenever it holds a gradient tensor, even "
+            "one of zeros (the authors' bug 3).")
+    for family, tower in (("causal", 0), ("mlm", 1)):
+        cfg = ModelConfig(family=family, n_layers=1, d_model=16, n_heads=2, d_ff=32,
+                          vocab_size=40, max_len=8, dropout=0.1)
+        torch.manual_seed(7)
+        model, readout = TwoTowerLM(cfg), Readout(16, 40)
+        before, readout_before = _state_bytes(model), _state_bytes(readout)
+        optimizer = _call(name, readout_optimizer, dict(model=model, readout=readout,
+                                                        lr=1e-2, weight_decay=0.1))
+        case = f"family={family!r}"
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise _Fail(f"✘ {name}: returned {type(optimizer).__name__}, expected a "
+                        f"torch.optim optimiser ({case}). {hint}")
+        if any(p.requires_grad for p in model.parameters()):
+            raise _Fail(f"✘ {name}: the model still has parameters with "
+                        f"requires_grad=True ({case}). {hint}")
+        if model.training:
+            raise _Fail(f"✘ {name}: the model is still in training mode, so dropout "
+                        f"keeps changing its features ({case}). {hint}")
+        held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        if held & {id(p) for p in model.parameters()}:
+            raise _Fail(f"✘ {name}: the optimiser holds frozen model parameters "
+                        f"({case}). {hint}")
+        if held != {id(p) for p in readout.parameters()}:
+            raise _Fail(f"✘ {name}: the optimiser must hold every parameter of the "
+                        f"readout and nothing else ({case}). {hint}")
+        if not all(p.requires_grad for p in readout.parameters()):
+            raise _Fail(f"✘ {name}: the readout was frozen too; only the model must "
+                        f"be ({case}). {hint}")
+        ids = torch.randint(5, 40, (4, 8), generator=torch.Generator().manual_seed(8))
+        for p in model.parameters():  # stale gradients, as a training loop leaves them
+            p.grad = torch.zeros_like(p)
+        for _ in range(3):
+            with torch.no_grad():
+                features = model.features(ids)[tower]  # (B, T, D)
+            loss = F.cross_entropy(readout(features).flatten(0, 1), ids.flatten())
+            optimizer.zero_grad(set_to_none=False)
+            loss.backward()
+            optimizer.step()
+        moved = [key for key, value in model.state_dict().items()
+                 if not torch.equal(value, before[key])]
+        if moved:
+            raise _Fail(f"✘ {name}: training the readout changed the frozen model "
+                        f"({moved[0]} and {len(moved) - 1} more; {case}). {hint}")
+        trained = readout.state_dict()
+        if all(torch.equal(trained[k], v) for k, v in readout_before.items()):
+            raise _Fail(f"✘ {name}: three optimiser steps left the readout unchanged "
+                        f"({case}). {hint}")
+    _passed(name, "frozen model bit-identical after 3 steps with weight decay")
+
+
+def _paired_difference(ll_a, ll_b):
+    from .preference import token_preference
+
+    ll = np.stack([np.asarray(ll_a, dtype=np.float64),
+                   np.asarray(ll_b, dtype=np.float64)])
+    one_token = TokenScores(np.zeros(ll.shape[1], dtype=np.int32), ll, ll[0])
+    row = token_preference(one_token, vocab_size=1, min_count=1).iloc[0]
+    return float(row["pref"]), float(row["pref_se"])
+
+
+@_exercise(_paired_difference)
+def check_paired_difference(paired_difference: Callable) -> None:
+    """Check ``paired_difference(ll_a, ll_b)``: the mean over positions of
+    ``ll_a - ll_b`` and its standard error, as :func:`token_preference` computes them
+    for one token (all positions taken as one token)."""
+    __tracebackhide__ = True
+    name = "check_paired_difference"
+    hint = ("Hint: take the differences d = ll_a - ll_b position by position; return "
+            "(d.mean(), d.std(ddof=1) / sqrt(n)). Treating the two columns as "
+            "independent samples ignores that both readouts scored the same positions.")
+    rng = np.random.default_rng(30)
+    cases = []
+    for n, shared, gap in ((5, 1.0, 0.3), (400, 2.0, -0.1), (20_000, 3.0, 0.02)):
+        difficulty = rng.gamma(2.0, shared, n)  # shared by both readouts
+        cases.append(dict(ll_a=-difficulty + gap + rng.normal(0, 0.5, n),
+                          ll_b=-difficulty + rng.normal(0, 0.5, n)))
+    for case in cases:
+        got = _call(name, paired_difference, case)
+        if np.shape(got) != (2,):
+            raise _Fail(f"✘ {name}: returned shape {np.shape(got)}, expected two "
+                        f"numbers (mean, standard_error). {hint}")
+        _assert_close(name, got, _paired_difference(**case),
+                      f"{case['ll_a'].size} positions", hint, atol=1e-9, rtol=1e-6)
+    _passed(name, f"{len(cases)} cases, standard error of paired differences")
+
+
+# --- Chapter 8: The emerging preference ---
+# (book/08_emerging_preference.ipynb)
+
+
+def _preference_table(target, ll_a, ll_b, vocab_size, min_count=5):
+    from .preference import token_preference
+
+    ll = np.stack([np.asarray(ll_a, dtype=np.float64),
+                   np.asarray(ll_b, dtype=np.float64)])
+    df = token_preference(TokenScores(np.asarray(target), ll, ll[0]), vocab_size,
+                          min_count)
+    count = np.zeros(vocab_size, dtype=np.int64)
+    pref, pref_se = np.full(vocab_size, np.nan), np.full(vocab_size, np.nan)
+    count[df.index] = df["count"].to_numpy()
+    pref[df.index] = df["pref"].to_numpy()
+    pref_se[df.index] = df["pref_se"].to_numpy()
+    return count, pref, pref_se
+
+
+def _scored_cases(seed: int, sizes) -> list[dict[str, Any]]:
+    rng = np.random.default_rng(seed)
+    cases = []
+    for n, vocab, min_count in sizes:
+        toy = toy_scores(n, vocab, seed=int(rng.integers(1000)), gap=0.1, noise=1.0)
+        cases.append(dict(target=toy.targets, ll_a=toy.logp_a, ll_b=toy.logp_b,
+                          vocab_size=vocab + 3, min_count=min_count))  # 3 never seen
+    return cases
+
+
+@_exercise(_preference_table)
+def check_preference_table(preference_table: Callable) -> None:
+    """Check ``preference_table(target, ll_a, ll_b, vocab_size, min_count)``:
+    ``(count, pref, pref_se)``, three ``(vocab_size,)`` arrays, against
+    :func:`twotower.preference.token_preference`."""
+    __tracebackhide__ = True
+    name = "check_preference_table"
+    hint = ("Hint: with d = ll_a - ll_b per position, bincount gives n(v), the sum of "
+            "d and the sum of d**2 per token; pref = mean of d, pref_se = sample "
+            "standard deviation (ddof=1) / sqrt(n). pref and pref_se are NaN below "
+            "min_count; count is 0 for unseen tokens.")
+    cases = _scored_cases(31, ((60, 8, 2), (3000, 150, 5), (20_000, 400, 10)))
+    for case in cases:
+        got = _call(name, preference_table, case)
+        if not isinstance(got, tuple) or len(got) != 3:
+            raise _Fail(f"✘ {name}: expected a tuple (count, pref, pref_se), got "
+                        f"{type(got).__name__}. {hint}")
+        expected = _preference_table(**case)
+        where = f"vocab_size={case['vocab_size']}, min_count={case['min_count']}"
+        for label, value, reference in zip(("count", "pref", "pref_se"), got, expected):
+            _assert_close(name, value, reference, f"{label}, {where}", hint,
+                          atol=1e-9, rtol=1e-6)
+    _passed(name, f"{len(cases)} cases: counts, preferences, standard errors")
+
+
+def _split_half_ceiling(target, ll_a, ll_b, vocab_size, min_count=5, seed=0):
+    ll = np.stack([np.asarray(ll_a, dtype=np.float64),
+                   np.asarray(ll_b, dtype=np.float64)])
+    result = split_half(TokenScores(np.asarray(target), ll, ll[0]), vocab_size,
+                        min_count, seed)
+    return result.r, result.ceiling
+
+
+@_exercise(_split_half_ceiling)
+def check_split_half_ceiling(split_half_ceiling: Callable) -> None:
+    """Check ``split_half_ceiling(target, ll_a, ll_b, vocab_size, min_count, seed)``:
+    ``(r, ceiling)`` as :func:`twotower.preference.split_half` computes them, with the
+    halves of :func:`twotower.preference.half_assignment`."""
+    __tracebackhide__ = True
+    name = "check_split_half_ceiling"
+    hint = ("Hint: half = half_assignment(target, seed); compute pref on the positions "
+            "of each half (min_count applies within each half), correlate over the "
+            "tokens finite in both, and return (r, 2 r / (1 + r)): Spearman-Brown "
+            "steps the half-length reliability up to the full data.")
+    cases = _scored_cases(32, ((4000, 100, 4), (20_000, 300, 6), (50_000, 500, 10)))
+    for seed, case in enumerate(cases):
+        case = dict(case, seed=seed)
+        got = _call(name, split_half_ceiling, case)
+        if np.shape(got) != (2,):
+            raise _Fail(f"✘ {name}: returned shape {np.shape(got)}, expected two "
+                        f"numbers (r, ceiling). {hint}")
+        _assert_close(name, got, _split_half_ceiling(**case),
+                      f"vocab_size={case['vocab_size']}, min_count={case['min_count']}"
+                      f", seed={seed}", hint, atol=1e-9, rtol=1e-6)
+    _passed(name, f"{len(cases)} toy runs, r and its Spearman-Brown ceiling")
+
+
+# --- Chapter 12: Rare-token neurons in each tower ---
+# (book/12_rare_token_neurons.ipynb)
+
+
+def _rare_half(counts):
+    from .rare_neurons import frequency_halves
+
+    return frequency_halves(counts) == 0
+
+
+def _counts_cases() -> list[dict[str, Any]]:
+    rng = np.random.default_rng(120)
+    cases = [dict(counts=np.array([0, 5, 1, 1, 9, 3, 0, 2]))]
+    for vocab in (40, 301, 2000):
+        counts = np.minimum(rng.zipf(1.4, vocab), 500)  # many ties at 1 and 2
+        counts[rng.random(vocab) < 0.2] = 0  # types never seen
+        cases.append(dict(counts=counts))
+    return cases
+
+
+@_exercise(_rare_half)
+def check_rare_half(rare_half: Callable) -> None:
+    """Check ``rare_half(counts)``: True for the rarest half of the seen token types.
+
+    Types with count 0 are in neither half; the seen types are ranked by count, ties
+    broken so that the higher id counts as rarer, and the ``floor(n / 2)`` first are
+    rare.
+    """
+    __tracebackhide__ = True
+    name = "check_rare_half"
+    hint = ("Hint: keep the ids with count > 0, sort them by (count, -id) with "
+            "np.lexsort((-ids, counts[ids])), and mark the first len(ids) // 2 as rare; "
+            "a count threshold (median) would put too many tied types in one half.")
+    cases = _counts_cases()
+    for case in cases:
+        got = _call(name, rare_half, case)
+        if np.shape(got) != case["counts"].shape:
+            raise _Fail(f"✘ {name}: returned shape {np.shape(got)}, expected "
+                        f"{case['counts'].shape}. {hint}")
+        _assert_close(name, np.asarray(got, dtype=float), _rare_half(**case),
+                      f"{int((case['counts'] > 0).sum())} seen types", hint, atol=0)
+    _passed(name, f"{len(cases)} count vectors, ties and unseen types included")
+
+
+def _effective_dimensionality(acts, variance_share=0.95):
+    from .neuron_stats import coactivation
+
+    return coactivation(acts, variance_share).effective_dimensionality
+
+
+@_exercise(_effective_dimensionality)
+def check_effective_dimensionality(effective_dimensionality: Callable) -> None:
+    """Check ``effective_dimensionality(acts, variance_share=0.95)``: principal
+    components of the centred (N, G) activations needed for ``variance_share`` of the
+    variance, divided by G."""
+    __tracebackhide__ = True
+    name = "check_effective_dimensionality"
+    hint = ("Hint: centre each column, take the squared singular values "
+            "(np.linalg.svd(..., compute_uv=False) ** 2), find the first k whose "
+            "cumulative share reaches variance_share, and return k / G; do not scale "
+            "the columns to unit variance.")
+    rng = np.random.default_rng(121)
+    shared = rng.standard_normal((300, 2))
+    cases = [dict(acts=shared @ rng.standard_normal((2, 10)) + 0.05
+                  * rng.standard_normal((300, 10)), variance_share=0.95),
+             dict(acts=rng.standard_normal((500, 8)) * np.linspace(0.2, 5, 8) + 3.0,
+                  variance_share=0.95),
+             dict(acts=rng.standard_normal((200, 16)), variance_share=0.5),
+             dict(acts=rng.standard_normal((400, 6)) + 50.0, variance_share=0.95)]
+    for case in cases:
+        got = _call(name, effective_dimensionality, case)
+        _assert_close(name, got, _effective_dimensionality(**case),
+                      f"acts {case['acts'].shape}, share {case['variance_share']}",
+                      hint, atol=1e-9)
+    _passed(name, f"{len(cases)} groups: shared, scaled and independent neurons")
+
+
+# --- Chapter 13: One language per tower? ---
+# (book/13_one_language_per_tower.ipynb)
+
+
+def _activation_probability(acts, lang, n_languages):
+    from .neurons import activation_probability
+
+    return activation_probability(acts, lang, n_languages)
+
+
+@_exercise(_activation_probability)
+def check_activation_probability(activation_probability: Callable) -> None:
+    """Check ``activation_probability(acts, lang, n_languages)``: for (N, L, M)
+    activations and (N,) language ids (negative = skip), the (L, M, K) share of each
+    language's tokens on which each neuron is > 0."""
+    __tracebackhide__ = True
+    name = "check_activation_probability"
+    hint = ("Hint: for each language k, take the rows with lang == k (rows with a "
+            "negative id belong to no language), compare with > 0 (strictly) and "
+            "average over those rows; stack the K results on the last axis.")
+    rng = np.random.default_rng(130)
+    cases = []
+    for n, layers, neurons, k in ((50, 1, 4, 2), (300, 3, 16, 3), (400, 2, 8, 2)):
+        acts = rng.standard_normal((n, layers, neurons))
+        acts[rng.random(acts.shape) < 0.1] = 0.0  # exactly zero is not active
+        cases.append(dict(acts=acts, lang=rng.integers(-1, k, n), n_languages=k))
+    for case in cases:
+        got = _call(name, activation_probability, case)
+        _assert_close(name, got, _activation_probability(**case),
+                      f"acts {case['acts'].shape}, {case['n_languages']} languages",
+                      hint)
+    _passed(name, f"{len(cases)} cases, padding skipped, zero counts as off")
+
+
+def _lape_entropy(act_prob):
+    from .neurons import language_entropy
+
+    return language_entropy(act_prob)
+
+
+@_exercise(_lape_entropy)
+def check_lape_entropy(lape_entropy: Callable) -> None:
+    """Check ``lape_entropy(act_prob)``: (L, M, K) -> (L, M) natural-log entropy of
+    each neuron's activation probabilities normalised over languages; a neuron that
+    never fires gets ``log K``."""
+    __tracebackhide__ = True
+    name = "check_lape_entropy"
+    hint = ("Hint: divide by the sum over the language axis, use 0 log 0 = 0, natural "
+            "log; a neuron with all probabilities 0 has no preference: give it the "
+            "uniform distribution (entropy log K).")
+    rng = np.random.default_rng(131)
+    cases = []
+    for shape in ((1, 3, 2), (2, 20, 3), (4, 10, 2)):
+        p = rng.uniform(size=shape) * (rng.random(shape) > 0.2)
+        p[0, 0] = 0.0  # a dead neuron
+        cases.append(dict(act_prob=p))
+    for case in cases:
+        got = _call(name, lape_entropy, case)
+        _assert_close(name, got, _lape_entropy(**case),
+                      f"act_prob {case['act_prob'].shape}", hint)
+    _passed(name, f"{len(cases)} cases, one-language and dead neurons included")
+
+
+# --- Chapter 14: The tokenizer matters ---
+# (book/14_the_tokenizer_matters.ipynb)
+
+
+def _loss_per_char(token_losses, sentences):
+    total = sum(float(np.sum(losses)) for losses in token_losses)
+    return total / sum(len(sentence) + 1 for sentence in sentences)
+
+
+@_exercise(_loss_per_char)
+def check_loss_per_char(loss_per_char: Callable) -> None:
+    """Check ``loss_per_char(token_losses, sentences)``: all token losses summed, over
+    all characters, each sentence counting one extra character for its end."""
+    __tracebackhide__ = True
+    name = "check_loss_per_char"
+    hint = ("Hint: sum every token's loss of every sentence (the end-of-sentence token "
+            "included), and divide by the sum of len(sentence) + 1; do not average "
+            "per sentence first.")
+    rng = np.random.default_rng(140)
+    cases = []
+    for n in (1, 5, 40):
+        sentences = ["x" * int(rng.integers(3, 60)) for _ in range(n)]
+        cases.append(dict(token_losses=[rng.gamma(2.0, 1.5, int(rng.integers(2, 20)))
+                                        for _ in range(n)], sentences=sentences))
+    for case in cases:
+        got = _call(name, loss_per_char, case)
+        _assert_close(name, got, _loss_per_char(**case),
+                      f"{len(case['sentences'])} sentences", hint)
+    _passed(name, f"{len(cases)} cases")
+
+
+def _steps_to_reach(curve, level):
+    from .plasticity import steps_to_reach
+
+    return steps_to_reach(curve, level)
+
+
+@_exercise(_steps_to_reach)
+def check_steps_to_reach(steps_to_reach: Callable) -> None:
+    """Check ``steps_to_reach(curve, level)``: the first step at which a falling
+    curve of ``(step, loss)`` points reaches ``level``, interpolated linearly between
+    the two points around it; 0 if it starts there, NaN if it never gets there."""
+    __tracebackhide__ = True
+    name = "check_steps_to_reach"
+    hint = ("Hint: walk through consecutive points (s0, v0), (s1, v1); at the first "
+            "pair with v0 > level >= v1 return s0 + (v0 - level) / (v0 - v1) * (s1 - "
+            "s0); return 0.0 if the first value is already <= level, NaN if none is.")
+    curve = [(0, 3.0), (10, 2.0), (20, 1.5), (40, 1.4)]
+    cases = [dict(curve=curve, level=level) for level in (2.5, 1.5, 1.45, 3.5, 1.0)]
+    cases.append(dict(curve=[(0, 2.0), (5, 2.2), (10, 1.0)], level=1.6))
+    for case in cases:
+        got = _call(name, steps_to_reach, case)
+        _assert_close(name, got, _steps_to_reach(**case), f"level {case['level']}",
+                      hint, atol=1e-9)
+    _passed(name, f"{len(cases)} levels, never reached and already reached included")
+
+
+# --- Chapter 9: Is the preference stable? ---
+# (book/09_is_the_preference_stable.ipynb)
+
+
+def _aligned_correlation(pref_a, pref_b):
+    pref_a, pref_b = np.asarray(pref_a, float), np.asarray(pref_b, float)
+    both = np.isfinite(pref_a) & np.isfinite(pref_b)
+    r = float(np.corrcoef(pref_a[both], pref_b[both])[0, 1])
+    return abs(r), bool(r < 0)
+
+
+def _stability_cases(seed: int) -> list[dict[str, Any]]:
+    rng = np.random.default_rng(seed)
+    cases = []
+    for n, sign, noise in ((50, 1, 0.5), (400, -1, 1.0), (2000, -1, 3.0), (300, 1, 2)):
+        true = rng.normal(size=n)
+        a = true + 0.5 * rng.normal(size=n)
+        b = sign * true + noise * rng.normal(size=n)
+        a[rng.random(n) < 0.1] = np.nan
+        b[rng.random(n) < 0.1] = np.nan
+        cases.append(dict(pref_a=a, pref_b=b))
+    return cases
+
+
+@_exercise(_aligned_correlation)
+def check_aligned_correlation(aligned_correlation: Callable) -> None:
+    """Check ``aligned_correlation(pref_a, pref_b)``: ``(r, flipped)``, the Pearson r
+    over tokens finite in both runs after flipping run b's sign if r < 0."""
+    __tracebackhide__ = True
+    name = "check_aligned_correlation"
+    hint = ("Hint: keep the tokens where both prefs are finite, take Pearson r there, "
+            "and if it is negative flip run b (tower labels are arbitrary): return "
+            "(abs(r), r < 0).")
+    cases = _stability_cases(91)
+    for case in cases:
+        got = _call(name, aligned_correlation, case)
+        if not isinstance(got, tuple) or len(got) != 2:
+            raise _Fail(f"✘ {name}: expected a tuple (r, flipped), got "
+                        f"{type(got).__name__}. {hint}")
+        r, flipped = _aligned_correlation(**case)
+        where = f"{case['pref_a'].size} tokens"
+        _assert_close(name, got[0], r, where, hint, atol=1e-9)
+        if bool(got[1]) != flipped:
+            raise _Fail(f"✘ {name}: flipped is {bool(got[1])}, expected {flipped} "
+                        f"({where}). {hint}")
+    _passed(name, f"{len(cases)} pairs of runs, NaN tokens and swapped labels included")
+
+
+def _cross_run_ceiling(r_half_a, r_half_b):
+    rel = [2 * r / (1 + r) for r in (r_half_a, r_half_b)]
+    return float(np.sqrt(rel[0] * rel[1])) if min(rel) > 0 else float("nan")
+
+
+@_exercise(_cross_run_ceiling)
+def check_cross_run_ceiling(cross_run_ceiling: Callable) -> None:
+    """Check ``cross_run_ceiling(r_half_a, r_half_b)``: the noise ceiling of a
+    correlation between two runs from their split-half correlations."""
+    __tracebackhide__ = True
+    name = "check_cross_run_ceiling"
+    hint = ("Hint: step each split-half r up to full length with Spearman-Brown, "
+            "rel = 2 r / (1 + r), and return the geometric mean sqrt(rel_a * rel_b); "
+            "NaN when either reliability is not positive.")
+    cases = [dict(r_half_a=a, r_half_b=b) for a, b in
+             ((0.5, 0.5), (0.9, 0.2), (0.3, 0.8), (0.05, 0.95), (-0.2, 0.6),
+              (-0.3, -0.4), (0.0, 0.7))]
+    for case in cases:
+        got = _call(name, cross_run_ceiling, case)
+        _assert_close(name, got, _cross_run_ceiling(**case),
+                      f"r_half_a={case['r_half_a']}, r_half_b={case['r_half_b']}", hint)
+    _passed(name, f"{len(cases)} pairs, negative reliabilities included")
+
+
+# --- Chapter 10: Syntax or semantics? ---
+# (book/10_syntax_or_semantics.ipynb)
+
+
+def _cohens_d(x, y):
+    from .syntax import effect_size
+
+    return effect_size(x, y)["cohens_d"]
+
+
+@_exercise(_cohens_d)
+def check_cohens_d(cohens_d: Callable) -> None:
+    """Check ``cohens_d(x, y)``: (mean x - mean y) / pooled standard deviation."""
+    __tracebackhide__ = True
+    name = "check_cohens_d"
+    hint = ("Hint: pooled sd = sqrt(((n_x - 1) var_x + (n_y - 1) var_y) / (n_x + n_y - "
+            "2)) with var of ddof=1 in each group; d = (mean x - mean y) / pooled sd.")
+    rng = np.random.default_rng(101)
+    cases = [dict(x=np.array([1.0, 2.0, 3.0]), y=np.array([0.0, 1.0]))]
+    cases += [dict(x=rng.normal(0.5, 1, n), y=rng.normal(0, 2, m))
+              for n, m in ((5, 40), (30, 8), (200, 300))]
+    for case in cases:
+        got = _call(name, cohens_d, case)
+        _assert_close(name, got, _cohens_d(**case),
+                      f"{case['x'].size} and {case['y'].size} values", hint)
+    _passed(name, f"{len(cases)} pairs of samples of unequal sizes and spreads")
+
+
+def _stratified_difference(values, is_function, bins):
+    from .syntax import class_difference
+
+    return float(class_difference(values, is_function, bins))
+
+
+@_exercise(_stratified_difference)
+def check_stratified_difference(stratified_difference: Callable) -> None:
+    """Check ``stratified_difference(values, is_function, bins)``: the within-bin
+    difference of means, averaged over bins with weights n_f n_c / (n_f + n_c)."""
+    __tracebackhide__ = True
+    name = "check_stratified_difference"
+    hint = ("Hint: for each bin holding both classes take mean(function) - "
+            "mean(content) and the weight n_f * n_c / (n_f + n_c); skip bins with "
+            "only one class; return sum(weight * difference) / sum(weight).")
+    rng = np.random.default_rng(102)
+    cases = []
+    for n, n_bins in ((12, 2), (300, 5), (2000, 8)):
+        bins = rng.integers(0, n_bins, n)
+        is_function = rng.random(n) < (0.1 + 0.8 * bins / n_bins)
+        values = 0.3 * bins + 0.2 * is_function + rng.normal(size=n)
+        is_function[bins == 0] = False  # one bin without function words
+        cases.append(dict(values=values, is_function=is_function, bins=bins))
+    for case in cases:
+        got = _call(name, stratified_difference, case)
+        _assert_close(name, got, _stratified_difference(**case),
+                      f"{case['values'].size} tokens in {case['bins'].max() + 1} bins",
+                      hint)
+    _passed(name, f"{len(cases)} tables, a bin without function words included")
+
+
+# --- Chapter 11: Replication scorecard ---
+# (book/11_replication_scorecard.ipynb)
+
+
+def _verdict(low, bar=0.0):
+    from .scorecard import FAILS, HOLDS, NOT_MEASURED
+
+    if not np.isfinite(low):
+        return NOT_MEASURED
+    return HOLDS if low > bar else FAILS
+
+
+@_exercise(_verdict)
+def check_verdict(verdict: Callable) -> None:
+    """Check ``verdict(low, bar=0.0)``: the scorecard's rule for an interval whose
+    lower end is ``low``."""
+    __tracebackhide__ = True
+    name = "check_verdict"
+    hint = ("Hint: NaN (nothing measured) -> 'not measured at this scale'; a lower end "
+            "strictly above the bar -> 'holds'; anything else -> 'does not hold'.")
+    cases = [dict(low=low, bar=bar) for low, bar in
+             ((0.2, 0.0), (-0.1, 0.0), (0.0, 0.0), (float("nan"), 0.0), (0.1, 0.15),
+              (0.2, 0.15))]
+    for case in cases:
+        got = _call(name, verdict, case)
+        if got != _verdict(**case):
+            raise _Fail(f"✘ {name}: got {got!r}, expected {_verdict(**case)!r} for "
+                        f"low={case['low']}, bar={case['bar']}. {hint}")
+    _passed(name, f"{len(cases)} intervals, the edge and NaN included")
+
+
+def _holm(p_values, alpha=0.05):
+    from .scorecard import holm
+
+    return holm(p_values, alpha)
+
+
+@_exercise(_holm)
+def check_holm(holm: Callable) -> None:
+    """Check ``holm(p_values, alpha)``: which hypotheses Holm's step-down procedure
+    rejects, as booleans in the order of ``p_values``."""
+    __tracebackhide__ = True
+    name = "check_holm"
+    hint = ("Hint: sort the p-values; the i-th smallest (i = 0, 1, ...) is rejected if "
+            "p <= alpha / (m - i) AND every smaller one was rejected: stop at the first "
+            "failure. Return the decisions in the original order.")
+    cases = [dict(p_values=np.array(p), alpha=a) for p, a in (
+        ([0.01, 0.04, 0.03, 0.005], 0.05), ([0.001, 0.2, 0.011, 0.012], 0.05),
+        ([0.5, 0.001], 0.05), ([0.04, 0.01, 0.02], 0.05), ([0.009], 0.01),
+        ([0.014, 0.03, 0.04], 0.05),
+        ([0.03, 0.03, 0.03], 0.1))]
+    for case in cases:
+        got = _call(name, holm, case)
+        _assert_close(name, np.asarray(got, dtype=float),
+                      np.asarray(_holm(**case), dtype=float),
+                      f"p = {case['p_values'].tolist()}, alpha = {case['alpha']}", hint)
+    _passed(name, f"{len(cases)} families of tests")

@@ -68,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--source", choices=("auto", "hub", "bundled"))
     run.add_argument("--baseline", action="store_true",
                      help="also train the parameter-matched single-tower model")
+    run.add_argument("--control", choices=("independent", "split", "untrained",
+                                           "reseeded"),
+                     help="train a control of chapter 9 instead of the two-tower model")
     run.add_argument("--compile", action="store_true", help="use torch.compile")
     run.add_argument("--detect-anomaly", action="store_true",
                      help="torch anomaly detection (slow; find where NaNs start)")
@@ -99,7 +102,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
             new = dataclasses.replace(new, warmup_steps=max(1, new.steps // 10))
         cfg = dataclasses.replace(cfg, **{part: new})
     return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, **data_over),
-                               baseline=args.baseline or cfg.baseline)
+                               baseline=args.baseline or cfg.baseline,
+                               control=args.control or cfg.control)
 
 
 def _print_presets() -> None:

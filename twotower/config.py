@@ -121,6 +121,8 @@ class RunConfig:
     score_batches: int = 0  # validation batches scored for pref (0 = all)
     baseline: bool = False  # also train the parameter-matched single-tower model
     preset: str = ""  # name of the preset this came from (informational only)
+    control: str = ""  # "" (the two-tower model) or a control of chapter 9:
+    # "independent", "split", "untrained" or "reseeded" (see twotower.controls)
 
     def with_seed(self, seed: int) -> "RunConfig":
         """Same run, another seed for model, batches and masks (data split kept)."""

@@ -260,3 +260,123 @@ def activation_probability(acts: np.ndarray | torch.Tensor,
 # ======================================================================================
 # Model-dependent code (hooks, ablations) goes below this line.
 # ======================================================================================
+
+
+def mlp_hook_name(layer: int) -> str:
+    """Hook point of the FFN neurons (after GELU) of one layer, all towers at once."""
+    return f"towers.blocks.{layer}.mlp_post"
+
+
+@torch.no_grad()
+def count_activations(model, batches, n_languages: int) -> ActivationCounter:
+    """Count positive FFN activations per language in every layer of every tower.
+
+    Introduced in chapter 13 (*One language per tower?*). The (tower, layer) pairs are
+    flattened tower-major into the counter's layer axis: row ``k * L + l`` is layer l of
+    tower k, so LAPE ranks the neurons of both towers together.
+
+    Args:
+        model: a transformer two-tower model (hook points
+            ``towers.blocks.{l}.mlp_post``).
+        batches: iterable of ``(input_ids (B, T), lang (B, T))``; ``lang`` is the
+            language of each input token, negative for specials and padding.
+        n_languages: K languages.
+
+    Returns:
+        The filled :class:`ActivationCounter`; ``probabilities()`` is (K_towers * L,
+        M, K).
+    """
+    require(hasattr(model.towers, "blocks"), "FFN neurons exist in the transformer "
+                                             "families only (causal, mlm), not in bilm")
+    was_training = model.training
+    model.eval()
+    names = [mlp_hook_name(layer) for layer in range(len(model.towers.blocks))]
+    counter = ActivationCounter(n_languages)
+    for input_ids, lang in batches:
+        lang = torch.as_tensor(lang).reshape(-1)
+        keep = lang >= 0
+        _, cache = model.run_with_cache(torch.as_tensor(input_ids), names=names)
+        acts = torch.stack([cache[name] for name in names], 1)  # (Kt, L, B, T, M)
+        acts = acts.flatten(0, 1).flatten(1, 2)[:, keep]  # (Kt*L, n, M)
+        counter.update(acts.transpose(0, 1), lang[keep])
+    model.train(was_training)
+    return counter
+
+
+def deactivation_hooks(mask: np.ndarray | torch.Tensor) -> list:
+    """Hooks that zero chosen FFN neurons: use with ``with model.hooks(...)``.
+
+    Introduced in chapter 13. Zero is what a GELU neuron outputs when it is off, so a
+    deactivated neuron sends nothing to the residual stream (Tang et al. 2024).
+
+    Args:
+        mask: (K_towers, L, M) boolean, True for every (tower, layer, neuron) to zero.
+
+    Returns:
+        ``[(hook name, fn), ...]``, one per layer with at least one chosen neuron.
+    """
+    mask = torch.as_tensor(np.asarray(mask), dtype=torch.bool)
+    require(mask.ndim == 3, f"mask must be (towers, layers, neurons), got {mask.shape}")
+    hooks = []
+    for layer in range(mask.shape[1]):
+        keep = (~mask[:, layer]).float()  # (Kt, M)
+        if bool((keep == 0).any()):
+            def zero(acts, _point, keep=keep):
+                # (Kt, B, T, M) * (Kt, 1, 1, M): a new tensor, the input is untouched
+                return acts * keep.to(acts)[:, None, None, :]
+            hooks.append((mlp_hook_name(layer), zero))
+    return hooks
+
+
+@torch.no_grad()
+def perplexity(model, batches, hooks: list = ()) -> float:
+    """Perplexity of the fused head over ``batches`` (token-weighted), under ``hooks``.
+
+    Args:
+        model: the model (evaluated without dropout).
+        batches: :class:`twotower.objectives.Batch` objects.
+        hooks: e.g. :func:`deactivation_hooks`.
+    """
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    with model.hooks(hooks):
+        for batch in batches:
+            n = batch.n_targets
+            if n:
+                total += float(model.loss(batch.input_ids, batch.targets)) * n
+                count += n
+    model.train(was_training)
+    require(count > 0, "no target positions in the batches")
+    return float(np.exp(total / count))
+
+
+def deactivation_matrix(model, batches_by_language: list, masks: dict) -> np.ndarray:
+    """Perplexity on each language (columns) with each set of neurons zeroed (rows).
+
+    Args:
+        model: the model.
+        batches_by_language: one list of batches per evaluated language.
+        masks: ``{row name: (K_towers, L, M) bool mask}``; an all-False mask gives the
+            unablated perplexity.
+
+    Returns:
+        (len(masks), len(batches_by_language)) perplexities, rows in ``masks`` order.
+    """
+    return np.array([[perplexity(model, batches, deactivation_hooks(mask))
+                      for batches in batches_by_language] for mask in masks.values()])
+
+
+def random_mask_like(mask: np.ndarray, seed: int = 0) -> np.ndarray:
+    """As many randomly chosen neurons per (tower, layer) as ``mask`` holds there.
+
+    The control of the deactivation test: zeroing that many neurons at random.
+    """
+    mask = np.asarray(mask, dtype=bool)
+    rng = np.random.default_rng(seed)
+    out = np.zeros_like(mask)
+    for tower in range(mask.shape[0]):
+        for layer in range(mask.shape[1]):
+            n = int(mask[tower, layer].sum())
+            out[tower, layer, rng.choice(mask.shape[2], n, replace=False)] = True
+    return out

@@ -373,10 +373,50 @@ def token_explorer(table, default: str = "the"):
         with out:
             rows = lookup_token(table, box.value)
             if len(rows):
-                display(rows)
+                display(rows.round(3))
             else:
                 print(f"{box.value!r} is not a scored token of this run")
 
     box.observe(show, names="value")
     show()
     return widgets.VBox([box, out])
+
+
+def learning_rates(cfg) -> np.ndarray:
+    """The learning rate of every optimiser step of a phase (chapter 6).
+
+    Read off the schedule that :func:`twotower.training.make_optimizer` builds for
+    ``cfg``, stepped without training.
+
+    Args:
+        cfg: a :class:`twotower.config.TrainConfig`.
+
+    Returns:
+        ``(cfg.steps + 1,)`` rates: entry ``s`` is used by optimiser step ``s``
+        (0-based); the last entry, after the final step, is 0.
+    """
+    import warnings
+
+    import torch
+
+    from .training import make_optimizer
+
+    _, schedule = make_optimizer(torch.nn.Linear(1, 1), cfg, torch.device("cpu"))
+    rates = [schedule.get_last_lr()[0]]
+    with warnings.catch_warnings():  # "scheduler stepped before optimizer": on purpose
+        warnings.simplefilter("ignore")
+        for _ in range(cfg.steps):
+            schedule.step()
+            rates.append(schedule.get_last_lr()[0])
+    return np.array(rates)
+
+
+def format_duration(seconds: float) -> str:
+    """``93.0 -> "1.6 min"``: seconds in the unit a reader thinks in (chapter 6)."""
+    if not np.isfinite(seconds):
+        return "n/a"
+    for unit, size, limit in (("s", 1, 120), ("min", 60, 120), ("h", 3600, 72),
+                              ("days", 86400, 730)):
+        if seconds < size * limit:
+            return f"{seconds / size:.3g} {unit}"
+    return f"{seconds / (365 * 86400):.3g} years"

@@ -96,6 +96,10 @@ def run(cfg: RunConfig, out: str | Path, *, cache_dir: str | Path | None = None,
     Returns:
         The contents of ``results.json``.
     """
+    if cfg.control:  # the controls of chapter 9 train other models
+        from .controls import run_control
+        return run_control(cfg, out, cache_dir=cache_dir, callbacks=callbacks,
+                           progress=progress)
     out = Path(out)
     started = time.perf_counter()
     world = distributed.current()

@@ -414,7 +414,8 @@ def position_map(matrix, ax: plt.Axes | None = None, *, log: bool = False,
     ax = _axes(ax)
     values = np.asarray(matrix, dtype=float)
     if values.ndim != 2:
-        raise TwotowerError(f"position_map needs a 2-D matrix, got shape {values.shape}")
+        raise TwotowerError(f"position_map needs a 2-D matrix, got shape "
+                            f"{values.shape}")
     if log:
         positive = values > 0
         values = np.where(positive, np.log10(np.where(positive, values, 1.0)), np.nan)
@@ -434,7 +435,7 @@ def position_map(matrix, ax: plt.Axes | None = None, *, log: bool = False,
     return ax
 
 
-# --- chapter 8: a sorted curve with its error band, and SVG charts with tooltips -------
+# --- chapter 8: a sorted curve with its error band, SVG charts with tooltips ---------
 
 def sorted_band(values, errors, ax: plt.Axes | None = None, *,
                 label: str | None = None, color: str | None = None,
@@ -479,19 +480,22 @@ def sorted_band(values, errors, ax: plt.Axes | None = None, *,
 _SYMBOL = re.compile(r'<(path|rect|circle|line|text)\b([^>]*?role="graphics-symbol"'
                      r'[^>]*?)/>')
 _LABEL = re.compile(r'aria-label="([^"]*)"')
+_FIELD_BREAK = re.compile(r"(&#?\w+;)|; ")
 
 
 def svg_with_tooltips(chart) -> str:
     """An Altair chart as SVG markup whose marks show their tooltip on hover.
 
-    vl-convert writes a mark's tooltip fields only into its ``aria-label`` (read by
-    screen readers, ignored by a mouse). This copies each label into a ``<title>``
-    child, which every browser shows as a native tooltip, so a static page keeps
-    working tooltips without any JavaScript. Displayed with
+    vl-convert writes a mark's fields only into its ``aria-label`` (read by screen
+    readers, ignored by a mouse): every encoded field, or the mark's ``description``
+    encoding when it has one. This copies each label into a ``<title>`` child, one
+    ``"; "``-separated field per line, which every browser shows as a native tooltip,
+    so a static page keeps working tooltips without any JavaScript. Displayed with
     :func:`chart_with_tooltips`; an ``<img>`` of the same SVG would lose them.
 
     Args:
-        chart: an Altair chart with a ``tooltip`` encoding.
+        chart: an Altair chart; give it a ``description`` encoding to choose what its
+            tooltips say.
 
     Returns:
         The SVG document as a string.
@@ -505,7 +509,8 @@ def svg_with_tooltips(chart) -> str:
         label = _LABEL.search(attributes)
         if label is None:
             return match.group(0)
-        title = label.group(1).replace("; ", "\n")
+        # one field per line: split at "; " but not inside an entity such as &quot;
+        title = _FIELD_BREAK.sub(lambda m: m.group(1) or "\n", label.group(1))
         return f"<{tag}{attributes}><title>{title}</title></{tag}>"
 
     return _SYMBOL.sub(add_title, svg)

@@ -22,16 +22,13 @@ the measured preference follows that line.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
 
 from .errors import TwotowerError
 from .preference import bootstrap_correlation
-
-if TYPE_CHECKING:  # the generator itself needs no torch
-    from .readouts import TokenScores
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 SPECIAL_IDS = tuple(range(len(SPECIAL_TOKENS)))
@@ -94,6 +91,14 @@ def _draw(rng: np.random.Generator, cdf: np.ndarray) -> np.ndarray:
     return np.minimum((u >= cdf).sum(1), cdf.shape[1] - 1)
 
 
+def _irreducible(edges: np.ndarray) -> bool:
+    """Whether every node of the directed graph ``edges (L, L)`` reaches every other."""
+    reach = edges | np.eye(len(edges), dtype=bool)
+    for _ in range(int(np.ceil(np.log2(len(edges)))) + 1):  # paths of length 2^k
+        reach = reach | ((reach.astype(int) @ reach.astype(int)) > 0)
+    return bool(reach.all())
+
+
 class PlantedLanguage:
     """The grammar and topics of one :class:`PlantedLanguageConfig`.
 
@@ -109,14 +114,19 @@ class PlantedLanguage:
         self.cfg = cfg.validate()
         rng = np.random.default_rng([cfg.seed, 2022])
         L, W, K = cfg.n_local, cfg.n_topic_words, cfg.n_topics
-        # Local grammar: a random cycle keeps the chain irreducible; the other
-        # successors are random; their weights are uneven, like a real grammar's.
-        cycle = rng.permutation(L)
-        self.transition = np.zeros((L, L))
-        for i in range(L):
-            others = rng.permutation(np.setdiff1d(np.arange(L), cycle[i]))
-            nxt = np.r_[cycle[i], others[: cfg.local_successors - 1]]
-            self.transition[i, nxt] = rng.dirichlet(np.full(nxt.size, 2.0))
+        # Local grammar: every token gets `local_successors` random successors with
+        # uneven weights, like a real grammar's; a permutation makes each token some
+        # token's successor, and a grammar is redrawn until every token can reach
+        # every other (an irreducible chain: no token dies out along a window).
+        while True:
+            successor = rng.permutation(L)
+            self.transition = np.zeros((L, L))
+            for i in range(L):
+                others = rng.permutation(np.setdiff1d(np.arange(L), successor[i]))
+                nxt = np.r_[successor[i], others[: cfg.local_successors - 1]]
+                self.transition[i, nxt] = rng.dirichlet(np.full(nxt.size, 2.0))
+            if _irreducible(self.transition > 0):
+                break
         self.topic_words = np.full((K, W), (1 - cfg.topic_core_mass) / W)
         for k in range(K):
             core = rng.choice(W, cfg.topic_core, replace=False)
@@ -188,8 +198,9 @@ class PlantedLanguage:
             local = np.clip(ids - self.local_ids[0], 0, L - 1)
             emit = self.topic_words[:, np.minimum(word, cfg.n_topic_words - 1)].T  # (N, K)
             p_word = (belief * emit).sum(1)
+            # before the first local token the chain's state is uniform (see sample)
             p_local = np.where(last >= 0, self.transition[np.maximum(last, 0), local],
-                               1.0 / L)  # the first local token: uniform over L
+                               self.transition.mean(0)[local])
             with np.errstate(divide="ignore"):  # a forbidden successor: log 0
                 out[:, t - 1] = np.log(np.where(is_topic, cfg.p_topic * p_word,
                                                 (1 - cfg.p_topic) * p_local))
@@ -235,20 +246,6 @@ def conditional_entropies(sample: PlantedSample, vocab_size: int) -> pd.DataFram
 # --- does the preference follow the planted line? ------------------------------------
 
 
-def process_losses(scores: "TokenScores", labels: np.ndarray) -> pd.DataFrame:
-    """Mean loss (nats) of each readout and of the fused head on each process's tokens.
-
-    Returns:
-        DataFrame with rows ``tower A``, ``tower B``, ``joint head`` and columns
-        ``local``, ``topic``. A division of labour shows as a cross: each tower is the
-        better one on one process.
-    """
-    kind = np.asarray(labels)[scores.target]
-    rows = {"tower A": scores.ll[0], "tower B": scores.ll[1], "joint head": scores.joint}
-    return pd.DataFrame({p: {name: float(-ll[kind == p].mean()) for name, ll in
-                             rows.items()} for p in LABELS[1:]})
-
-
 class SplitScore(NamedTuple):
     """``r``: |point-biserial r| between pref and the local/topic label; ``ci``: its
     bootstrap interval (tokens resampled, sign aligned); ``p``: permutation p-value."""
@@ -284,9 +281,10 @@ def permutation_test(values: np.ndarray, in_group: np.ndarray, n_perm: int = 200
     return float((1 + (null >= observed - 1e-12).sum()) / (1 + n_perm)), null
 
 
-def _local_topic(pref_df: pd.DataFrame, labels: np.ndarray
+def local_topic_prefs(pref_df: pd.DataFrame, labels: np.ndarray
                  ) -> tuple[np.ndarray, np.ndarray]:
-    """Finite prefs of the local and topic tokens, and their 0/1 "is local" label."""
+    """Finite prefs of the local and topic tokens ``(n,)``, and their 0/1 "is local"
+    label ``(n,)``."""
     labels = np.asarray(labels)
     ids = pref_df.index.to_numpy()
     pref = pref_df["pref"].to_numpy(float)
@@ -306,7 +304,7 @@ def planted_split_score(pref_df: pd.DataFrame, labels: np.ndarray, n_boot: int =
         :class:`SplitScore` ``(r, ci, p)``. Tower labels are arbitrary, so ``r`` is
         |r| and the interval is of the sign-aligned r.
     """
-    pref, is_local = _local_topic(pref_df, labels)
+    pref, is_local = local_topic_prefs(pref_df, labels)
     r, low, high = bootstrap_correlation(pref, is_local, n_boot=n_boot, seed=seed)
     p, _ = permutation_test(pref, is_local, n_perm=n_perm, seed=seed)
     if r < 0:
@@ -325,7 +323,7 @@ def split_shares(pref_df: pd.DataFrame, labels: np.ndarray) -> dict:
         chance; a global gap alone cannot raise it), and ``separation``: |mean pref of
         the local tokens - mean pref of the topic tokens| in nats.
     """
-    pref, is_local = _local_topic(pref_df, labels)
+    pref, is_local = local_topic_prefs(pref_df, labels)
     a_local = float((pref[is_local == 1] > 0).mean())
     a_topic = float((pref[is_local == 0] > 0).mean())
     tower = "A" if a_local >= 0.5 else "B"

@@ -1,0 +1,168 @@
+"""The scorecard is computed from the run directories (change a run, the table changes)
+and the bug audit names tests that exist."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from twotower import scorecard, syntax
+from twotower.config import config_to_dict, get_preset
+from twotower.preference import split_half, token_preference
+from twotower.readouts import TokenScores
+
+PRESET = "smoke"
+
+
+def scores_with(pref, seed, per_token=30, noise=0.8):
+    rng = np.random.default_rng(seed)
+    target = np.repeat(np.arange(len(pref)), per_token)
+    rng.shuffle(target)
+    ll = np.stack([-3 + pref[target] / 2 + noise * rng.standard_normal(target.size),
+                   -3 - pref[target] / 2 + noise * rng.standard_normal(target.size)])
+    return TokenScores(target.astype(np.int32), ll.astype(np.float32),
+                       np.full(target.size, -2.5, np.float32))
+
+
+def write_run(runs_dir, family, seed, pref, variant=""):
+    """A finished run directory with the files that stability reads."""
+    cfg = get_preset(PRESET, family).with_seed(seed)
+    name = f"{PRESET}-{family}-seed{seed}" + (f"-{variant}" if variant else "")
+    folder = runs_dir / name
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(config_to_dict(cfg)))
+    scores = scores_with(pref, seed + 17 * len(variant))
+    vocab = cfg.model.vocab_size
+    df = token_preference(scores, vocab, cfg.min_count, [f"t{i}" for i in range(vocab)])
+    df.reset_index().to_csv(folder / "preference.csv", index=False)
+    scores.save(folder / "scores.npz")
+    results = {"scores": {"joint_loss": 2.5, "readout_a_loss": 3.0,
+                          "readout_b_loss": 3.0},
+               "preference": {"n_tokens": int(df["pref"].notna().sum()), "sd": 0.3},
+               "split_half": vars(split_half(scores, vocab, cfg.min_count))}
+    (folder / "results.json").write_text(json.dumps(results))
+    return folder
+
+
+N = 200  # token ids 0..199 carry a preference
+rng = np.random.default_rng(0)
+SHARED = rng.normal(0, 0.5, N)
+UPOS = {i: (("DET", 1.0, 10) if i < 60 else ("NOUN", 1.0, 10)) for i in range(N)}
+
+
+@pytest.fixture
+def runs_dir(tmp_path):
+    planted = SHARED + 0.8 * (np.arange(N) < 60)  # "function words" prefer tower A
+    for seed in (0, 1):
+        write_run(tmp_path, "causal", seed, planted)
+    write_run(tmp_path, "mlm", 0, planted)
+    write_run(tmp_path, "causal", 0, 0.05 * rng.normal(size=N), "split")
+    write_run(tmp_path, "causal", 0, planted, "width0.5")
+    return tmp_path
+
+
+def row(table, test):
+    hits = table[table["test"] == test]
+    if hits.empty:
+        hits = table[table["test"].str.startswith(test)]
+    assert len(hits) == 1, (test, list(table["test"]))
+    return hits.iloc[0]
+
+
+def test_scorecard_is_computed_from_the_runs_on_disk(runs_dir):
+    table = scorecard.build_scorecard(runs_dir, PRESET, n_boot=200, n_perm=300,
+                                      upos=UPOS)
+    assert set(table["scale"]) == {scorecard.scale_of(PRESET)}
+    assert set(table["verdict"]) <= {scorecard.HOLDS, scorecard.FAILS,
+                                     scorecard.NOT_MEASURED}
+    assert row(table, "within the run")["verdict"] == scorecard.HOLDS
+    split = row(table, "larger than control (a)")
+    assert split["verdict"] == scorecard.HOLDS and split["low"] > 0
+    for missing in ("larger than control (b)", "larger than control (c)",
+                    "more stable across seeds than control (a)",
+                    "one tower holds more"):
+        assert row(table, missing)["verdict"] == scorecard.NOT_MEASURED
+    assert row(table, "across seeds 0 and 1 (causal)")["verdict"] == scorecard.HOLDS
+    assert row(table, "across seeds 0 and 1 (mlm)")["verdict"] == scorecard.NOT_MEASURED
+    assert row(table, "across families (causal/mlm)")["verdict"] == scorecard.HOLDS
+    assert row(table, "across sizes (width0.5)")["verdict"] == scorecard.HOLDS
+    pos = row(table, "function vs content words (causal, seed 0)")
+    assert pos["value"] > 1 and pos["verdict"] == scorecard.HOLDS
+
+
+def test_changing_a_run_changes_the_table(runs_dir):
+    before = scorecard.build_scorecard(runs_dir, PRESET, n_boot=100, n_perm=100,
+                                       upos=UPOS)
+    write_run(runs_dir, "causal", 1, rng.normal(0, 0.5, N))  # seed 1 now unrelated
+    after = scorecard.build_scorecard(runs_dir, PRESET, n_boot=100, n_perm=100,
+                                      upos=UPOS)
+    test = "across seeds 0 and 1 (causal)"
+    assert row(before, test)["verdict"] == scorecard.HOLDS
+    assert row(after, test)["verdict"] == scorecard.FAILS
+    assert row(after, test)["value"] < row(before, test)["value"] - 0.3
+
+
+def test_probe_rows_come_from_the_report_of_chapter_10(runs_dir):
+    counts = {("A", 1): np.tile([[8, 10]], (40, 1)),
+              ("B", 1): np.tile([[4, 10]], (40, 1))}
+    base = {key: np.tile([[2, 10]], (40, 1)) for key in counts}
+    table = pd.DataFrame([{"tower": t, "layer": 1, "task": "distance",
+                           "spearman": 0.5, "uuas": c[0, 0] / 10, "root_accuracy": 0}
+                          for (t, _), c in counts.items()])
+    syntax.save_probe_report(runs_dir / f"{PRESET}-causal-seed0", (table, counts),
+                             (table, base))
+    card = scorecard.build_scorecard(runs_dir, PRESET, n_boot=100, n_perm=100,
+                                     upos=UPOS)
+    more = row(card, "one tower holds more")
+    assert more["value"] == pytest.approx(0.4) and more["verdict"] == scorecard.HOLDS
+    agree = row(card, "... and it is the tower function words prefer")
+    assert agree["value"] == pytest.approx(0.4) and agree["verdict"] == scorecard.HOLDS
+    assert row(card, "trained towers beat")["value"] == pytest.approx(0.4)
+
+
+def test_an_empty_runs_directory_measures_nothing(tmp_path):
+    table = scorecard.build_scorecard(tmp_path, PRESET, n_boot=10, n_perm=10)
+    assert (table["verdict"] == scorecard.NOT_MEASURED).all()
+
+
+def test_every_test_named_by_the_bug_audit_exists():
+    audit = scorecard.audit_table()
+    assert set(audit["bug"]) == set(range(1, 8))  # every bug of PAPER.md 1.4
+    missing = audit.loc[audit["exists"] != True, "test"].tolist()  # noqa: E712
+    assert not missing, f"rename in twotower.scorecard.BUG_AUDIT: {missing}"
+
+
+def test_the_audit_flags_a_test_that_does_not_exist(tmp_path):
+    (tmp_path / "test_x.py").write_text("def test_real():\n    pass\n"
+                                        "def helper():\n    pass\n")
+    assert scorecard.has_test("test_x.py::test_real", tmp_path)
+    assert not scorecard.has_test("test_x.py::test_gone", tmp_path)
+    assert not scorecard.has_test("test_x.py::helper", tmp_path)
+    assert not scorecard.has_test("test_y.py::test_real", tmp_path)
+    fake = (scorecard.AuthorsBug(9, "a bug", "nothing", ("test_x.py::test_gone",)),)
+    assert not scorecard.audit_table(tmp_path, fake)["exists"].any()
+    assert scorecard.audit_table(tmp_path / "absent", fake)["exists"].isna().all()
+
+
+def test_scale_names_the_gpu_presets():
+    assert "smoke" in scorecard.scale_of("smoke")
+    assert "CPU" in scorecard.scale_of("small")
+    assert scorecard.scale_of("paper_base") == "GPU preset (paper_base)"
+
+
+def test_audit_tests_are_run_and_their_outcome_reported(tmp_path):
+    tests = tmp_path / "tests"
+    tests.mkdir()
+    (tests / "test_x.py").write_text(
+        "import pytest\n"
+        "def test_good():\n    assert True\n"
+        "def test_bad():\n    assert False\n"
+        "@pytest.mark.parametrize('v', [1, 2])\n"
+        "def test_param(v):\n    assert v\n")
+    report = scorecard.run_audit_tests(
+        ["test_x.py::test_good", "test_x.py::test_bad", "test_x.py::test_param"], tests)
+    assert report["passed"].tolist() == [True, False, True]
+    assert report["cases"].tolist() == [1, 1, 2]

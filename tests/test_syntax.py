@@ -1,0 +1,216 @@
+"""Chapter 10's statistics: effect sizes by hand, permutation tests that see a planted
+difference and see through a frequency confound, word vectors per tower and layer, and
+probes per tower that find the tower holding a planted tree."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from twotower import syntax
+from twotower.model import TwoTowerLM
+from twotower.pos import Sentence, tree_depths
+from twotower.tokenizer import padded_vocab_size, train_wordpiece
+
+
+# --- effect sizes and permutation tests -----------------------------------------------
+
+def test_effect_size_matches_a_hand_computation():
+    got = syntax.effect_size(np.array([1.0, 2.0, 3.0]), np.array([0.0, 1.0]))
+    # pooled sd = sqrt((2 * 1 + 1 * 0.5) / 3); 5.5 of 6 pairs have x > y (a tie is half)
+    assert got["mean_diff"] == pytest.approx(1.5)
+    assert got["cohens_d"] == pytest.approx(1.5 / np.sqrt(2.5 / 3))
+    assert got["rank_biserial"] == pytest.approx(2 * 5.5 / 6 - 1)
+
+
+def test_effect_size_is_antisymmetric_and_nan_for_tiny_samples():
+    x, y = np.array([0.3, 1.0, 2.0, -1.0]), np.array([0.0, 0.5, -0.2])
+    a, b = syntax.effect_size(x, y), syntax.effect_size(y, x)
+    assert all(a[k] == pytest.approx(-b[k]) for k in a)
+    assert np.isnan(syntax.effect_size(x, y[:1])["cohens_d"])
+
+
+def test_class_difference_by_hand_with_and_without_strata():
+    values = np.array([1.0, 0.0, 10.0, 9.0])
+    labels = np.array([True, False, False, False])
+    assert syntax.class_difference(values, labels) == pytest.approx(1 - 19 / 3)
+    # stratum 1 holds no True label, so only stratum 0 (1 - 0) counts
+    assert syntax.class_difference(values, labels, np.array([0, 0, 1, 1])) == \
+        pytest.approx(1.0)
+    many = syntax.class_difference(values, np.stack([labels, ~labels]))
+    assert many.shape == (2,) and many[1] == pytest.approx(-many[0])
+
+
+def test_cmh_weights_average_the_strata():
+    values = np.array([2.0, 0.0, 0.0, 0.0, 5.0, 1.0, 0.0])
+    labels = np.array([True, False, False, False, True, True, False])
+    strata = np.array([0, 0, 0, 0, 1, 1, 1])
+    # stratum 0: difference 2, weight 1 * 3 / 4; stratum 1: 3 - 0, weight 2 * 1 / 3
+    expected = (2 * 0.75 + 3 * (2 / 3)) / (0.75 + 2 / 3)
+    assert syntax.class_difference(values, labels, strata) == pytest.approx(expected)
+
+
+def test_permutation_test_sees_a_planted_difference_and_not_an_absent_one():
+    rng = np.random.default_rng(0)
+    labels = np.arange(200) < 60
+    planted = rng.normal(size=200) + 0.8 * labels
+    none = rng.normal(size=200)
+    assert syntax.permutation_p(planted, labels, n_perm=999) == pytest.approx(1 / 1000)
+    assert syntax.permutation_p(none, labels, n_perm=999) > 0.05
+
+
+def frequency_confounded_table(seed=0, n=400, effect=0.0):
+    """Function words are frequent, and pref follows frequency only (plus ``effect``
+    for function words)."""
+    rng = np.random.default_rng(seed)
+    is_function = rng.random(n) < 0.3
+    log_count = np.where(is_function, rng.normal(7, 1, n), rng.normal(4, 1.5, n))
+    pref = 0.2 * log_count + effect * is_function + rng.normal(0, 0.2, n)
+    return pd.DataFrame({"token": [f"t{i}" for i in range(n)],
+                         "count": np.exp(log_count).round() + 1,
+                         "log_count": log_count, "pref": pref,
+                         "word_class": np.where(is_function, "function", "content")})
+
+
+def test_frequency_bins_see_through_a_frequency_confound():
+    effect = syntax.function_content_effect(frequency_confounded_table(), n_perm=999,
+                                            n_bins=8)
+    assert effect.p_value < 0.01 and effect.cohens_d > 1  # frequency masquerades
+    assert effect.p_binned > 0.05 and abs(effect.binned_d) < abs(effect.cohens_d) / 3
+    assert effect.n_function + effect.n_content == 400
+    assert effect.function_tower == "A"
+
+
+def test_frequency_bins_keep_a_real_class_effect():
+    effect = syntax.function_content_effect(
+        frequency_confounded_table(effect=-0.4), n_perm=999, n_bins=8)
+    assert effect.p_binned < 0.01 and effect.binned_diff == pytest.approx(-0.4,
+                                                                          abs=0.1)
+
+
+def test_frequency_bins_have_about_equal_sizes_and_follow_frequency():
+    log_count = np.random.default_rng(0).normal(size=1000)
+    bins = syntax.frequency_bins(log_count, 5)
+    assert set(bins) == set(range(5)) and np.bincount(bins).min() >= 190
+    order = np.argsort(log_count)
+    assert (np.diff(bins[order]) >= 0).all()
+    table = syntax.binned_effects(frequency_confounded_table(), 4)
+    assert len(table) == 4 and (table["min count"].diff().dropna() > 0).all()
+
+
+def test_pos_table_joins_preference_and_tags():
+    pref = pd.DataFrame({"token": ["the", "dog", "##s", "zzz"], "count": [50, 7, 9, 3],
+                         "pref": [0.2, -0.1, np.nan, 0.5]},
+                        index=pd.Index([1, 2, 5, 9], name="id"))
+    upos = {1: ("DET", 1.0, 40), 2: ("NOUN", 0.9, 5), 5: ("NOUN", 0.6, 8),
+            7: ("INTJ", 1.0, 2)}
+    table = syntax.pos_table(pref, upos)
+    assert list(table.index) == [1, 2]  # NaN pref and untagged ids left out
+    assert list(table["word_class"]) == ["function", "content"]
+    assert table.loc[1, "log_count"] == pytest.approx(np.log(50))
+    centred = syntax.pos_table(pref, upos, values=pref["pref"] - 1)
+    assert centred.loc[2, "pref"] == pytest.approx(-1.1)
+
+
+# --- word vectors per tower and layer -------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    text = ["the dog runs to the old house", "a cat sat on the warm mat"] * 20
+    return train_wordpiece(text, 120)
+
+
+SENTENCES = [Sentence(["The", "dog", "runs"], ["DET", "NOUN", "VERB"],
+                      np.array([2, 3, 0])),
+             Sentence(["A", "cat", "sat", "on", "the", "mat"],
+                      ["DET", "NOUN", "VERB", "ADP", "DET", "NOUN"],
+                      np.array([2, 3, 0, 6, 6, 3])),
+             Sentence(["the"] * 30, ["DET"] * 30, np.array([0] + [1] * 29))]
+
+
+@pytest.mark.parametrize("family", ["causal", "mlm", "bilm"])
+def test_word_vectors_per_tower_and_layer_do_not_depend_on_the_batch(
+        family, tiny_config, tokenizer):
+    cfg = tiny_config(family, vocab_size=padded_vocab_size(tokenizer), max_len=16)
+    model = TwoTowerLM(cfg).eval()
+    kept, one = syntax.tower_layer_vectors(model, tokenizer, SENTENCES, batch_size=1)
+    _, together = syntax.tower_layer_vectors(model, tokenizer, SENTENCES, batch_size=3)
+    assert kept == SENTENCES[:2]  # the 30-word sentence is longer than max_len
+    expected_layers = [2] if family == "bilm" else [1, 2]
+    assert sorted({layer for _, layer in one}) == expected_layers
+    for key in one:
+        assert [v.shape for v in one[key]] == [(3, 16), (6, 16)]
+        for a, b in zip(one[key], together[key]):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(one["A", expected_layers[-1]][0],
+                           one["B", expected_layers[-1]][0])
+
+
+def test_word_vectors_are_the_cached_activations_averaged_per_word(tiny_config,
+                                                                    tokenizer):
+    cfg = tiny_config("causal", vocab_size=padded_vocab_size(tokenizer), max_len=16)
+    model = TwoTowerLM(cfg).eval()
+    _, vectors = syntax.tower_layer_vectors(model, tokenizer, SENTENCES[:1])
+    enc = tokenizer.encode(SENTENCES[0].words, is_pretokenized=True)
+    _, cache = model.run_with_cache(torch.tensor([enc.ids]),
+                                    names=["towers.blocks.0.resid_post"])
+    h = cache["towers.blocks.0.resid_post"][1, 0]  # tower B, (T, D)
+    pieces = [i for i, w in enumerate(enc.word_ids) if w == 1]  # "dog"
+    np.testing.assert_allclose(vectors["B", 1][0][1], h[pieces].mean(0).numpy(),
+                               rtol=1e-5, atol=1e-6)
+
+
+# --- probes per tower ----------------------------------------------------------------
+
+def tree_vectors(rng, heads, dim=24):
+    edges, _ = np.linalg.qr(rng.standard_normal((dim, len(heads))))
+    out = np.zeros((len(heads), dim))
+    for word in np.argsort(tree_depths(heads), kind="stable"):
+        if heads[word]:
+            out[word] = out[heads[word] - 1] + edges[:, word]
+    return out
+
+
+def test_probe_towers_finds_the_tower_that_holds_the_tree():
+    rng = np.random.default_rng(0)
+    sentences = []
+    for _ in range(90):
+        n = int(rng.integers(6, 14))
+        parent = [0] + [int(rng.integers(1, i + 1)) for i in range(1, n)]
+        sentences.append(Sentence([f"w{i}" for i in range(n)], ["NOUN"] * n,
+                                  np.asarray(parent)))
+    vectors = {("A", 1): [tree_vectors(rng, s.heads) for s in sentences],
+               ("B", 1): [rng.standard_normal((len(s), 24)) for s in sentences]}
+    table, counts = syntax.probe_towers(vectors, sentences, 60, rank=16, epochs=30,
+                                        tasks=("distance",))
+    uuas = table.set_index("tower")["uuas"]
+    assert uuas["A"] > 0.85 and uuas["B"] < 0.6
+    assert counts["A", 1].shape == (30, 2)
+    diff, lo, hi = syntax.uuas_difference(counts["A", 1], counts["B", 1], n_boot=300)
+    assert diff == pytest.approx(uuas["A"] - uuas["B"]) and 0 < lo < diff < hi
+
+
+def test_probe_report_round_trip_and_summary(tmp_path):
+    rng = np.random.default_rng(0)
+    rows, counts, base = [], {}, {}
+    for tower, layer, found in (("A", 1, 6), ("B", 1, 4), ("A", 2, 9), ("B", 2, 7)):
+        rows.append({"tower": tower, "layer": layer, "task": "distance",
+                     "spearman": 0.5, "uuas": found / 10, "root_accuracy": np.nan})
+        counts[tower, layer] = np.column_stack([rng.binomial(10, found / 10, 40),
+                                                np.full(40, 10)])
+        base[tower, layer] = np.column_stack([np.full(40, 2), np.full(40, 10)])
+    table = pd.DataFrame(rows)
+    syntax.save_probe_report(tmp_path, (table, counts), (table, base), sentences=40)
+    report = syntax.load_probe_report(tmp_path)
+    assert report["sentences"] == 40
+    pd.testing.assert_frame_equal(report["trained"][0], table)
+    for key in counts:
+        np.testing.assert_array_equal(report["trained"][1][key], counts[key])
+    summary = syntax.probe_summary(*[report[k] for k in ("trained", "untrained")],
+                                   n_boot=200)
+    assert summary["best_layer"] == 2 and summary["uuas_a"] == 0.9
+    assert summary["low"] < summary["diff"] < summary["high"]
+    assert summary["vs_untrained"] > 0.5 and summary["vs_low"] > 0.5
+    assert syntax.load_probe_report(tmp_path / "missing") is None

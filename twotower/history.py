@@ -1,0 +1,80 @@
+"""Runs that keep their checkpoints: how a model changes while it trains.
+
+Introduced in chapter 12 (*Rare-token neurons in each tower*), which asks whether the
+plateau of influential neurons emerges during training. The main run of a preset keeps
+only its newest checkpoints; :func:`ensure_checkpoint_run` trains the same joint phase
+again (same data, seed and schedule) and keeps evenly spaced checkpoints and the
+initial weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+from . import checkpoint as ckpt
+from .model import TwoTowerLM
+
+
+def checkpoint_steps(run_dir: str | Path) -> list[int]:
+    """Steps of the joint-phase checkpoints kept in ``run_dir`` (0 = initialisation)."""
+    run_dir = Path(run_dir)
+    folders = [*(run_dir / "init").glob("step-*"), *(run_dir / "joint").glob("step-*")]
+    return sorted(ckpt.load_meta(p)["step"] for p in folders
+                  if (p / ckpt.META).exists())
+
+
+def ensure_checkpoint_run(run_dir: str | Path, cfg, *, n_checkpoints: int = 6,
+                          progress: bool = True) -> Path:
+    """Train the joint phase of ``cfg`` keeping ``n_checkpoints`` checkpoints.
+
+    Same data, seed and schedule as :func:`twotower.pipeline.run`, so the last
+    checkpoint is the joint model of the full run; only the checkpoint spacing and the
+    number kept differ. The initial weights are saved as step 0. Nothing is trained if
+    the checkpoints are already there.
+
+    Args:
+        run_dir: where to keep it, e.g. ``run_path(..., variant="ckpts")``.
+        cfg: the :class:`twotower.config.RunConfig` (a preset, seeded).
+        n_checkpoints: checkpoints after step 0, evenly spaced.
+
+    Returns:
+        ``run_dir``.
+    """
+    from .data import prepare_data
+    from .pipeline import make_objective, resolve_config
+    from .runtime import seed_everything
+    from .training import WindowBatches, train
+
+    run_dir = Path(run_dir)
+    if (run_dir / "done.json").exists():
+        return run_dir
+    data = prepare_data(cfg.data)
+    cfg = resolve_config(cfg, data)
+    every = max(1, cfg.train.steps // n_checkpoints)
+    train_cfg = dataclasses.replace(cfg.train, checkpoint_every=every,
+                                    keep_checkpoints=n_checkpoints + 2, eval_every=0)
+    objective = make_objective(cfg, data)
+    batches = WindowBatches(data.train, objective, cfg.train.batch_size, cfg.train.seed)
+    seed_everything(cfg.train.seed)
+    model = TwoTowerLM(cfg.model)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "model.json").write_text(json.dumps(dataclasses.asdict(cfg.model)))
+    if not (run_dir / "init").exists():  # not in joint/: training would resume it
+        ckpt.save_checkpoint(run_dir / "init", 0, model, {}, {"phase": "init"})
+    summary = train(model, lambda b: model.loss(b.input_ids, b.targets), batches,
+                    train_cfg, phase="joint", run_dir=run_dir, progress=progress)
+    (run_dir / "done.json").write_text(json.dumps(summary))
+    return run_dir
+
+
+def load_checkpoint_model(run_dir: str | Path, step: int) -> TwoTowerLM:
+    """The model saved at ``step`` by :func:`ensure_checkpoint_run`, in eval mode."""
+    from .config import ModelConfig
+
+    run_dir = Path(run_dir)
+    model = TwoTowerLM(ModelConfig(**json.loads((run_dir / "model.json").read_text())))
+    phase = "init" if step == 0 else "joint"
+    ckpt.load_weights(run_dir / phase / f"step-{step:07d}", model)
+    return model.requires_grad_(False).eval()
