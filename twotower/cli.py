@@ -43,6 +43,7 @@ class OneLineParser(argparse.ArgumentParser):
     """argparse that reports a bad argument in one line (no usage block)."""
 
     def error(self, message: str):
+        """Print ``error: <prog>: <message>`` on one line and exit with status 2."""
         self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
 
 
