@@ -320,8 +320,8 @@ def split_shares(pref_df: pd.DataFrame, labels: np.ndarray) -> dict:
         ``share_local`` (share of the local tokens it prefers), ``share_topic`` (share
         of the topic tokens the other tower prefers), ``balanced``: the balanced
         accuracy of the sign of pref as a guess of the label, either way round (0.5 is
-        chance; a global gap alone cannot raise it), and ``separation``: |mean pref of
-        the local tokens - mean pref of the topic tokens| in nats.
+        chance; a global gap alone cannot raise it), and ``separation``: the absolute
+        difference between the mean pref of the local and of the topic tokens, in nats.
     """
     pref, is_local = local_topic_prefs(pref_df, labels)
     a_local = float((pref[is_local == 1] > 0).mean())
