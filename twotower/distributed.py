@@ -2,7 +2,7 @@
 
 Introduced in chapter 6 (*Training on a GPU (or not)*).
 
-Under ``torchrun --nproc_per_node=N python -m twotower run ...`` every process builds the
+Under ``torchrun --nproc-per-node=N -m twotower run ...`` every process builds the
 same global batch (it depends only on seed and step) and takes its rows ``rank::N``; DDP
 averages the gradients. The loss of each process is rescaled so that the averaged
 gradient is exactly the gradient of the global batch's mean loss, whatever the number of
