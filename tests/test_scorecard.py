@@ -58,9 +58,11 @@ def runs_dir(tmp_path):
     planted = SHARED + 0.8 * (np.arange(N) < 60)  # "function words" prefer tower A
     for seed in (0, 1):
         write_run(tmp_path, "causal", seed, planted)
-    write_run(tmp_path, "mlm", 0, planted)
+    for seed in (0, 1):
+        write_run(tmp_path, "mlm", seed, planted)
     write_run(tmp_path, "causal", 0, 0.05 * rng.normal(size=N), "split")
     write_run(tmp_path, "causal", 0, planted, "width0.5")
+    write_run(tmp_path, "causal", 0, planted, "reseeded")
     return tmp_path
 
 
@@ -86,9 +88,11 @@ def test_scorecard_is_computed_from_the_runs_on_disk(runs_dir):
                     "one tower holds more"):
         assert row(table, missing)["verdict"] == scorecard.NOT_MEASURED
     assert row(table, "across seeds 0 and 1 (causal)")["verdict"] == scorecard.HOLDS
-    assert row(table, "across seeds 0 and 1 (mlm)")["verdict"] == scorecard.NOT_MEASURED
-    assert row(table, "across families (causal/mlm)")["verdict"] == scorecard.HOLDS
-    assert row(table, "across sizes (width0.5)")["verdict"] == scorecard.HOLDS
+    assert row(table, "it belongs to the towers")["verdict"] == scorecard.HOLDS
+    assert row(table, "across seeds 0 and 1 (mlm)")["verdict"] == scorecard.HOLDS
+    assert row(table, "across families (causal/mlm), seeds 0 and 1")["verdict"] == \
+        scorecard.HOLDS
+    assert row(table, "across sizes (width0.5")["verdict"] == scorecard.HOLDS
     pos = row(table, "function vs content words (causal, seed 0)")
     assert pos["value"] > 1 and pos["verdict"] == scorecard.HOLDS
 

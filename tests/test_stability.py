@@ -228,8 +228,9 @@ def test_part2_plan_scales_with_the_preset_and_counts_its_cost():
     quick, full = replication.part2_plan(True, 0), replication.part2_plan(False, 3)
     assert quick["seeds"] == [0, 1] and full["seeds"] == [3, 4, 5]
     assert quick["control_seeds"] == {"split": [0], "independent": [0],
-                                      "untrained": [0, 1]}
-    assert all(seeds == [3, 4] for seeds in full["control_seeds"].values())
+                                      "untrained": [0, 1], "reseeded": [0]}
+    assert full["control_seeds"] == {"split": [3, 4], "independent": [3, 4],
+                                     "untrained": [3, 4], "reseeded": [3]}
     smoke = replication.replication_flops("smoke", **quick)
     assert smoke < replication.replication_flops("smoke", **full) < \
         replication.replication_flops("small", **full)

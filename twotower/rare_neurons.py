@@ -401,11 +401,19 @@ def group_tests(group: np.ndarray, acts: np.ndarray, w_in: np.ndarray, *,
     """
     group = np.asarray(group)
     population = np.arange(acts.shape[1])
-    out = {}
-    stats = {"mean_correlation": ("greater", lambda g: coactivation(
-                 acts[:, g]).mean_correlation),
-             "effective_dimensionality": ("less", lambda g: coactivation(
-                 acts[:, g]).effective_dimensionality),
+    out, seen = {}, {}
+
+    def coact(g: np.ndarray):
+        # both co-activation statistics come from one PCA; the same seed draws the
+        # same random groups for each statistic, so every group is computed once
+        key = tuple(np.sort(g).tolist())
+        if key not in seen:
+            seen[key] = coactivation(acts[:, g])
+        return seen[key]
+
+    stats = {"mean_correlation": ("greater", lambda g: coact(g).mean_correlation),
+             "effective_dimensionality": ("less",
+                                          lambda g: coact(g).effective_dimensionality),
              "hill_alpha": ("less", lambda g: spectrum_hill(w_in[g], 10)[0])}
     for name, (alternative, stat) in stats.items():
         observed = float(stat(group))

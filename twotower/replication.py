@@ -50,7 +50,7 @@ def ensure_width_run(runs_dir: str, preset: str, family: str, seed: int,
 
 
 FAMILIES = ("causal", "mlm", "bilm")
-CONTROLS = ("split", "independent", "untrained")
+CONTROLS = ("split", "independent", "untrained", "reseeded")
 
 
 def part2_plan(quick: bool, seed: int = 0) -> dict:
@@ -59,10 +59,12 @@ def part2_plan(quick: bool, seed: int = 0) -> dict:
 
     ``quick`` (the CI build): 2 seeds per family, one seed per control except the
     untrained one (2 seeds: it trains only readouts). Otherwise 3 seeds per family and
-    2 per control. Both add towers half as wide (first seed).
+    2 per control. Both add towers half as wide (first seed), and readouts retrained
+    with another seed on the towers of the first seed (the ``reseeded`` control).
     """
     seeds = [seed + i for i in range(2 if quick else 3)]
     control_seeds = {name: seeds[:2] for name in CONTROLS}
+    control_seeds["reseeded"] = seeds[:1]
     if quick:
         control_seeds.update(split=seeds[:1], independent=seeds[:1])
     return dict(families=list(FAMILIES), seeds=seeds, control_seeds=control_seeds,
@@ -138,8 +140,10 @@ def replication_flops(preset: str, *, families: Sequence[str], seeds: Sequence[i
         for seed in chosen:
             if control == "independent":
                 total += cost(causal)
-            elif control == "split":
+            elif control == "split":  # the first seed's baseline is reused
                 total += readouts_only + (phase1 if seed != seeds[0] else 0.0)
+            elif control == "reseeded":  # the main run's phase 1 is reused
+                total += readouts_only + (phase1 if seed not in seeds else 0.0)
             else:
                 total += readouts_only
     total += sum(cost(width_variant(causal, f)) for f in widths)

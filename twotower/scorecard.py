@@ -99,6 +99,16 @@ def _claim2(runs, n_boot, seed) -> list[ScoreRow]:
             row = ScoreRow(row.claim, row.test, row.statistic, diff, lo, hi,
                            verdict=_above(lo))
         rows.append(row)
+    reseeded = _find(runs, seed=seed, variant="reseeded")
+    row = ScoreRow(claim, "it belongs to the towers (same towers, readouts of "
+                   "another seed)", "sign-aligned r of centred pref (bar: shuffled-"
+                   "token 95%)")
+    if main is not None and reseeded is not None:
+        c = stability.compare_runs(main, reseeded, centred=True, n_boot=n_boot,
+                                   seed=seed)
+        row = replace(row, value=c.r, low=c.low, high=c.high,
+                      verdict=_above(c.low, c.null95))
+    rows.append(row)
     for family in dict.fromkeys(r.family for r in runs if r.variant == ""):
         a, b = _find(runs, family, seed), _find(runs, family, seed + 1)
         row = ScoreRow(claim, f"across seeds {seed} and {seed + 1} ({family})",
@@ -135,18 +145,20 @@ def _claim3(runs, n_boot, seed) -> list[ScoreRow]:
         rows.append(ScoreRow(claim, f"a preference emerges ({run.family}, seed {seed})",
                              "split-half r of centred pref", rel.r, rel.low, rel.high,
                              verdict=_above(rel.low)))
-    for kind, a, b in stability.family_pairs(runs, seed):
+    pairs = stability.family_pairs(runs, seed)
+    for kind, a, b in pairs:
         c = stability.compare_runs(a, b, centred=True, n_boot=n_boot, seed=seed)
-        rows.append(ScoreRow(claim, f"across {kind}",
+        rows.append(ScoreRow(claim, f"across {kind}, seeds {a.seed} and {b.seed}",
                              "sign-aligned r of centred pref (bar: shuffled-token 95%)",
                              c.r, c.low, c.high, verdict=_above(c.low, c.null95)))
-    if len(mains) < 2:
+    if not pairs:
         rows.append(ScoreRow(claim, "across families",
                              "sign-aligned r of centred pref"))
     wide = [r for r in runs if r.variant.startswith("width") and r.seed == seed]
     main = _find(runs, seed=seed + 1)  # another seed: see stability.family_pairs
     for variant in wide or [None]:
-        test = f"across sizes ({variant.variant if variant else 'width variant'})"
+        test = f"across sizes ({variant.variant if variant else 'width variant'}, " \
+            f"seeds {seed} and {seed + 1})"
         row = ScoreRow(claim, test, "sign-aligned r of centred pref (bar: shuffled-"
                        "token 95%)")
         if variant is not None and main is not None:
