@@ -7,7 +7,6 @@ broken variant for every ``check_*``.
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import torch
 
 from twotower import checks
@@ -161,24 +160,7 @@ BROKEN = {
 }
 
 
-# --- the checks -----------------------------------------------------------------------
-
-@pytest.mark.parametrize("name", sorted(BROKEN))
-def test_chapters_6_to_8_check_accepts_its_reference(name, capsys):
-    check = getattr(checks, name)
-    check(check.reference)
-    assert capsys.readouterr().out.startswith(f"✔ {name} passed")
-
-
-@pytest.mark.parametrize("name, broken", [(name, broken) for name in sorted(BROKEN)
-                                          for broken in BROKEN[name]],
-                         ids=lambda value: getattr(value, "__name__", value))
-def test_chapters_6_to_8_check_rejects_a_broken_variant(name, broken):
-    with pytest.raises(AssertionError) as failure:
-        getattr(checks, name)(broken)
-    message = str(failure.value)
-    assert message.startswith(f"✘ {name}") and "\n" not in message
-    assert failure.value.__cause__ is None
+# --- tests of a check beyond accept/reject (tests/test_checks.py runs those) ------
 
 
 def test_learning_rate_written_by_hand_passes(capsys):

@@ -239,3 +239,8 @@ def test_part2_plan_scales_with_the_preset_and_counts_its_cost():
     assert 1.5 * one_run < replication.replication_flops(
         "smoke", families=["causal"], seeds=[0], control_seeds={"independent": [0]},
         widths=[]) < 2.5 * one_run  # a baseline phase 1 plus one more run
+
+
+def test_cpu_presets_get_the_quick_plan_and_gpu_presets_the_full_one():
+    assert [replication.is_cpu_scale(p) for p in ("smoke", "small", "colab", "paper_base")] \
+        == [True, True, False, False]

@@ -43,22 +43,21 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-import pandas as pd
 import torch
 from torch import nn
 
 from . import checkpoint as ckpt
 from . import distributed
-from .config import ModelConfig, RunConfig, config_to_dict, get_preset, \
+from .config import ModelConfig, RunConfig, get_preset, \
     run_config_from_dict
 from .data import prepare_data
 from .errors import require
 from .hooks import HookedModule
 from .model import SingleTowerLM, TwoTowerLM, matched_single_tower_config
-from .pipeline import (LoadedRun, _check_run_dir, _jsonable, id_to_token, load_run,
-                       make_objective, resolve_config)
+from .pipeline import (LoadedRun, _jsonable, id_to_token, load_run, loaded_run,
+                       start_run)
 from .preference import preference_summary, split_half, token_preference
-from .readouts import (TokenScores, TowerReadouts, freeze, loss_summary,
+from .readouts import (TowerReadouts, loss_summary,
                        score_readouts, train_readouts)
 from .runtime import seed_everything
 from .training import WindowBatches, train
@@ -303,16 +302,7 @@ def run_control(cfg: RunConfig, out: str | Path, *, cache_dir: str | Path | None
     require(cfg.control in CONTROLS, f"unknown control {cfg.control!r}; choose one "
             f"of {', '.join(CONTROLS)}")
     out, started, world = Path(out), time.perf_counter(), distributed.current()
-    data = prepare_data(cfg.data, cache_dir)
-    cfg = resolve_config(cfg, data)
-    _check_run_dir(out, cfg)
-    if world.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        ckpt.write_text_atomic(out / "config.json",
-                               json.dumps(config_to_dict(cfg), indent=1))
-    objective = make_objective(cfg, data)
-    train_b = WindowBatches(data.train, objective, cfg.train.batch_size, cfg.train.seed)
-    val_b = WindowBatches(data.val, objective, cfg.train.batch_size, cfg.train.seed)
+    cfg, data, train_b, val_b = start_run(cfg, out, cache_dir)
     source = Path(reuse_from) if reuse_from else None
     model, trained = _control_model(cfg, out, train_b, val_b, source, callbacks,
                                     progress)
@@ -373,13 +363,7 @@ def load_control(path: str | Path, cache_dir: str | Path | None = None) -> Loade
         ckpt.load_weights(path / source if source else
                           ckpt.latest_checkpoint(path / phase), inner)
         model = inner if reseeded else SplitSingleTower(inner, cfg.train.seed)
-    readouts = TowerReadouts(model.cfg.d_model, cfg.model.vocab_size, 2)
-    ckpt.load_weights(ckpt.latest_checkpoint(path / "readouts"), readouts)
-    pref = pd.read_csv(path / "preference.csv", keep_default_na=False,
-                       na_values=[""]).set_index("id")
-    return LoadedRun(path, cfg, data, freeze(model), freeze(readouts),
-                     TokenScores.load(path / "scores.npz"), pref,
-                     json.loads((path / "results.json").read_text()))
+    return loaded_run(path, cfg, data, model)
 
 
 def ensure_control(runs_dir: str, preset: str, control: str, seed: int = 0, *,

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from torch import nn
 
 from . import checkpoint as ckpt
 from . import distributed
@@ -89,6 +90,26 @@ def id_to_token(data: PreparedData, vocab_size: int) -> list[str]:
     return [data.tokenizer.id_to_token(i) if i < n else "" for i in range(vocab_size)]
 
 
+
+def start_run(cfg: RunConfig, out: Path, cache_dir: str | None = None):
+    """Data, the config with the tokenizer's sizes filled in, checked against what
+    ``out`` already holds and saved there (rank 0), and the train/validation batches.
+
+    Returns:
+        ``(cfg, data, train_batches, val_batches)``.
+    """
+    data = prepare_data(cfg.data, cache_dir)
+    cfg = resolve_config(cfg, data)
+    _check_run_dir(out, cfg)
+    if distributed.current().is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        ckpt.write_text_atomic(out / "config.json",
+                               json.dumps(config_to_dict(cfg), indent=1))
+    objective = make_objective(cfg, data)
+    train_b = WindowBatches(data.train, objective, cfg.train.batch_size, cfg.train.seed)
+    val_b = WindowBatches(data.val, objective, cfg.train.batch_size, cfg.train.seed)
+    return cfg, data, train_b, val_b
+
 def run(cfg: RunConfig, out: str | Path, *, cache_dir: str | Path | None = None,
         callbacks: Iterable = (), progress: bool = True) -> dict:
     """Run (or resume) every phase and write the run directory described above.
@@ -103,16 +124,7 @@ def run(cfg: RunConfig, out: str | Path, *, cache_dir: str | Path | None = None,
     out = Path(out)
     started = time.perf_counter()
     world = distributed.current()
-    data = prepare_data(cfg.data, cache_dir)
-    cfg = resolve_config(cfg, data)
-    _check_run_dir(out, cfg)
-    if world.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        ckpt.write_text_atomic(out / "config.json",
-                               json.dumps(config_to_dict(cfg), indent=1))
-    objective = make_objective(cfg, data)
-    train_b = WindowBatches(data.train, objective, cfg.train.batch_size, cfg.train.seed)
-    val_b = WindowBatches(data.val, objective, cfg.train.batch_size, cfg.train.seed)
+    cfg, data, train_b, val_b = start_run(cfg, out, cache_dir)
     timings = {}
 
     t = time.perf_counter()
@@ -222,7 +234,13 @@ def load_run(path: str | Path, cache_dir: str | Path | None = None) -> LoadedRun
     if last is None:
         raise TwotowerError(f"{path}/joint has no checkpoint; rerun the run command")
     ckpt.load_weights(last, model)
-    readouts = TowerReadouts(cfg.model.d_model, cfg.model.vocab_size, 2)
+    return loaded_run(path, cfg, data, model)
+
+
+def loaded_run(path: Path, cfg: RunConfig, data, model: nn.Module) -> LoadedRun:
+    """A finished run around its (already loaded) ``model``: the readouts, scores,
+    preference table and results saved in ``path``, everything frozen."""
+    readouts = TowerReadouts(model.cfg.d_model, cfg.model.vocab_size, 2)
     ckpt.load_weights(ckpt.latest_checkpoint(path / "readouts"), readouts)
     pref = pd.read_csv(path / "preference.csv", keep_default_na=False,
                        na_values=[""]).set_index("id")

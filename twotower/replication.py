@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import RunConfig, get_preset
+from .flops import preset_cost
 from .stability import RunPreference, load_preference_run
 
 
@@ -53,13 +54,23 @@ FAMILIES = ("causal", "mlm", "bilm")
 CONTROLS = ("split", "independent", "untrained", "reseeded")
 
 
+CPU_SCALE_FLOPS = 1e15  # a preset whose phase 1 costs less is run on a CPU
+
+
+def is_cpu_scale(preset: str) -> bool:
+    """Whether one phase-1 run of ``preset`` (causal) costs under
+    :data:`CPU_SCALE_FLOPS`: minutes on a CPU (smoke, small), not hours on a GPU."""
+    cfg = get_preset(preset, "causal")
+    return preset_cost(cfg, 1.0).total_flops < CPU_SCALE_FLOPS
+
+
 def part2_plan(quick: bool, seed: int = 0) -> dict:
     """Which runs chapters 9-11 compare: keyword arguments of
     :func:`ensure_replication_runs` and :func:`replication_flops`.
 
-    ``quick`` (the CI build): 2 seeds per family, one seed per control except the
-    untrained one (2 seeds: it trains only readouts). Otherwise 3 seeds per family and
-    2 per control. Both add towers half as wide (first seed), and readouts retrained
+    ``quick`` (CPU-scale presets, see :func:`is_cpu_scale`): 2 seeds per family, one
+    seed per control except the untrained one (2 seeds: it trains only readouts).
+    Otherwise 3 seeds per family and 2 per control. Both add towers half as wide (first seed), and readouts retrained
     with another seed on the towers of the first seed (the ``reseeded`` control).
     """
     seeds = [seed + i for i in range(2 if quick else 3)]
