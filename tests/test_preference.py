@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from twotower.errors import TwotowerError
+from twotower import preference
 from twotower.preference import (bootstrap_correlation, centred_preference,
                                  half_assignment, naive_token_preference, pearson,
                                  preference_summary, split_half, token_preference)
@@ -105,6 +106,22 @@ def test_ids_beyond_the_vocabulary_and_other_than_two_readouts_are_refused():
                         np.zeros(1, np.float32))
     with pytest.raises(TwotowerError, match="two readouts"):
         token_preference(three, vocab_size=10)
+    with pytest.raises(TwotowerError, match="vocab_size"):
+        token_preference(make_scores([1, -2], [-1, -1], [-1, -1]), vocab_size=10)
+
+
+@pytest.mark.skipif(preference.numba is None, reason="numba not installed")
+@pytest.mark.parametrize("id_type, ll_type", [(np.int32, np.float32),
+                                              (np.int64, np.float64)])
+def test_compiled_sums_equal_the_bincount_version(id_type, ll_type):
+    rng = np.random.default_rng(0)
+    ids = (rng.zipf(1.3, 50_000) % 500).astype(id_type)
+    ll = -rng.exponential(3.0, (2, ids.size)).astype(ll_type)
+    fast = preference.token_sums(ids, ll[0], ll[1], 512)
+    readable = preference.token_sums_numpy(ids, ll[0], ll[1], 512)
+    assert fast.shape == readable.shape == (512, 4)
+    np.testing.assert_allclose(fast, readable, rtol=1e-9, atol=1e-9)
+    assert fast[500:].sum() == 0 and fast[:, 0].sum() == ids.size
 
 
 # --- split-half reliability -----------------------------------------------------------

@@ -6,8 +6,10 @@ For each vocabulary id v (PAPER.md section 1.3):
 ``ll_k(v)`` = mean log-probability readout k gives to v over the positions where v is
 the target, ``n(v)`` their number, and ``pref(v) = ll_A(v) - ll_B(v)`` in nats (> 0: tower
 A predicts v better). Tokens seen fewer than ``min_count`` times get NaN, never 0 (the
-authors' code read unseen tokens as 0: bug 5). Everything is a ``bincount`` over the
-per-position arrays: no Python loop over tokens.
+authors' code read unseen tokens as 0: bug 5). The per-id sums are ``bincount`` passes
+over the per-position arrays (:func:`token_sums_numpy`, the readable version); when
+``numba`` is installed, one compiled pass computes the same sums about ten times faster
+(:func:`token_sums`), which is what scoring 10M tokens in well under a second takes.
 """
 
 from __future__ import annotations
@@ -21,19 +23,57 @@ from scipy import stats
 from .errors import TwotowerError
 from .readouts import TokenScores
 
+try:  # optional: a compiled single pass for the per-id sums (same numbers)
+    import numba
+except ImportError:  # pragma: no cover - numba ships with the requirements
+    numba = None
 
-def _means(ids: np.ndarray, values: np.ndarray, vocab_size: int):
-    count = np.bincount(ids, minlength=vocab_size).astype(np.int64)
-    total = np.bincount(ids, weights=values, minlength=vocab_size)  # sums in fp64
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return count, total / count
+
+def token_sums_numpy(target, ll_a, ll_b, vocab_size: int) -> np.ndarray:
+    """Per-id sums ``(V, 4)``: occurrences, sum of ll_a, sum of ll_b and sum of
+    (ll_a - ll_b)^2, in fp64; one ``bincount`` pass per column (the readable version)."""
+    ids = np.asarray(target).astype(np.intp, copy=False)  # bincount's index type
+    a, b = np.asarray(ll_a, dtype=np.float64), np.asarray(ll_b, dtype=np.float64)
+    columns = [np.bincount(ids, minlength=vocab_size)]
+    columns += [np.bincount(ids, weights=w, minlength=vocab_size)
+                for w in (a, b, np.square(a - b))]
+    return np.stack(columns, axis=1).astype(np.float64)
+
+
+def _sums_loop(ids, a, b, out):  # compiled by numba: one pass over the positions
+    for k in range(ids.shape[0]):
+        t, x, y = ids[k], np.float64(a[k]), np.float64(b[k])
+        out[t, 0] += 1.0
+        out[t, 1] += x
+        out[t, 2] += y
+        out[t, 3] += (x - y) * (x - y)
+
+
+_sums_compiled = numba.njit(cache=True, nogil=True)(_sums_loop) if numba else None
+
+
+def token_sums(target, ll_a, ll_b, vocab_size: int) -> np.ndarray:
+    """:func:`token_sums_numpy`, in one compiled pass when ``numba`` is installed.
+
+    Raises:
+        TwotowerError: for an id outside ``[0, vocab_size)`` (the compiled pass does
+            not check bounds, so they are checked here first).
+    """
+    ids = np.ascontiguousarray(target)
+    if ids.size and (ids.min() < 0 or ids.max() >= vocab_size):
+        raise TwotowerError(f"token ids must lie in [0, {vocab_size}); got "
+                            f"{ids.min()}..{ids.max()}: pass the model's vocab_size")
+    if _sums_compiled is None or not np.issubdtype(ids.dtype, np.integer):
+        return token_sums_numpy(ids, ll_a, ll_b, vocab_size)
+    out = np.zeros((vocab_size, 4))
+    _sums_compiled(ids, np.ascontiguousarray(ll_a), np.ascontiguousarray(ll_b), out)
+    return out
 
 
 def _token_means(target, ll_a, ll_b, vocab_size):
-    ids = np.asarray(target).astype(np.intp)
-    count, mean_a = _means(ids, np.asarray(ll_a), vocab_size)
-    _, mean_b = _means(ids, np.asarray(ll_b), vocab_size)
-    return count, mean_a, mean_b
+    sums = token_sums(target, ll_a, ll_b, vocab_size)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return sums[:, 0], sums[:, 1] / sums[:, 0], sums[:, 2] / sums[:, 0]
 
 
 def preference_array(target: np.ndarray, ll_a: np.ndarray, ll_b: np.ndarray,
@@ -84,16 +124,11 @@ def token_preference(scores: TokenScores, vocab_size: int, min_count: int = 5,
     """
     if scores.ll.shape[0] != 2:
         raise TwotowerError("preference needs exactly two readouts (towers A and B)")
-    ids = scores.target.astype(np.intp)  # bincount's native index type
-    if ids.size and ids.max() >= vocab_size:
-        raise TwotowerError(f"token id {ids.max()} >= vocab_size {vocab_size}; pass the "
-                            "model's vocab_size")
-    diff = scores.ll[0] - scores.ll[1]  # fp32 values; bincount sums them in fp64
-    count, ll_a = _means(ids, scores.ll[0], vocab_size)
-    _, ll_b = _means(ids, scores.ll[1], vocab_size)
-    _, mean_sq = _means(ids, np.square(diff), vocab_size)
-    mean_diff = ll_a - ll_b  # the mean of differences is the difference of means
+    sums = token_sums(scores.target, scores.ll[0], scores.ll[1], vocab_size)  # fp64
+    count = sums[:, 0].astype(np.int64)
     with np.errstate(invalid="ignore", divide="ignore"):
+        ll_a, ll_b, mean_sq = (sums[:, k] / count for k in (1, 2, 3))
+        mean_diff = ll_a - ll_b  # the mean of differences is the difference of means
         var = (mean_sq - mean_diff**2) * count / (count - 1)
         se = np.sqrt(np.maximum(var, 0) / count)
     seen = np.flatnonzero(count)
