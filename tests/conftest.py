@@ -229,6 +229,13 @@ def write_tiny_corpus(path: Path, n_articles: int = 6, paragraphs: int = 5,
 
 
 @pytest.fixture(scope="session")
+def corpus_writer():
+    """Factory: ``corpus_writer(path, n_articles=6, paragraphs=5, seed=0)`` writes a
+    WikiText-shaped corpus of any size and returns its path."""
+    return write_tiny_corpus
+
+
+@pytest.fixture(scope="session")
 def tiny_corpus(tmp_path_factory) -> Path:
     """A ~30-paragraph local corpus file with six articles."""
     return write_tiny_corpus(tmp_path_factory.mktemp("corpus") / "tiny.txt")

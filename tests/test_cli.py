@@ -13,6 +13,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from twotower import checkpoint as ckpt
 from twotower import pipeline
@@ -122,6 +124,96 @@ def test_command_line_overrides_reach_the_config(tmp_path):
     assert cfg.train.precision == cfg.readout.precision == "fp32"
     assert cfg.train.warmup_steps < 6 and cfg.readout.warmup_steps < 4
     assert cfg.data.corpus == "c.txt"
+    assert not cfg.train.detect_anomaly
+    args = build_parser().parse_args(fast_args(Path("c.txt"), tmp_path,
+                                               "--detect-anomaly"))
+    assert config_from_args(args).train.detect_anomaly
+
+
+def test_dropout_override_reaches_the_model_config(tmp_path):
+    args = build_parser().parse_args(fast_args(Path("c.txt"), tmp_path, "--dropout",
+                                               "0"))
+    assert config_from_args(args).model.dropout == 0.0
+
+
+@pytest.mark.parametrize("extra, named", [
+    (["--lr", "nan"], "--lr"), (["--lr", "inf"], "--lr"), (["--dropout", "1"], "dropout"),
+    (["--seed", str(2**31)], "seed"), (["--steps", str(10**10)], "steps"),
+], ids=["lr-nan", "lr-inf", "dropout-1", "seed-too-big", "steps-too-many"])
+def test_values_out_of_range_are_refused_in_one_line(extra, named, tmp_path, capsys,
+                                                      no_pipeline):
+    code, out, err = cli(["run", "--out", tmp_path / "run", *extra], capsys)
+    assert code == 2 and out == "" and len(lines(err)) == 1
+    assert lines(err)[0].startswith("error") and named in lines(err)[0]
+    assert not (tmp_path / "run").exists()
+
+
+NUMERIC_OPTIONS = ["--seed", "--steps", "--readout-steps", "--batch-size", "--lr",
+                   "--checkpoint-every", "--dropout"]
+number_text = st.one_of(
+    st.integers(-10**20, 10**20).map(str),
+    st.floats(allow_nan=True, allow_infinity=True).map(repr),
+    st.sampled_from(["", " ", "1e309", "-0", "0x10", "1_000", "٣", "1.5", "nan",
+                     "-inf", "\x00", "9" * 400]),
+    st.text(max_size=12),
+)
+
+
+@settings(max_examples=150, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(option=st.sampled_from(NUMERIC_OPTIONS), value=number_text)
+def test_any_value_of_a_numeric_option_gives_a_valid_config_or_one_error_line(
+        option, value, tmp_path, capsys, monkeypatch):
+    """Property: whatever text follows a numeric option, the CLI either builds a config
+    that passes validation (and would start the run) or exits 2 with one line naming
+    the option, never a traceback; nothing is written before the arguments are good."""
+    started = []
+    monkeypatch.setattr(pipeline, "run", lambda cfg, *a, **k: started.append(cfg) or
+                        (_ for _ in ()).throw(KeyboardInterrupt))
+    out = tmp_path / "never"
+    code, _, err = cli(["run", "--out", out, f"{option}={value}"], capsys)
+    assert "Traceback" not in err
+    if started:
+        assert code == 130
+        started[0].validate()  # what reached the pipeline is a valid config
+    else:
+        assert code == 2 and len(lines(err)) == 1 and lines(err)[0].startswith("error")
+        named = option.lstrip("-").replace("-", "_").split("_")[0]
+        assert named in lines(err)[0].replace("-", "_")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("failure, expected", [
+    (MemoryError(), "out of memory"),
+    (RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't "
+                  "allocate memory: you tried to allocate 98304000000 bytes."),
+     "out of memory"),
+    (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+     "out of memory"),
+    (OSError(28, "No space left on device", "runs/x/scores.npz"),
+     "No space left on device"),
+    (PermissionError(13, "Permission denied", "runs/x"), "Permission denied"),
+], ids=["python-memory", "cpu-allocator", "cuda-oom", "disk-full", "no-permission"])
+def test_resource_failures_end_in_one_line_that_says_how_to_go_on(
+        failure, expected, tmp_path, capsys, monkeypatch, tiny_corpus):
+    def fails(*args, **kwargs):
+        raise failure
+
+    monkeypatch.setattr(pipeline, "run", fails)
+    code, _, err = cli(fast_args(tiny_corpus, tmp_path / "run"), capsys)
+    assert code == 2 and len(lines(err)) == 1 and "Traceback" not in err
+    assert expected in err and "rerun the same command" in err
+
+
+def test_an_unexpected_runtime_error_is_not_disguised(tmp_path, capsys, monkeypatch,
+                                                      tiny_corpus):
+    """A bug is a bug: only resource failures become one-line messages."""
+    def bug(*args, **kwargs):
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+
+    monkeypatch.setattr(pipeline, "run", bug)
+    with pytest.raises(RuntimeError, match="shapes"):
+        main(fast_args(tiny_corpus, tmp_path / "run"))
 
 
 # --- an end-to-end run ----------------------------------------------------------------
@@ -211,6 +303,24 @@ def test_load_run_gives_back_the_model_readouts_and_preference(finished_run):
 def test_load_run_of_an_unfinished_directory_is_refused(tmp_path):
     with pytest.raises(TwotowerError, match="not a finished run"):
         pipeline.load_run(tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("field, value", [("d_model", 128), ("n_layers", 3),
+                                          ("vocab_size", 4096)])
+def test_a_run_whose_config_does_not_match_its_weights_is_refused(
+        field, value, finished_run, tmp_path):
+    """Someone edited config.json (or copied another run's): the weights no longer fit
+    and loading refuses in one line instead of building a half-loaded model."""
+    import shutil
+    out = tmp_path / "copy"
+    shutil.copytree(finished_run[0], out)
+    config = json.loads((out / "config.json").read_text())
+    config["model"][field] = value
+    (out / "config.json").write_text(json.dumps(config))
+    with pytest.raises(TwotowerError) as err:
+        pipeline.load_run(out)
+    assert "\n" not in str(err.value) and "does not fit this model" in str(err.value)
 
 
 @pytest.mark.slow

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from twotower import corpus as corpus_module
 from twotower.config import DataConfig
 from twotower.data import (
+    MIN_TAIL_TOKENS,
     Corpus,
     TokenStream,
     batch_windows,
@@ -34,16 +35,9 @@ from twotower.tokenizer import SpecialIds, train_wordpiece
 SPECIAL = SpecialIds(pad=0, unk=1, cls=2, sep=3, mask=4)
 
 
-def _refuse(*args, **kwargs):
-    raise OSError("network disabled by the test")
-
-
 @pytest.fixture
-def offline(monkeypatch):
-    monkeypatch.setattr(socket.socket, "connect", _refuse)
-    monkeypatch.setattr(socket, "create_connection", _refuse)
-    for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HF_ENDPOINT"):
-        monkeypatch.delenv(name, raising=False)
+def offline(no_network):
+    """No network (conftest's ``no_network``)."""
 
 
 @pytest.fixture(autouse=True)
@@ -524,3 +518,95 @@ def test_corpus_dataclass_is_frozen():
     corpus = Corpus("x", "local", ["a"])
     with pytest.raises(AttributeError):
         corpus.name = "y"
+
+
+def test_utf16_file_with_byte_order_mark_loads(tmp_path):
+    """Windows Notepad's "Unicode" is UTF-16 with a byte-order mark: unambiguous."""
+    path = tmp_path / "notepad.txt"
+    path.write_bytes("Caf\u00e9 au lait.\n\nThe second paragraph.\n".encode("utf-16"))
+    assert load_corpus(str(path)).articles == ["Caf\u00e9 au lait.\nThe second "
+                                               "paragraph."]
+
+
+encoded_chunk = st.one_of(
+    st.text(max_size=80).map(lambda t: t.encode("utf-8")),
+    st.text(st.characters(max_codepoint=255), max_size=60).map(
+        lambda t: t.encode("latin-1")),
+    st.text(st.characters(codec="cp1252"), max_size=40).map(lambda t: t.encode("cp1252")),
+    st.text(max_size=40).map(lambda t: t.encode("utf-16")),
+    st.binary(max_size=40),
+    st.sampled_from([b"\xef\xbb\xbf", b"\xff\xfe", b"\r\n", b"\n\n = Title = \n\n",
+                     b"\x00", b"caf\xc3\xa9 ", b"caf\xe9 "]),
+)
+
+
+@settings(max_examples=80, deadline=None)
+@given(chunks=st.lists(encoded_chunk, max_size=10))
+def test_a_file_of_any_bytes_loads_as_what_it_is_or_names_file_line_and_fix(chunks):
+    """Mixed encodings (UTF-8, Latin-1, Windows-1252, UTF-16, raw bytes) in one file:
+    either the file is text in UTF-8 or UTF-16-with-a-mark and loads, or one line names
+    the file, where the bad byte is and how to re-save it. Nothing is guessed."""
+    data = b"".join(chunks)
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "class notes.txt"
+        path.write_bytes(data)
+        try:
+            corpus = load_corpus(str(path))
+        except TwotowerError as error:
+            message = str(error)
+            assert "\n" not in message and "class notes.txt" in message
+            if "empty" not in message:
+                assert "line " in message and "re-save it as UTF-8" in message
+                event("refused: not UTF-8")
+            else:
+                event("refused: empty")
+            return
+        utf16 = data.startswith((b"\xff\xfe", b"\xfe\xff"))
+        text = data.decode("utf-16") if utf16 else data.removeprefix(
+            b"\xef\xbb\xbf").decode("utf-8")  # it really was that encoding
+        assert corpus.articles and all(a.strip() for a in corpus.articles)
+        joined = "".join(corpus.articles)
+        assert "\ufffd" not in joined or "\ufffd" in text  # nothing was mis-decoded
+        event("loaded")
+
+
+@settings(max_examples=60, deadline=None)
+@given(lengths=st.lists(st.integers(0, 150), min_size=1, max_size=12),
+       max_len=st.integers(2, 60), seed=st.integers(0, 3))
+def test_windows_of_any_token_stream_hold_each_article_in_order_and_apart(
+        lengths, max_len, seed):
+    """make_windows against the rule written out article by article."""
+    ids = np.random.default_rng(seed).integers(5, 999, sum(lengths)).astype(np.uint16)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    windows = make_windows(TokenStream(ids, offsets), max_len, SPECIAL)
+    body, expected = max_len - 1, []
+    for a in range(len(lengths)):
+        article = ids[offsets[a]:offsets[a + 1]]
+        pieces = [article[i:i + body] for i in range(0, len(article), body)]
+        if len(pieces) > 1 and len(pieces[-1]) < min(MIN_TAIL_TOKENS, max(1, body // 2)):
+            pieces.pop()  # a short last piece of a long article is dropped
+        expected += pieces
+    assert windows.shape == (len(expected), max_len)
+    assert (windows[:, 0] == SPECIAL.cls).all()
+    real = windows[:, 1:] != SPECIAL.pad
+    assert (np.diff(real.astype(int), axis=1) <= 0).all()  # PAD only at the end
+    for row, piece in zip(windows[:, 1:], expected):
+        np.testing.assert_array_equal(row[row != SPECIAL.pad], piece)
+
+
+@settings(max_examples=40, deadline=None)
+@given(articles=st.lists(st.lists(paragraph, min_size=1, max_size=4).map("\n".join),
+                         min_size=1, max_size=5))
+def test_any_articles_tokenize_to_plain_ids_and_one_sep_per_paragraph_end(tokenizer,
+                                                                          articles):
+    """No text, however odd (literal "[PAD]", control characters, huge lines), can
+    put a PAD, CLS or MASK id into the stream; SEP only ends paragraphs."""
+    with tempfile.TemporaryDirectory() as folder:
+        stream = tokenize_articles(articles, tokenizer, cache_dir=folder)
+        ids = np.asarray(stream.ids)
+    assert stream.n_articles == len(articles)
+    assert not np.isin(ids, [SPECIAL.pad, SPECIAL.cls, SPECIAL.mask]).any()
+    for a, article in enumerate(articles):
+        own = ids[stream.offsets[a]:stream.offsets[a + 1]]
+        assert own.size == 0 or own[-1] == SPECIAL.sep
+        assert (own == SPECIAL.sep).sum() <= article.count("\n") + 1

@@ -81,3 +81,42 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_pat
     for name in w_one:
         np.testing.assert_allclose(w_two[name], w_one[name], rtol=1e-4, atol=1e-6,
                                    err_msg=name)
+
+
+def _cli(corpus: Path, out: Path, family: str) -> list[str]:
+    return ["-m", "twotower", "run", "--preset", "smoke", "--family", family,
+            "--corpus", str(corpus), "--steps", "12", "--readout-steps", "6",
+            "--dropout", "0", "--device", "cpu", "--precision", "fp32", "--quiet",
+            "--out", str(out)]
+
+
+@pytest.mark.parametrize("family", ["bilm"])
+def test_the_run_command_under_torchrun_matches_one_process(tmp_path, tiny_corpus,
+                                                            family):
+    """``torchrun --nproc_per_node=2 -m twotower run ...``: the whole command (data,
+    phase 1, readouts, scoring) follows the 1-process run, and only rank 0 reports."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TWOTOWER_CACHE": str(tmp_path / "c")}
+    one, two = tmp_path / "one", tmp_path / "two"
+    runs = {}
+    for out, launcher in (
+            (one, [sys.executable]),
+            (two, [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                   "--master_addr=127.0.0.1", f"--master_port={_free_port()}"])):
+        proc = subprocess.run([*launcher, *_cli(tiny_corpus, out, family)], env=env,
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        runs[out] = proc.stdout + proc.stderr
+    log = runs[two]
+    assert log.count("done in") == 1 and log.count("data: tiny.txt") == 1, log
+    curves = {}
+    for out in (one, two):
+        records = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+        curves[out] = [(r["phase"], r["step"], r.get("loss", r.get("val_loss")))
+                       for r in records]
+    assert [c[:2] for c in curves[two]] == [c[:2] for c in curves[one]]  # no duplicates
+    assert [c[2] for c in curves[two]] == pytest.approx([c[2] for c in curves[one]],
+                                                        rel=1e-4)
+    pref = {out: np.genfromtxt(out / "preference.csv", delimiter=",", names=True,
+                               usecols=("id", "pref"), dtype=float) for out in (one, two)}
+    np.testing.assert_array_equal(pref[two]["id"], pref[one]["id"])
+    np.testing.assert_allclose(pref[two]["pref"], pref[one]["pref"], atol=1e-3)

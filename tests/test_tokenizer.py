@@ -7,6 +7,8 @@ import time
 
 import huggingface_hub.constants
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from twotower import tokenizer as tokenizer_module
 from twotower.config import DataConfig
@@ -187,3 +189,32 @@ def test_bert_tokenizer_with_explicit_hub_source_offline_raises(offline, tmp_pat
     cfg = DataConfig(tokenizer="bert-base-uncased", source="hub")
     with pytest.raises(TwotowerError, match="Hub"):
         get_tokenizer(cfg, TEXTS, tmp_path)
+
+
+# --- property: any text -------------------------------------------------------------
+
+any_text = st.one_of(
+    st.text(max_size=300),
+    st.text(st.sampled_from("\x00\x07\x1b\r\n\t\u200b\ufeff\u0301 []#@-<>"),
+            max_size=80),
+    st.sampled_from(["[SEP]", "[PAD] [MASK]", "##", "a" * 5000, "\U0001f99e" * 50,
+                     "\u65e5\u672c\u8a9e", "l\u00f6\u0308bster"]),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(text=any_text)
+def test_any_text_encodes_to_ids_inside_the_vocabulary(small_tokenizer, text):
+    size = small_tokenizer.get_vocab_size()
+    encoding = small_tokenizer.encode(text, add_special_tokens=False)
+    assert all(0 <= i < size for i in encoding.ids)
+    small_tokenizer.decode(encoding.ids)  # and back, without an error
+
+
+@settings(max_examples=25, deadline=None)
+@given(texts=st.lists(any_text, max_size=12), vocab_size=st.integers(100, 400))
+def test_training_on_any_text_gives_specials_at_0_to_4_and_a_bounded_vocabulary(
+        texts, vocab_size):
+    tok = train_wordpiece(texts, vocab_size)
+    assert SpecialIds.from_tokenizer(tok).all == (0, 1, 2, 3, 4)
+    assert len(SPECIAL_TOKENS) <= tok.get_vocab_size() <= vocab_size

@@ -194,6 +194,39 @@ def test_a_non_finite_loss_names_the_step_and_the_last_good_checkpoint(
     assert on_disk and snapshot(tmp_path / "joint") == on_disk
 
 
+@pytest.mark.parametrize("detect_anomaly", [False, True])
+def test_a_non_finite_gradient_under_a_finite_loss_stops_before_the_weights_change(
+        detect_anomaly, tiny_config, train_config, synthetic_data, tmp_path):
+    """sqrt at 0 has an infinite slope: the loss stays finite, the gradient is NaN.
+    Without the check AdamW would write NaN into every weight and moment."""
+    model = make_model(tiny_config("causal"), 0)
+    objective = synthetic_data.objective("causal")
+    calls, weights = [], {}
+
+    def loss_fn(batch):
+        calls.append(1)
+        loss = model.loss(batch.input_ids, batch.targets)
+        if len(calls) == 4:  # step 3 (0-based)
+            weights.update({k: v.clone() for k, v in model.state_dict().items()})
+            w = model.embed.weight if hasattr(model, "embed") else next(
+                model.parameters())
+            loss = loss + 0.0 * torch.sqrt(w.sum() - w.sum().detach())
+        return loss
+
+    with pytest.raises(TwotowerError) as err:
+        train(model, loss_fn, WindowBatches(synthetic_data.train, objective, 4, 0),
+              train_config(steps=10, checkpoint_every=2, detect_anomaly=detect_anomaly),
+              run_dir=tmp_path, progress=False)
+    message = str(err.value)
+    assert "\n" not in message
+    if detect_anomaly:  # names the operation whose backward made the NaN
+        assert "anomaly detection" in message and "SqrtBackward0" in message
+    else:
+        assert "gradient norm became nan" in message
+    assert "step 3" in message and "step-0000002" in message
+    assert all(torch.equal(weights[k], v) for k, v in model.state_dict().items())
+
+
 def test_a_model_with_nothing_to_train_is_refused(tiny_config, train_config):
     model = TwoTowerLM(tiny_config("causal")).requires_grad_(False)
     with pytest.raises(TwotowerError, match="frozen"):
@@ -417,3 +450,104 @@ def test_resaving_a_step_replaces_it(tiny_config, tmp_path, weights_equal):
     ckpt.load_weights(tmp_path / "step-0000003", loaded)
     assert weights_equal(newer, loaded)
 
+
+
+# --- failures while saving and resuming -----------------------------------------------
+
+def test_a_full_disk_during_a_save_leaves_the_last_good_checkpoint(tiny_config,
+                                                                    tmp_path,
+                                                                    monkeypatch):
+    model = TwoTowerLM(tiny_config("causal", n_layers=1))
+    save_one(tmp_path, model, 3)
+    before = snapshot(tmp_path)
+
+    def full_disk(obj, f, *args, **kwargs):  # half the file, then the disk is full
+        Path(f).write_bytes(b"\x00" * 100)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ckpt.torch, "save", full_disk)
+    with pytest.raises(TwotowerError) as err:
+        save_one(tmp_path, model, 4)
+    message = str(err.value)
+    assert "\n" not in message
+    assert "No space left on device" in message and "step-0000003" in message
+    assert snapshot(tmp_path) == before  # nothing half-written left, nothing lost
+    assert not list(tmp_path.glob(".tmp-*"))
+
+
+@pytest.mark.parametrize("dies_at", [1, 2], ids=["setting-the-old-copy-aside",
+                                                 "moving-the-new-copy-in"])
+def test_a_crash_while_saving_a_step_again_never_loses_that_step(
+        dies_at, tiny_config, tmp_path, monkeypatch, weights_equal):
+    """Saving a step that is already on disk (a resumed run redoing it) must keep a
+    complete copy of the step at every moment."""
+    cfg = tiny_config("causal", n_layers=1)
+    first, second = make_model(cfg, 0), make_model(cfg, 1)
+    save_one(tmp_path, first, 3)
+    calls, real_replace = [], ckpt.os.replace
+
+    def dying_replace(src, dst):
+        calls.append(src)
+        if len(calls) == dies_at:
+            raise SystemExit("killed")  # not an OSError: nothing may clean up
+        real_replace(src, dst)
+
+    monkeypatch.setattr(ckpt.os, "replace", dying_replace)
+    with pytest.raises(SystemExit):
+        save_one(tmp_path, second, 3)
+    monkeypatch.setattr(ckpt.os, "replace", real_replace)
+    found = ckpt.latest_checkpoint(tmp_path)
+    assert found is not None
+    loaded = make_model(cfg, 2)
+    ckpt.load_weights(found, loaded)
+    assert weights_equal(loaded, first)  # the old copy, complete
+    save_one(tmp_path, second, 4)  # the next save tidies up
+    assert ckpt.latest_checkpoint(tmp_path).name == "step-0000004"
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def _tamper_state(path: Path, change) -> None:
+    state = torch.load(path / ckpt.STATE, weights_only=True)
+    change(state)
+    torch.save(state, path / ckpt.STATE)
+
+
+@pytest.mark.parametrize("change, named", [
+    (lambda s: s["optimizer"]["param_groups"].pop(), "parameter group"),
+    (lambda s: s.pop("scheduler"), "scheduler"),
+    (lambda s: s["rng"].update(torch=torch.zeros(3)), "RNG"),
+], ids=["optimizer-of-another-model", "no-scheduler", "bad-rng-state"])
+def test_resuming_from_a_state_of_another_training_is_refused_untouched(
+        change, named, tiny_config, train_config, synthetic_data, tmp_path):
+    cfg = tiny_config("causal", n_layers=1)
+    tcfg = train_config(steps=6, checkpoint_every=3, keep_checkpoints=5)
+    with pytest.raises(Interrupt):
+        run_training(cfg, tcfg, synthetic_data, 0, tmp_path, [InterruptAt(4)])
+    _tamper_state(tmp_path / "joint" / "step-0000003", change)
+    before = snapshot(tmp_path)
+    with pytest.raises(TwotowerError) as err:
+        run_training(cfg, tcfg, synthetic_data, 0, tmp_path)
+    message = str(err.value)
+    assert "\n" not in message and "cannot resume" in message
+    assert "step-0000003" in message
+    assert snapshot(tmp_path) == before
+
+
+def test_a_checkpoint_past_the_end_of_the_phase_is_refused(tiny_config, train_config,
+                                                           synthetic_data, tmp_path):
+    cfg = tiny_config("causal", n_layers=1)
+    run_training(cfg, train_config(steps=6, checkpoint_every=3), synthetic_data, 0,
+                 tmp_path)
+    with pytest.raises(TwotowerError, match="step 6 of a 4-step phase"):
+        run_training(cfg, train_config(steps=4, checkpoint_every=3), synthetic_data, 0,
+                     tmp_path)
+
+
+@pytest.mark.parametrize("damage", [b'{"phase": "joint", "st', b"", b"\xff\xfe{}"],
+                         ids=["truncated", "empty", "not-utf8"])
+def test_a_damaged_meta_json_is_refused_in_one_line(damage, tiny_config, tmp_path):
+    path, _ = save_one(tmp_path, TwoTowerLM(tiny_config("causal", n_layers=1)))
+    (path / ckpt.META).write_bytes(damage)
+    with pytest.raises(TwotowerError) as err:
+        ckpt.load_meta(path)
+    assert "\n" not in str(err.value) and "earlier checkpoint" in str(err.value)

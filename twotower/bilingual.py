@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from tokenizers import Tokenizer
 
+from . import atomic
 from . import checkpoint as ckpt
 from .config import DataConfig, RunConfig, get_preset
 from .data import default_cache_dir
@@ -389,6 +390,6 @@ def ensure_bilingual_run(run_dir: str | Path, cfg: RunConfig, data: BilingualDat
         score_language = np.broadcast_to(data.val.language[:, None],
                                          targets.shape)[(targets != IGNORE).numpy()]
     run_dir.mkdir(parents=True, exist_ok=True)
-    ckpt.write_text_atomic(results_path, json.dumps(results, indent=1, default=float))
+    atomic.write_text(results_path, json.dumps(results, indent=1, default=float))
     return BilingualRun(run_dir, cfg, data, model.cpu(), heads, scores, score_language,
                         results)

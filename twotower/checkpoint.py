@@ -24,34 +24,10 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model, save_model
 from torch import nn
 
+from . import atomic
 from .errors import TwotowerError
 
 WEIGHTS, STATE, META, LATEST = "model.safetensors", "state.pt", "meta.json", "latest"
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb+") as f:
-        os.fsync(f.fileno())
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Replace ``path`` by ``text`` so readers see the old or the new file, never half."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 def save_checkpoint(directory: Path, step: int, module: nn.Module, state: dict,
@@ -64,27 +40,47 @@ def save_checkpoint(directory: Path, step: int, module: nn.Module, state: dict,
         module: whose ``state_dict`` goes to safetensors (tied weights stored once).
         state: optimizer/scheduler/RNG states (tensors, numbers, lists, dicts only).
         meta: JSON-able description (config, phase, step).
+
+    Raises:
+        TwotowerError: when the checkpoint cannot be written (a full disk, no
+            permission); the half-written copy is removed and every earlier checkpoint
+            is left as it was.
     """
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     final = directory / f"step-{step:07d}"
     tmp = directory / f".tmp-step-{step:07d}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    save_model(module, str(tmp / WEIGHTS))
-    torch.save(state, tmp / STATE)
-    (tmp / META).write_text(json.dumps({**meta, "step": step}, indent=1))
-    for name in (WEIGHTS, STATE, META):
-        _fsync_file(tmp / name)
-    _fsync_dir(tmp)
-    _fault_injection_pause(tmp, step)
-    if final.exists():  # a rerun of the same step: the old copy goes only now
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    _fsync_dir(directory)
-    write_text_atomic(directory / LATEST, final.name)
-    for old in sorted(directory.glob("step-*"))[:-keep] if keep > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        save_model(module, str(tmp / WEIGHTS))
+        torch.save(state, tmp / STATE)
+        (tmp / META).write_text(json.dumps({**meta, "step": step}, indent=1))
+        for name in (WEIGHTS, STATE, META):
+            atomic.fsync_file(tmp / name)
+        atomic.fsync_dir(tmp)
+        _fault_injection_pause(tmp, step)
+        # A rerun of a saved step: move the old copy aside (a folder cannot be renamed
+        # onto a non-empty one) and delete it only once the new one is in place.
+        old = directory / f".old-step-{step:07d}"
+        if final.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(final, old)
+        os.replace(tmp, final)
+        atomic.fsync_dir(directory)
+        atomic.write_text(directory / LATEST, final.name)
+    except OSError as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        good = latest_checkpoint(directory) or "none yet"
+        raise TwotowerError(
+            f"could not write checkpoint {final} ({err.strerror or err}); last good "
+            f"checkpoint: {good}. Free disk space or fix the folder's permissions, "
+            "then rerun the same command to resume") from None
+    # Only now that the new checkpoint is in place: old ones beyond ``keep``, copies
+    # set aside and the leftovers of saves a crash interrupted.
+    stale = sorted(directory.glob("step-*"))[:-keep] if keep > 0 else []
+    for path in (*stale, *directory.glob(".old-step-*"), *directory.glob(".tmp-step-*")):
+        shutil.rmtree(path, ignore_errors=True)
     return final
 
 
@@ -107,8 +103,14 @@ def latest_checkpoint(directory: Path) -> Path | None:
         candidate = directory / name
         if name.startswith("step-") and "/" not in name and (candidate / META).exists():
             return candidate
-    complete = [p for p in sorted(directory.glob("step-*")) if (p / META).exists()]
-    return complete[-1] if complete else None
+    # Folders are renamed into place whole, so every step-* is complete. A .old-step-*
+    # is a complete copy set aside while the same step was saved again (a crash at that
+    # moment leaves it the only copy of its step).
+    complete = [p for p in (*directory.glob("step-*"), *directory.glob(".old-step-*"))
+                if (p / META).exists()]
+    if not complete:
+        return None
+    return max(complete, key=lambda p: (p.name.split("step-")[-1], p.name[0] != "."))
 
 
 def load_weights(path: Path, module: nn.Module) -> None:
@@ -189,6 +191,6 @@ def load_meta(path: Path) -> dict:
     file = Path(path) / META
     try:
         return json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as err:
-        raise TwotowerError(f"cannot read {file} ({err}); use an earlier checkpoint"
-                            ) from None
+    except (OSError, ValueError) as err:  # JSON and UTF-8 decoding errors included
+        raise TwotowerError(f"cannot read {file} ({str(err)[:120]}); use an earlier "
+                            "checkpoint") from None

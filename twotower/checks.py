@@ -13,8 +13,8 @@ hint; it never lets a traceback from inside NumPy or torch through.
 
 Adding a check (for the authors of later chapters): write the reference as a private
 function, decorate the check with ``@_exercise(reference)``, compare with the helpers
-``_call``, ``_assert_close`` and ``_passed``, put it under its chapter's
-header below, and add a broken variant to ``tests/test_checks.py`` (a test fails for any
+``_compare`` (or, for an unusual result, ``_call``, ``_assert_close`` and ``_passed``),
+put it under its chapter's header below, and add a broken variant to ``tests/test_checks.py`` (a test fails for any
 check without one).
 """
 
@@ -99,6 +99,24 @@ def _assert_close(name: str, got: Any, expected: np.ndarray | float, case: str,
         raise _Fail(f"✘ {name}: values differ from the reference (largest error "
                     f"{error[worst]:.3g}: got {got_array[finite][worst]:.6g}, expected "
                     f"{expected[finite][worst]:.6g}; {case}). {hint}".strip())
+
+
+def _compare(name: str, function: Callable, reference: Callable,
+             cases: list[dict[str, Any]], describe: Callable[[dict], str], hint: str,
+             summary: str, *, scalar: bool = False, atol: float = 1e-6,
+             rtol: float = 1e-5) -> None:
+    """The body of most checks: call the reader's ``function`` on every case, compare
+    with ``reference`` (``describe(case)`` says which case differed), then print
+    ``✔ ... passed: <number of cases> <summary>``. ``scalar``: one number expected."""
+    __tracebackhide__ = True
+    for case in cases:
+        got = _call(name, function, case)
+        if scalar and np.ndim(got) != 0:
+            raise _Fail(f"✘ {name}: returned shape {np.shape(got)}, expected one "
+                        f"number. {hint}")
+        _assert_close(name, got, reference(**case), describe(case), hint, atol=atol,
+                      rtol=rtol)
+    _passed(name, f"{len(cases)} {summary}")
 
 
 def _passed(name: str, detail: str) -> None:
@@ -196,12 +214,9 @@ def check_token_preference(token_preference: Callable) -> None:
             "the same mean of logp_b; tokens with fewer than min_count occurrences are "
             "NaN, never 0 (np.bincount with weights= does the sums).")
     cases = _preference_cases()
-    for case in cases:
-        got = _call(name, token_preference, case)
-        _assert_close(name, got, _token_preference(**case),
-                      f"vocab_size={case['vocab_size']}, min_count={case['min_count']}",
-                      hint)
-    _passed(name, f"{len(cases)} cases, rare tokens are NaN")
+    _compare(name, token_preference, _token_preference, cases, lambda c:
+             f"vocab_size={c['vocab_size']}, min_count={c['min_count']}", hint,
+             "cases, rare tokens are NaN")
 
 
 def _centred_preference(pref):
@@ -225,12 +240,9 @@ def check_centred_preference(centred_preference: Callable) -> None:
         pref = rng.normal(shift, 0.5, size)
         pref[rng.random(size) < 0.3] = np.nan
         cases.append(dict(pref=pref))
-    for case in cases:
-        got = _call(name, centred_preference, case)
-        _assert_close(name, got, _centred_preference(**case),
-                      f"{int(np.isnan(case['pref']).sum())} NaN of {case['pref'].size}",
-                      hint)
-    _passed(name, f"{len(cases)} cases, NaN kept")
+    _compare(name, centred_preference, _centred_preference, cases, lambda c:
+             f"{int(np.isnan(c['pref']).sum())} NaN of {c['pref'].size}", hint,
+             "cases, NaN kept")
 
 
 def _split_half_correlation(logp_a, logp_b, targets, half, vocab_size, min_count=5):
@@ -267,14 +279,8 @@ def check_split_half_correlation(split_half_correlation: Callable) -> None:
         cases.append(dict(logp_a=toy.logp_a, logp_b=toy.logp_b, targets=toy.targets,
                           half=alternate_halves(toy.targets), vocab_size=toy.vocab_size,
                           min_count=4))
-    for case in cases:
-        got = _call(name, split_half_correlation, case)
-        if np.ndim(got) != 0:
-            raise _Fail(f"✘ {name}: returned an array of shape {np.shape(got)}, "
-                        f"expected one number. {hint}")
-        _assert_close(name, got, _split_half_correlation(**case), "toy scores", hint,
-                      atol=1e-6)
-    _passed(name, f"{len(cases)} toy runs")
+    _compare(name, split_half_correlation, _split_half_correlation, cases,
+             lambda c: "toy scores", hint, "toy runs", scalar=True)
 
 
 # --- Chapter 2: a language with a planted division ---
@@ -315,14 +321,9 @@ def check_conditional_entropy(conditional_entropy: Callable) -> None:
             "from relative frequencies (count / n) and natural logarithms; a target "
             "that is a function of the condition has entropy 0.")
     cases = _entropy_cases()
-    for case in cases:
-        got = _call(name, conditional_entropy, case)
-        if np.ndim(got) != 0:
-            raise _Fail(f"✘ {name}: returned shape {np.shape(got)}, expected one "
-                        f"number. {hint}")
-        _assert_close(name, got, _conditional_entropy(**case),
-                      f"{case['target'].size} pairs", hint, atol=1e-9)
-    _passed(name, f"{len(cases)} cases, a deterministic successor has entropy 0")
+    _compare(name, conditional_entropy, _conditional_entropy, cases,
+             lambda c: f"{c['target'].size} pairs", hint,
+             "cases, a deterministic successor has entropy 0", scalar=True, atol=1e-9)
 
 
 def _split_correlation(pref, labels):
@@ -354,14 +355,9 @@ def check_split_correlation(split_correlation: Callable) -> None:
             "pref is not NaN, correlate pref with (label == 'local') as 0/1, and "
             "return the absolute value: which tower is called A is arbitrary.")
     cases = _split_cases()
-    for case in cases:
-        got = _call(name, split_correlation, case)
-        if np.ndim(got) != 0:
-            raise _Fail(f"✘ {name}: returned shape {np.shape(got)}, expected one "
-                        f"number. {hint}")
-        _assert_close(name, got, _split_correlation(**case),
-                      f"{int(np.isnan(case['pref']).sum())} NaN, 5 special tokens", hint)
-    _passed(name, f"{len(cases)} cases, sign ignored, special tokens and NaN left out")
+    _compare(name, split_correlation, _split_correlation, cases, lambda c:
+             f"{int(np.isnan(c['pref']).sum())} NaN, 5 special tokens", hint,
+             "cases, sign ignored, special tokens and NaN left out", scalar=True)
 
 
 def _permutation_p_value(pref, is_local, n_perm=2000, seed=0):
@@ -451,12 +447,9 @@ def check_rank_frequency(rank_frequency: Callable) -> None:
             "counts of the special ids to 0, drop the zeros (ids never seen) and sort "
             "in descending order: element r-1 is the frequency of rank r.")
     cases = _rank_frequency_cases()
-    for case in cases:
-        got = _call(name, rank_frequency, case)
-        _assert_close(name, got, _rank_frequency(**case),
-                      f"ids of shape {case['ids'].shape}, special ids "
-                      f"{case['special_ids']}", hint, atol=0)
-    _passed(name, f"{len(cases)} cases, special ids and unseen ids left out")
+    _compare(name, rank_frequency, _rank_frequency, cases, lambda c:
+             f"ids of shape {c['ids'].shape}, special ids {c['special_ids']}", hint,
+             "cases, special ids and unseen ids left out", atol=0)
 
 
 _FERTILITY_TEXT = (
@@ -493,11 +486,8 @@ def check_fertility(fertility: Callable) -> None:
              dict(words=["homarus", "gammarus", "ζ", "carapace", "a", "hard-shelled"],
                   tokenizer=tokenizer),
              dict(words=_FERTILITY_TEXT.split()[:30], tokenizer=tokenizer)]
-    for case in cases:
-        got = _call(name, fertility, case)
-        _assert_close(name, got, _fertility(**case), f"words {case['words'][:4]}...",
-                      hint, atol=0)
-    _passed(name, f"{len(cases)} word lists, unknown and split words included")
+    _compare(name, fertility, _fertility, cases, lambda c: f"words {c['words'][:4]}...",
+             hint, "word lists, unknown and split words included", atol=0)
 
 
 def _windows_crossing_articles(label_windows, special_ids):
@@ -541,13 +531,9 @@ def check_windows_crossing_articles(windows_crossing_articles: Callable) -> None
             "labels are not all equal (compare the row's min and max over real "
             "tokens).")
     cases = _crossing_cases()
-    for case in cases:
-        got = _call(name, windows_crossing_articles, case)
-        expected = _windows_crossing_articles(**case)
-        _assert_close(name, np.asarray(got, dtype=float) if np.ndim(got) else got,
-                      expected.astype(float), f"{len(expected)} windows, "
-                      f"{int(expected.sum())} crossing", hint, atol=0)
-    _passed(name, f"{len(cases)} window sets, ours and naively packed ones")
+    _compare(name, windows_crossing_articles, _windows_crossing_articles, cases,
+             lambda c: f"{len(c['label_windows'])} windows", hint,
+             "window sets, ours and naively packed ones", atol=0)
 
 
 # --- Chapter 4: Three kinds of tower ---
@@ -1052,14 +1038,9 @@ def check_paired_difference(paired_difference: Callable) -> None:
         difficulty = rng.gamma(2.0, shared, n)  # shared by both readouts
         cases.append(dict(ll_a=-difficulty + gap + rng.normal(0, 0.5, n),
                           ll_b=-difficulty + rng.normal(0, 0.5, n)))
-    for case in cases:
-        got = _call(name, paired_difference, case)
-        if np.shape(got) != (2,):
-            raise _Fail(f"✘ {name}: returned shape {np.shape(got)}, expected two "
-                        f"numbers (mean, standard_error). {hint}")
-        _assert_close(name, got, _paired_difference(**case),
-                      f"{case['ll_a'].size} positions", hint, atol=1e-9, rtol=1e-6)
-    _passed(name, f"{len(cases)} cases, standard error of paired differences")
+    _compare(name, paired_difference, _paired_difference, cases,
+             lambda c: f"{c['ll_a'].size} positions; expected (mean, standard_error)",
+             hint, "cases, standard error of paired differences", atol=1e-9, rtol=1e-6)
 
 
 # --- Chapter 8: The emerging preference ---
@@ -1182,14 +1163,9 @@ def check_rare_half(rare_half: Callable) -> None:
             "np.lexsort((-ids, counts[ids])), and mark the first len(ids) // 2 as rare; "
             "a count threshold (median) would put too many tied types in one half.")
     cases = _counts_cases()
-    for case in cases:
-        got = _call(name, rare_half, case)
-        if np.shape(got) != case["counts"].shape:
-            raise _Fail(f"✘ {name}: returned shape {np.shape(got)}, expected "
-                        f"{case['counts'].shape}. {hint}")
-        _assert_close(name, np.asarray(got, dtype=float), _rare_half(**case),
-                      f"{int((case['counts'] > 0).sum())} seen types", hint, atol=0)
-    _passed(name, f"{len(cases)} count vectors, ties and unseen types included")
+    _compare(name, rare_half, _rare_half, cases,
+             lambda c: f"{int((c['counts'] > 0).sum())} seen types", hint,
+             "count vectors, ties and unseen types included", atol=0)
 
 
 def _effective_dimensionality(acts, variance_share=0.95):
@@ -1217,12 +1193,9 @@ def check_effective_dimensionality(effective_dimensionality: Callable) -> None:
                   variance_share=0.95),
              dict(acts=rng.standard_normal((200, 16)), variance_share=0.5),
              dict(acts=rng.standard_normal((400, 6)) + 50.0, variance_share=0.95)]
-    for case in cases:
-        got = _call(name, effective_dimensionality, case)
-        _assert_close(name, got, _effective_dimensionality(**case),
-                      f"acts {case['acts'].shape}, share {case['variance_share']}",
-                      hint, atol=1e-9)
-    _passed(name, f"{len(cases)} groups: shared, scaled and independent neurons")
+    _compare(name, effective_dimensionality, _effective_dimensionality, cases,
+             lambda c: f"acts {c['acts'].shape}, share {c['variance_share']}", hint,
+             "groups: shared, scaled and independent neurons", atol=1e-9)
 
 
 # --- Chapter 13: One language per tower? ---
@@ -1251,12 +1224,9 @@ def check_activation_probability(activation_probability: Callable) -> None:
         acts = rng.standard_normal((n, layers, neurons))
         acts[rng.random(acts.shape) < 0.1] = 0.0  # exactly zero is not active
         cases.append(dict(acts=acts, lang=rng.integers(-1, k, n), n_languages=k))
-    for case in cases:
-        got = _call(name, activation_probability, case)
-        _assert_close(name, got, _activation_probability(**case),
-                      f"acts {case['acts'].shape}, {case['n_languages']} languages",
-                      hint)
-    _passed(name, f"{len(cases)} cases, padding skipped, zero counts as off")
+    _compare(name, activation_probability, _activation_probability, cases,
+             lambda c: f"acts {c['acts'].shape}, {c['n_languages']} languages", hint,
+             "cases, padding skipped, zero counts as off")
 
 
 def _lape_entropy(act_prob):
@@ -1281,11 +1251,9 @@ def check_lape_entropy(lape_entropy: Callable) -> None:
         p = rng.uniform(size=shape) * (rng.random(shape) > 0.2)
         p[0, 0] = 0.0  # a dead neuron
         cases.append(dict(act_prob=p))
-    for case in cases:
-        got = _call(name, lape_entropy, case)
-        _assert_close(name, got, _lape_entropy(**case),
-                      f"act_prob {case['act_prob'].shape}", hint)
-    _passed(name, f"{len(cases)} cases, one-language and dead neurons included")
+    _compare(name, lape_entropy, _lape_entropy, cases,
+             lambda c: f"act_prob {c['act_prob'].shape}", hint,
+             "cases, one-language and dead neurons included")
 
 
 # --- Chapter 14: The tokenizer matters ---
@@ -1312,11 +1280,8 @@ def check_loss_per_char(loss_per_char: Callable) -> None:
         sentences = ["x" * int(rng.integers(3, 60)) for _ in range(n)]
         cases.append(dict(token_losses=[rng.gamma(2.0, 1.5, int(rng.integers(2, 20)))
                                         for _ in range(n)], sentences=sentences))
-    for case in cases:
-        got = _call(name, loss_per_char, case)
-        _assert_close(name, got, _loss_per_char(**case),
-                      f"{len(case['sentences'])} sentences", hint)
-    _passed(name, f"{len(cases)} cases")
+    _compare(name, loss_per_char, _loss_per_char, cases,
+             lambda c: f"{len(c['sentences'])} sentences", hint, "cases")
 
 
 def _steps_to_reach(curve, level):
@@ -1338,11 +1303,9 @@ def check_steps_to_reach(steps_to_reach: Callable) -> None:
     curve = [(0, 3.0), (10, 2.0), (20, 1.5), (40, 1.4)]
     cases = [dict(curve=curve, level=level) for level in (2.5, 1.5, 1.45, 3.5, 1.0)]
     cases.append(dict(curve=[(0, 2.0), (5, 2.2), (10, 1.0)], level=1.6))
-    for case in cases:
-        got = _call(name, steps_to_reach, case)
-        _assert_close(name, got, _steps_to_reach(**case), f"level {case['level']}",
-                      hint, atol=1e-9)
-    _passed(name, f"{len(cases)} levels, never reached and already reached included")
+    _compare(name, steps_to_reach, _steps_to_reach, cases,
+             lambda c: f"level {c['level']}", hint,
+             "levels, never reached and already reached included", atol=1e-9)
 
 
 # --- Chapter 9: Is the preference stable? ---
@@ -1410,11 +1373,9 @@ def check_cross_run_ceiling(cross_run_ceiling: Callable) -> None:
     cases = [dict(r_half_a=a, r_half_b=b) for a, b in
              ((0.5, 0.5), (0.9, 0.2), (0.3, 0.8), (0.05, 0.95), (-0.2, 0.6),
               (-0.3, -0.4), (0.0, 0.7))]
-    for case in cases:
-        got = _call(name, cross_run_ceiling, case)
-        _assert_close(name, got, _cross_run_ceiling(**case),
-                      f"r_half_a={case['r_half_a']}, r_half_b={case['r_half_b']}", hint)
-    _passed(name, f"{len(cases)} pairs, negative reliabilities included")
+    _compare(name, cross_run_ceiling, _cross_run_ceiling, cases,
+             lambda c: f"r_half_a={c['r_half_a']}, r_half_b={c['r_half_b']}", hint,
+             "pairs, negative reliabilities included")
 
 
 # --- Chapter 10: Syntax or semantics? ---
@@ -1438,11 +1399,9 @@ def check_cohens_d(cohens_d: Callable) -> None:
     cases = [dict(x=np.array([1.0, 2.0, 3.0]), y=np.array([0.0, 1.0]))]
     cases += [dict(x=rng.normal(0.5, 1, n), y=rng.normal(0, 2, m))
               for n, m in ((5, 40), (30, 8), (200, 300))]
-    for case in cases:
-        got = _call(name, cohens_d, case)
-        _assert_close(name, got, _cohens_d(**case),
-                      f"{case['x'].size} and {case['y'].size} values", hint)
-    _passed(name, f"{len(cases)} pairs of samples of unequal sizes and spreads")
+    _compare(name, cohens_d, _cohens_d, cases,
+             lambda c: f"{c['x'].size} and {c['y'].size} values", hint,
+             "pairs of samples of unequal sizes and spreads")
 
 
 def _stratified_difference(values, is_function, bins):
@@ -1468,12 +1427,9 @@ def check_stratified_difference(stratified_difference: Callable) -> None:
         values = 0.3 * bins + 0.2 * is_function + rng.normal(size=n)
         is_function[bins == 0] = False  # one bin without function words
         cases.append(dict(values=values, is_function=is_function, bins=bins))
-    for case in cases:
-        got = _call(name, stratified_difference, case)
-        _assert_close(name, got, _stratified_difference(**case),
-                      f"{case['values'].size} tokens in {case['bins'].max() + 1} bins",
-                      hint)
-    _passed(name, f"{len(cases)} tables, a bin without function words included")
+    _compare(name, stratified_difference, _stratified_difference, cases,
+             lambda c: f"{c['values'].size} tokens in {c['bins'].max() + 1} bins", hint,
+             "tables, a bin without function words included")
 
 
 # --- Chapter 11: Replication scorecard ---
@@ -1527,9 +1483,6 @@ def check_holm(holm: Callable) -> None:
         ([0.5, 0.001], 0.05), ([0.04, 0.01, 0.02], 0.05), ([0.009], 0.01),
         ([0.014, 0.03, 0.04], 0.05),
         ([0.03, 0.03, 0.03], 0.1))]
-    for case in cases:
-        got = _call(name, holm, case)
-        _assert_close(name, np.asarray(got, dtype=float),
-                      np.asarray(_holm(**case), dtype=float),
-                      f"p = {case['p_values'].tolist()}, alpha = {case['alpha']}", hint)
-    _passed(name, f"{len(cases)} families of tests")
+    _compare(name, holm, _holm, cases,
+             lambda c: f"p = {c['p_values'].tolist()}, alpha = {c['alpha']}", hint,
+             "families of tests")

@@ -10,33 +10,41 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import sys
 import time
 
-from .config import FAMILIES, PRESETS, RunConfig, get_preset
+from .config import CONTROLS, FAMILIES, PRECISIONS, PRESETS, RunConfig, get_preset
 from .errors import TwotowerError
 
 
-def _positive(kind=int):
+def _number(kind: type, low: float, high: float = float("inf"),
+            low_open: bool = False):
+    """An argparse ``type`` accepting ``kind`` values in ``[low, high)`` (``(low,
+    high)`` with ``low_open``): finite, never NaN, with a one-line reason otherwise."""
+    noun = "an integer" if kind is int else "a finite number"
+    lower = f"> {low}" if low_open else f">= {low}"
+    need = f"{noun} {lower}" if high == float("inf") else \
+        f"in {'(' if low_open else '['}{low}, {high})"
+
     def parse(text: str):
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+            raise argparse.ArgumentTypeError(f"expected {noun}, got {text!r}") from None
+        inside = (value > low if low_open else value >= low) and value < high
+        if not inside:  # NaN compares False: refused too
+            raise argparse.ArgumentTypeError(f"must be {need}, got {text}")
         return value
     return parse
 
 
-def _non_negative(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
+def _positive(kind=int):
+    return _number(kind, 0, low_open=True)
+
+
+_non_negative = _number(int, 0)
+_fraction = _number(float, 0.0, 1.0)
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -61,16 +69,17 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--readout-steps", type=_positive(), help="phase 2/3 steps")
     run.add_argument("--batch-size", type=_positive(), help="windows per step")
     run.add_argument("--lr", type=_positive(float), help="peak learning rate")
+    run.add_argument("--dropout", type=_fraction,
+                     help="dropout of the towers, in [0, 1) (preset's default)")
     run.add_argument("--checkpoint-every", type=_non_negative,
                      help="steps between checkpoints (0: only at the end)")
     run.add_argument("--device", help="auto (default), cpu, cuda, cuda:N, mps")
-    run.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"))
+    run.add_argument("--precision", choices=PRECISIONS)
     run.add_argument("--corpus", help="wikitext-2, wikitext-103 or a path to .txt files")
     run.add_argument("--source", choices=("auto", "hub", "bundled"))
     run.add_argument("--baseline", action="store_true",
                      help="also train the parameter-matched single-tower model")
-    run.add_argument("--control", choices=("independent", "split", "untrained",
-                                           "reseeded"),
+    run.add_argument("--control", choices=[c for c in CONTROLS if c],
                      help="train a control of chapter 9 instead of the two-tower model")
     run.add_argument("--compile", action="store_true", help="use torch.compile")
     run.add_argument("--detect-anomaly", action="store_true",
@@ -102,9 +111,13 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         if new.warmup_steps >= new.steps:  # a short override keeps a sane schedule
             new = dataclasses.replace(new, warmup_steps=max(1, new.steps // 10))
         cfg = dataclasses.replace(cfg, **{part: new})
-    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, **data_over),
-                               baseline=args.baseline or cfg.baseline,
-                               control=args.control or cfg.control)
+    if args.dropout is not None:
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model,
+                                                                 dropout=args.dropout))
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, **data_over),
+                              baseline=args.baseline or cfg.baseline,
+                              control=args.control or cfg.control)
+    return cfg.validate()
 
 
 def _print_presets() -> None:
@@ -119,21 +132,32 @@ def _print_presets() -> None:
                   f"{m.max_len:>4}")
 
 
+def _is_out_of_memory(err: BaseException) -> bool:
+    """A failed allocation: Python's MemoryError, CUDA's OutOfMemoryError, or the CPU
+    allocator's RuntimeError."""
+    text = str(err).lower()
+    return isinstance(err, MemoryError) or "out of memory" in text or \
+        "can't allocate memory" in text
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["bench"]:  # its own parser: python -m twotower bench --help
         from .bench import main as bench_main
         return bench_main(argv[1:])
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    # Under torchrun only rank 0 reports; the others print warnings and errors only.
+    main_rank = os.environ.get("RANK", "0") == "0"
+    logging.basicConfig(level=logging.INFO if main_rank else logging.WARNING,
+                        format="%(message)s")
     try:
         if args.command == "presets":
             _print_presets()
             return 0
+        cfg = config_from_args(args)
         from .distributed import init_from_env
         from .pipeline import run  # heavy imports only when needed
-        cfg = config_from_args(args)
-        if not init_from_env().is_main:  # under torchrun: rank 0 reports
+        if not init_from_env().is_main:
             run(cfg, args.out, cache_dir=args.cache_dir, progress=False)
             return 0
         started = time.perf_counter()
@@ -148,6 +172,20 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except TwotowerError as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except (MemoryError, RuntimeError) as err:
+        if not _is_out_of_memory(err):
+            raise
+        what = (str(err).splitlines() or [type(err).__name__])[0][:100]
+        print(f"error: out of memory ({what}); lower "
+              "--batch-size or use a smaller --preset, then rerun the same command: "
+              "it resumes from the last checkpoint", file=sys.stderr)
+        return 2
+    except OSError as err:  # a full disk, a folder without write permission...
+        where = f" {err.filename}" if err.filename else ""
+        print(f"error: file system error{where} ({err.strerror or err}); free disk space "
+              "or fix permissions, then rerun the same command: it resumes from the "
+              "last checkpoint", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume from the last checkpoint",

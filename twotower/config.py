@@ -12,11 +12,20 @@ finished :class:`RunConfig`, and no code path looks at a preset's name.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 
 from .errors import TwotowerError
 
 FAMILIES = ("causal", "mlm", "bilm")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+MAX_SEED = 2**31  # seeds are combined with step numbers into 64-bit generator seeds
+MAX_STEPS = 10**9
+CONTROLS = ("", "independent", "split", "untrained", "reseeded")  # see twotower.controls
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)
@@ -108,6 +117,39 @@ class TrainConfig:
     seed: int = 0  # seeds initialisation, batch order, masks and dropout
     detect_anomaly: bool = False  # torch.autograd anomaly detection (slow; debugging)
 
+    def validate(self, name: str = "train") -> "TrainConfig":
+        """Return ``self`` or raise :class:`TwotowerError` naming the bad field.
+
+        ``name`` says which phase's settings these are (``train`` or ``readout``).
+        """
+        def bad(field_: str, need: str) -> TwotowerError:
+            return TwotowerError(f"{name}.{field_} must be {need}, got "
+                                 f"{getattr(self, field_)!r}")
+        for field_ in ("steps", "batch_size", "eval_batches", "log_every",
+                       "keep_checkpoints"):
+            if not _is_int(getattr(self, field_)) or getattr(self, field_) < 1:
+                raise bad(field_, "a positive integer")
+        for field_ in ("warmup_steps", "eval_every", "checkpoint_every"):
+            if not _is_int(getattr(self, field_)) or getattr(self, field_) < 0:
+                raise bad(field_, "an integer >= 0")
+        if not _is_int(self.seed) or not 0 <= self.seed < MAX_SEED:
+            raise bad("seed", f"an integer in [0, {MAX_SEED})")
+        if self.steps > MAX_STEPS:
+            raise bad("steps", f"at most {MAX_STEPS:,}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise bad("lr", "a finite number > 0 (e.g. 1e-3)")
+        if not (math.isfinite(self.grad_clip) and self.grad_clip > 0):
+            raise bad("grad_clip", "a finite number > 0")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise bad("weight_decay", "a finite number >= 0")
+        if not 0.0 < self.mlm_probability < 1.0:
+            raise bad("mlm_probability", "in (0, 1)")
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise bad("betas", "two numbers in [0, 1)")
+        if self.precision not in PRECISIONS:
+            raise bad("precision", f"one of {', '.join(PRECISIONS)}")
+        return self
+
 
 @dataclass(frozen=True)
 class RunConfig:
@@ -123,6 +165,22 @@ class RunConfig:
     preset: str = ""  # name of the preset this came from (informational only)
     control: str = ""  # "" (the two-tower model) or a control of chapter 9:
     # "independent", "split", "untrained" or "reseeded" (see twotower.controls)
+
+    def validate(self) -> "RunConfig":
+        """Return ``self`` or raise :class:`TwotowerError` naming the bad field."""
+        self.model.validate()
+        self.train.validate("train")
+        self.readout.validate("readout")
+        if not _is_int(self.min_count) or self.min_count < 1:
+            raise TwotowerError(f"min_count must be a positive integer, got "
+                                f"{self.min_count!r}")
+        if not _is_int(self.score_batches) or self.score_batches < 0:
+            raise TwotowerError(f"score_batches must be an integer >= 0 (0: all), got "
+                                f"{self.score_batches!r}")
+        if self.control not in CONTROLS:
+            raise TwotowerError(f"unknown control {self.control!r}; choose one of "
+                                f"{', '.join(c for c in CONTROLS if c)}")
+        return self
 
     def with_seed(self, seed: int) -> "RunConfig":
         """Same run, another seed for model, batches and masks (data split kept)."""

@@ -48,21 +48,20 @@ from torch import nn
 
 from . import checkpoint as ckpt
 from . import distributed
+from . import config
 from .config import ModelConfig, RunConfig, get_preset, \
     run_config_from_dict
 from .data import prepare_data
 from .errors import require
 from .hooks import HookedModule
 from .model import SingleTowerLM, TwoTowerLM, matched_single_tower_config
-from .pipeline import (LoadedRun, _jsonable, id_to_token, load_run, loaded_run,
+from .pipeline import (LoadedRun, load_run, loaded_run, save_results, score_and_save,
                        start_run)
-from .preference import preference_summary, split_half, token_preference
-from .readouts import (TowerReadouts, loss_summary,
-                       score_readouts, train_readouts)
+from .readouts import TowerReadouts, train_readouts
 from .runtime import seed_everything
 from .training import WindowBatches, train
 
-CONTROLS = ("independent", "split", "untrained", "reseeded")
+CONTROLS = tuple(c for c in config.CONTROLS if c)  # "" is the two-tower model itself
 RESEED_OFFSET = 1000  # readout seed of the "reseeded" control: the run's seed + this
 
 
@@ -315,27 +314,17 @@ def run_control(cfg: RunConfig, out: str | Path, *, cache_dir: str | Path | None
                                                progress=progress)
     if not world.is_main:
         return {}
-    scores = score_readouts(model, readouts, val_b.eval_batches(cfg.score_batches),
-                            cfg.train.device, cfg.train.precision)
-    scores.save(out / "scores.npz")
-    df = token_preference(scores, cfg.model.vocab_size, cfg.min_count,
-                          id_to_token(data, cfg.model.vocab_size))
-    df.reset_index()[["token", "id", "count", "ll_a", "ll_b", "pref", "pref_se"]] \
-        .to_csv(out / "preference.csv", index=False)
     results = {
-        "family": cfg.model.family, "preset": cfg.preset, "seed": cfg.train.seed,
+        **score_and_save(out, cfg, data, model, readouts,
+                         val_b.eval_batches(cfg.score_batches)),
         "control": cfg.control, "model_training": trained,
-        "readout_training": readout_summary, "scores": loss_summary(scores),
+        "readout_training": readout_summary,
         "parameters": {"control": sum(p.numel() for p in model.parameters())},
-        "preference": preference_summary(df, scores),
-        "split_half": dataclasses.asdict(split_half(scores, cfg.model.vocab_size,
-                                                    cfg.min_count, cfg.train.seed)),
         "seconds": {"total": time.perf_counter() - started},
     }
     if isinstance(model, SplitSingleTower):
         results["halves"] = model.halves.tolist()
-    ckpt.write_text_atomic(out / "results.json",
-                           json.dumps(_jsonable(results), indent=1))
+    save_results(out, results)
     return results
 
 

@@ -206,16 +206,22 @@ def _load_local(path: Path) -> Corpus:
 
 
 def _read_utf8(file: Path) -> str:
+    """The text of ``file``: UTF-8 (a leading byte-order mark dropped), or UTF-16 when
+    it starts with a UTF-16 byte-order mark (Windows Notepad's "Unicode")."""
     data = file.read_bytes()
-    bom = 3 if data.startswith(b"\xef\xbb\xbf") else 0  # Windows editors add one
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        encoding, start = "utf-16", 0  # the codec reads and drops the mark
+    else:
+        encoding, start = "utf-8", 3 if data.startswith(b"\xef\xbb\xbf") else 0
     try:
-        return data[bom:].decode("utf-8")
+        return data[start:].decode(encoding)
     except UnicodeDecodeError as error:
-        offset = bom + error.start
+        offset = start + error.start
+        line = data[:offset].count(b"\n") + 1
         raise TwotowerError(
-            f"{file} is not UTF-8 (byte 0x{data[offset]:02x} at offset {offset}); "
-            "re-save it as UTF-8 (e.g. iconv -f latin1 -t utf-8)"
-        ) from None
+            f"{file} is not {encoding.upper()} (byte 0x{data[offset]:02x} at offset "
+            f"{offset}, line {line}); re-save it as UTF-8 (e.g. iconv -f "
+            f"{'utf-16' if encoding == 'utf-16' else 'latin1'} -t utf-8)") from None
 
 
 def _paragraph_articles(lines: Sequence[str]) -> list[str]:

@@ -12,12 +12,10 @@ The authors' windows cross document boundaries (PAPER.md 1.4.6); ours never do.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +23,7 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
+from . import atomic
 from .config import DataConfig
 from .errors import TwotowerError
 from .tokenizer import SpecialIds, fingerprint, get_tokenizer
@@ -94,7 +93,7 @@ def tokenize_articles(
     folder.mkdir(parents=True, exist_ok=True)
     literals = _special_literals(tokenizer)
     lengths: list[int] = []
-    with _atomic(ids_path) as tmp_ids, open(tmp_ids, "wb") as out:
+    with atomic.replacing(ids_path) as tmp_ids, open(tmp_ids, "wb") as out:
         for chunk in _chunks(articles, paragraphs=4096):
             paragraphs = [_defuse(p, literals) for a in chunk for p in a.split("\n")]
             encodings = iter(tokenizer.encode_batch(paragraphs,
@@ -110,11 +109,10 @@ def tokenize_articles(
                 out.write(np.asarray(flat, dtype=dtype).tobytes())
     offsets = np.zeros(len(articles) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
-    with _atomic(offsets_path) as tmp, open(tmp, "wb") as f:
+    with atomic.replacing(offsets_path) as tmp, open(tmp, "wb") as f:
         np.save(f, offsets)
     meta = {"n_tokens": int(offsets[-1]), "dtype": dtype.name}
-    with _atomic(meta_path) as tmp:
-        Path(tmp).write_text(json.dumps(meta), encoding="utf-8")
+    atomic.write_text(meta_path, json.dumps(meta))
     return _read_stream(ids_path, offsets_path, meta_path, dtype)
 
 
@@ -141,18 +139,6 @@ def _chunks(articles: Sequence[str], paragraphs: int) -> Iterator[Sequence[str]]
             start, count = i + 1, 0
     if start < len(articles):
         yield articles[start:]
-
-
-@contextlib.contextmanager
-def _atomic(path: Path) -> Iterator[str]:
-    """Yield a temporary path next to ``path``; rename it onto ``path`` on success."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)  # only still there after an error
 
 
 def _read_stream(ids_path: Path, offsets_path: Path, meta_path: Path,

@@ -13,6 +13,7 @@ import dataclasses
 import json
 from pathlib import Path
 
+from . import atomic
 from . import checkpoint as ckpt
 from .model import TwoTowerLM
 
@@ -60,12 +61,12 @@ def ensure_checkpoint_run(run_dir: str | Path, cfg, *, n_checkpoints: int = 6,
     seed_everything(cfg.train.seed)
     model = TwoTowerLM(cfg.model)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "model.json").write_text(json.dumps(dataclasses.asdict(cfg.model)))
+    atomic.write_text(run_dir / "model.json", json.dumps(dataclasses.asdict(cfg.model)))
     if not (run_dir / "init").exists():  # not in joint/: training would resume it
         ckpt.save_checkpoint(run_dir / "init", 0, model, {}, {"phase": "init"})
     summary = train(model, lambda b: model.loss(b.input_ids, b.targets), batches,
                     train_cfg, phase="joint", run_dir=run_dir, progress=progress)
-    (run_dir / "done.json").write_text(json.dumps(summary))
+    atomic.write_text(run_dir / "done.json", json.dumps(summary))
     return run_dir
 
 

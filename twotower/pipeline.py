@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 from torch import nn
 
+from . import atomic
 from . import checkpoint as ckpt
 from . import distributed
 from .config import RunConfig, config_to_dict, run_config_from_dict
@@ -45,6 +46,8 @@ from .runtime import resolve_device, resolve_precision, seed_everything
 from .training import WindowBatches, evaluate, train
 
 log = logging.getLogger(__name__)
+
+PREFERENCE_COLUMNS = ("token", "id", "count", "ll_a", "ll_b", "pref", "pref_se")
 
 
 def resolve_config(cfg: RunConfig, data: PreparedData) -> RunConfig:
@@ -98,12 +101,12 @@ def start_run(cfg: RunConfig, out: Path, cache_dir: str | None = None):
     Returns:
         ``(cfg, data, train_batches, val_batches)``.
     """
-    data = prepare_data(cfg.data, cache_dir)
+    data = prepare_data(cfg.validate().data, cache_dir)
     cfg = resolve_config(cfg, data)
     _check_run_dir(out, cfg)
     if distributed.current().is_main:
         out.mkdir(parents=True, exist_ok=True)
-        ckpt.write_text_atomic(out / "config.json",
+        atomic.write_text(out / "config.json",
                                json.dumps(config_to_dict(cfg), indent=1))
     objective = make_objective(cfg, data)
     train_b = WindowBatches(data.train, objective, cfg.train.batch_size, cfg.train.seed)
@@ -158,24 +161,13 @@ def run(cfg: RunConfig, out: str | Path, *, cache_dir: str | Path | None = None,
 
     t = time.perf_counter()
     scored = val_b.eval_batches(cfg.score_batches)
-    scores = score_readouts(model, readouts, scored, cfg.train.device,
-                            cfg.train.precision)
-    scores.save(out / "scores.npz")
-    tokens = id_to_token(data, cfg.model.vocab_size)
-    df = token_preference(scores, cfg.model.vocab_size, cfg.min_count, tokens)
-    df.reset_index()[["token", "id", "count", "ll_a", "ll_b", "pref", "pref_se"]] \
-        .to_csv(out / "preference.csv", index=False)
     results = {
-        "family": cfg.model.family, "preset": cfg.preset, "seed": cfg.train.seed,
+        **score_and_save(out, cfg, data, model, readouts, scored),
         "data": {"corpus": data.corpus_name, "source": data.source,
                  "train_tokens": data.n_train_tokens, "val_tokens": data.n_val_tokens,
                  "vocab_size": cfg.model.vocab_size},
         "parameters": {"two_tower": model.num_parameters()},
         "joint_training": joint, "readout_training": readout_summary,
-        "scores": loss_summary(scores),
-        "preference": preference_summary(df, scores),
-        "split_half": dataclasses.asdict(split_half(scores, cfg.model.vocab_size,
-                                                    cfg.min_count, cfg.train.seed)),
     }
     if base is not None:  # the baseline's loss on exactly the scored positions
         device = resolve_device(cfg.train.device)
@@ -187,8 +179,34 @@ def run(cfg: RunConfig, out: str | Path, *, cache_dir: str | Path | None = None,
     timings["scoring"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - started
     results["seconds"] = timings
-    ckpt.write_text_atomic(out / "results.json", json.dumps(_jsonable(results), indent=1))
+    save_results(out, results)
     return results
+
+
+def score_and_save(out: Path, cfg: RunConfig, data: PreparedData, model: nn.Module,
+                   readouts: TowerReadouts, scored: list) -> dict:
+    """Score ``scored`` batches with each readout, write ``scores.npz`` and
+    ``preference.csv`` (atomically), and return the results every run reports: family,
+    seed, losses, the preference summary and its split-half reliability."""
+    scores = score_readouts(model, readouts, scored, cfg.train.device,
+                            cfg.train.precision)
+    scores.save(out / "scores.npz")
+    df = token_preference(scores, cfg.model.vocab_size, cfg.min_count,
+                          id_to_token(data, cfg.model.vocab_size))
+    with atomic.replacing(out / "preference.csv") as tmp:
+        df.reset_index()[list(PREFERENCE_COLUMNS)].to_csv(tmp, index=False)
+    return {
+        "family": cfg.model.family, "preset": cfg.preset, "seed": cfg.train.seed,
+        "scores": loss_summary(scores), "preference": preference_summary(df, scores),
+        "split_half": dataclasses.asdict(split_half(scores, cfg.model.vocab_size,
+                                                    cfg.min_count, cfg.train.seed)),
+    }
+
+
+def save_results(out: Path, results: dict) -> None:
+    """Write ``results.json`` atomically (the last file a run writes: its presence
+    means the run finished)."""
+    atomic.write_text(out / "results.json", json.dumps(_jsonable(results), indent=1))
 
 
 def _jsonable(obj):

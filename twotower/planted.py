@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from . import atomic
 from .config import ModelConfig, TrainConfig, config_to_dict
 from .model import TwoTowerLM
 from .objectives import Objective
@@ -139,7 +140,7 @@ def run_planted(cfg: PlantedRunConfig, seed: int, runs_dir: str | Path, *,
     V = language.vocab_size
     run_dir = Path(runs_dir) / f"planted-{cfg.key()}" / f"seed{seed}"
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(json.dumps(config_to_dict(cfg), indent=1))
+    atomic.write_text(run_dir / "config.json", json.dumps(config_to_dict(cfg), indent=1))
     joint = dataclasses.replace(cfg.joint, seed=seed, device=device)
     readout = dataclasses.replace(cfg.readout, seed=seed, device=device)
     objective = Objective("causal", SPECIAL_IDS, pad_id=0, cls_id=CLS_ID, mask_id=4,

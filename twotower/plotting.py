@@ -116,6 +116,14 @@ def _axes(ax: plt.Axes | None) -> plt.Axes:
     return plt.subplots()[1] if ax is None else ax
 
 
+def _two_flat(a, b, message: str) -> tuple[np.ndarray, np.ndarray]:
+    """``a`` and ``b`` as flat float arrays of one length, else ``message``."""
+    a, b = np.asarray(a, dtype=float).ravel(), np.asarray(b, dtype=float).ravel()
+    if a.shape != b.shape:
+        raise TwotowerError(message.format(a.size, b.size))
+    return a, b
+
+
 def sorted_curve(values, ax: plt.Axes | None = None, *, label: str | None = None,
                  color: str | None = None, log: bool = False,
                  zero_line: bool = True) -> plt.Axes:
@@ -203,11 +211,8 @@ def agreement(x, y, ax: plt.Axes | None = None, *, xlabel: str = "x",
     Returns:
         The axes drawn on.
     """
-    x = np.asarray(x, dtype=float).ravel()
-    y = np.asarray(y, dtype=float).ravel()
-    if x.shape != y.shape:
-        raise TwotowerError(f"agreement needs two arrays of one length, got {x.size} "
-                            f"and {y.size}; pass the same tokens in the same order")
+    x, y = _two_flat(x, y, "agreement needs two arrays of one length, got {} and {}; "
+                     "pass the same tokens in the same order")
     keep = np.isfinite(x) & np.isfinite(y)
     ax = _axes(ax)
     ax.scatter(x[keep], y[keep], s=size, color=color or TOWER_COLORS["A"], alpha=0.6,
@@ -456,11 +461,8 @@ def sorted_band(values, errors, ax: plt.Axes | None = None, *,
     Returns:
         The axes drawn on.
     """
-    values = np.asarray(values, dtype=float).ravel()
-    errors = np.asarray(errors, dtype=float).ravel()
-    if values.shape != errors.shape:
-        raise TwotowerError(f"sorted_band needs one error per value, got {values.size} "
-                            f"values and {errors.size} errors")
+    values, errors = _two_flat(values, errors, "sorted_band needs one error per value, "
+                               "got {} values and {} errors")
     keep = np.isfinite(values)
     order = np.argsort(-values[keep], kind="stable")
     ordered, spread = values[keep][order], errors[keep][order]

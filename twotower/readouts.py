@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import atomic
 from .config import TrainConfig
 from .model import IGNORE, TowerLM
 from .objectives import Batch
@@ -117,7 +118,9 @@ class TokenScores:
         return self.ll[1]
 
     def save(self, path: Path) -> None:
-        np.savez_compressed(path, target=self.target, ll=self.ll, joint=self.joint)
+        """Write ``path`` (``.npz``) atomically: a crash leaves the old file or none."""
+        with atomic.replacing(path) as tmp, open(tmp, "wb") as f:
+            np.savez_compressed(f, target=self.target, ll=self.ll, joint=self.joint)
 
     @classmethod
     def load(cls, path: Path) -> "TokenScores":

@@ -13,9 +13,8 @@ import random
 import numpy as np
 import torch
 
+from .config import PRECISIONS
 from .errors import TwotowerError
-
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:

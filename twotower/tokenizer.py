@@ -16,7 +16,6 @@ import hashlib
 import logging
 import os
 import socket
-import tempfile
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from urllib.parse import urlparse
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
 from tokenizers import processors, trainers
 
+from . import atomic
 from .config import DataConfig
 from .errors import TwotowerError
 
@@ -216,7 +216,7 @@ def get_tokenizer(
         except Exception:  # a corrupt cache entry is rebuilt, never fatal
             log.warning("ignoring unreadable cached tokenizer %s", path)
     tok = train_wordpiece(texts, cfg.vocab_size)
-    _write_text_atomically(path, tok.to_str())
+    atomic.write_text(path, tok.to_str())
     log.info("trained WordPiece tokenizer: %d ids, cached at %s",
              tok.get_vocab_size(), path)
     return tok
@@ -243,15 +243,3 @@ def fingerprint(texts: Iterable[str]) -> str:
         digest.update(len(data).to_bytes(8, "little"))
         digest.update(data)
     return digest.hexdigest()
-
-
-def _write_text_atomically(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

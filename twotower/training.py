@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from . import atomic
 from . import checkpoint as ckpt
 from . import distributed as dist_
 from .config import TrainConfig, config_to_dict
@@ -129,7 +130,7 @@ class MetricsLog:
                     continue
                 if rec.get("phase") != phase or rec.get("step", 0) <= resume_step:
                     kept.append(line)
-        ckpt.write_text_atomic(path, "".join(l + "\n" for l in kept))
+        atomic.write_text(path, "".join(l + "\n" for l in kept))
 
     def write(self, record: dict) -> None:
         if self.path is not None:
@@ -166,6 +167,44 @@ def _set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _numerical_fault(what: str, step: int, seed: int, phase: str,
+                     ckpt_dir: Path | None) -> TwotowerError:
+    """The one-line error of a NaN/inf: where, which batch, what is still good."""
+    good = (ckpt.latest_checkpoint(ckpt_dir) if ckpt_dir else None) or "none yet"
+    return TwotowerError(f"{what} at step {step} (batch {step} of seed {seed}) in phase "
+                         f"{phase}; last good checkpoint: {good}; lower --lr or rerun "
+                         "with --detect-anomaly")
+
+
+def _resume(last: Path, module: nn.Module, opt, sched, scaler, steps: int) -> int:
+    """Load checkpoint ``last`` into the model, optimizer, schedule, scaler and RNGs.
+
+    Returns:
+        The number of steps the checkpoint had done.
+
+    Raises:
+        TwotowerError: when the checkpoint is unreadable or does not belong to this
+            training (another model, optimizer or schedule); nothing on disk is changed.
+    """
+    ckpt.load_weights(last, module)
+    state, meta = ckpt.load_state(last), ckpt.load_meta(last)
+    try:
+        step = int(meta["step"])
+        if not 0 <= step <= steps:
+            raise ValueError(f"it is at step {step} of a {steps}-step phase")
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        _set_rng_state(state["rng"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        detail = f"no {err}" if isinstance(err, KeyError) else str(err).splitlines()[0]
+        raise TwotowerError(f"cannot resume from {last} ({detail[:160]}); it was not "
+                            "written by this run's config: use a new --out directory, or "
+                            "delete that checkpoint to resume from an earlier one"
+                            ) from None
+    return step
 
 
 def train(
@@ -217,13 +256,7 @@ def train(
     start = 0
     last = ckpt.latest_checkpoint(ckpt_dir) if ckpt_dir is not None else None
     if last is not None:
-        ckpt.load_weights(last, module)
-        state = ckpt.load_state(last)
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        _set_rng_state(state["rng"])
-        start = ckpt.load_meta(last)["step"]
+        start = _resume(last, module, opt, sched, scaler, cfg.steps)
     log = MetricsLog(run_dir / "metrics.jsonl" if run_dir and world.is_main else None,
                      phase, start)
     step_loss = _LossModule(module, torch.compile(loss_fn) if cfg.compile else loss_fn)
@@ -262,17 +295,27 @@ def train(
             value = dist_.all_sum(float(loss.detach()) * share / world.world, device,
                                   world)
             if not math.isfinite(value):
-                good = ckpt.latest_checkpoint(ckpt_dir) if ckpt_dir else None
                 bar.close()
-                raise TwotowerError(
-                    f"loss became {value} at step {step} (batch {step} of seed "
-                    f"{batches.seed}) in phase {phase}; last good checkpoint: {good}; "
-                    "lower --lr or rerun with --detect-anomaly")
+                raise _numerical_fault(f"loss became {value}", step, batches.seed,
+                                       phase, ckpt_dir)
             opt.zero_grad(set_to_none=True)
-            scaler.scale(loss * share).backward()
+            try:
+                scaler.scale(loss * share).backward()
+            except RuntimeError as err:
+                if not (cfg.detect_anomaly and "returned nan" in str(err)):
+                    raise
+                bar.close()  # torch has printed the forward trace of the culprit above
+                raise _numerical_fault(f"anomaly detection: {str(err).splitlines()[0]}",
+                                       step, batches.seed, phase, ckpt_dir) from None
             scaler.unscale_(opt)
             for params in groups:
-                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                # fp16's scaler skips steps with inf gradients by design; elsewhere a
+                # non-finite gradient would poison the weights and the optimiser state.
+                if not scaler.is_enabled() and not torch.isfinite(norm):
+                    bar.close()
+                    raise _numerical_fault(f"gradient norm became {float(norm)}", step,
+                                           batches.seed, phase, ckpt_dir)
             scaler.step(opt)
             scaler.update()
             sched.step()
