@@ -7,7 +7,10 @@ autocast (this CPU has no native bf16, so bf16 would be ~1000x slower).
 from __future__ import annotations
 
 import random
+import signal
 import socket
+import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -239,6 +242,31 @@ def corpus_writer():
 def tiny_corpus(tmp_path_factory) -> Path:
     """A ~30-paragraph local corpus file with six articles."""
     return write_tiny_corpus(tmp_path_factory.mktemp("corpus") / "tiny.txt")
+
+
+# --- processes ------------------------------------------------------------------------
+
+def start_and_kill_when(cmd: list[str], env: dict, ready, timeout: float = 300.0
+                        ) -> None:
+    """Start ``cmd``, wait until ``ready()`` is true, then kill it with SIGKILL."""
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    deadline = time.monotonic() + timeout
+    try:
+        while not ready():
+            assert proc.poll() is None, f"run ended before the kill: {proc.stderr.read()}"
+            assert time.monotonic() < deadline, "run never reached the kill point"
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+
+
+@pytest.fixture(scope="session")
+def kill_when():
+    """Factory: ``kill_when(cmd, env, ready)`` starts a process and SIGKILLs it as soon
+    as ``ready()`` returns true (e.g. once a checkpoint file exists)."""
+    return start_and_kill_when
 
 
 # --- network --------------------------------------------------------------------------

@@ -353,3 +353,37 @@ def test_bundled_corpus_runs_with_the_network_blocked(tmp_path, capsys, no_netwo
     assert results["data"]["source"] == "bundled"
     assert results["data"]["corpus"] == "wikitext-2"
     assert (tmp_path / "run" / "preference.csv").is_file()
+
+
+def test_a_real_write_failure_during_a_save_is_one_line_and_the_rerun_finishes(
+        tmp_path, tiny_corpus):
+    """Not a mock: the operating system refuses to write files over 64 kB
+    (``RLIMIT_FSIZE``, as a full disk would refuse any write), so the first checkpoint
+    fails inside safetensors' own writer. The command ends in one line, leaves no
+    half-written checkpoint, and once the limit is gone the same command finishes."""
+    import os
+    import resource
+    import signal
+    import subprocess
+    import sys
+
+    def small_files_only():  # in the child: writes past 64 kB fail with EFBIG
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64_000, 64_000))
+
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "twotower", *fast_args(tiny_corpus, out,
+                                                            "--checkpoint-every", "2")]
+    env = {**os.environ, "TWOTOWER_CACHE": str(tmp_path / "cache"),
+           "OMP_NUM_THREADS": "1"}
+    failed = subprocess.run(command, env=env, capture_output=True, text=True,
+                            timeout=300, preexec_fn=small_files_only)
+    assert failed.returncode == 2 and "Traceback" not in failed.stderr
+    last = lines(failed.stderr)[-1]
+    assert last.startswith("error: could not write checkpoint") and "step-0000002" in last
+    assert "File too large" in last and "last good checkpoint: none yet" in last
+    assert not list((out / "joint").iterdir())  # nothing half-written left behind
+    finished = subprocess.run(command, env=env, capture_output=True, text=True,
+                              timeout=300)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    assert (out / "results.json").exists()

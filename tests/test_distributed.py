@@ -86,28 +86,35 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_pat
 def _cli(corpus: Path, out: Path, family: str) -> list[str]:
     return ["-m", "twotower", "run", "--preset", "smoke", "--family", family,
             "--corpus", str(corpus), "--steps", "12", "--readout-steps", "6",
-            "--dropout", "0", "--device", "cpu", "--precision", "fp32", "--quiet",
-            "--out", str(out)]
+            "--checkpoint-every", "4", "--dropout", "0", "--device", "cpu",
+            "--precision", "fp32", "--quiet", "--out", str(out)]
 
 
 @pytest.mark.parametrize("family", ["bilm"])
-def test_the_run_command_under_torchrun_matches_one_process(tmp_path, tiny_corpus,
-                                                            family):
-    """``torchrun --nproc_per_node=2 -m twotower run ...``: the whole command (data,
-    phase 1, readouts, scoring) follows the 1-process run, and only rank 0 reports."""
+def test_the_run_command_resumed_under_torchrun_matches_one_process(
+        tmp_path, tiny_corpus, family, kill_when):
+    """A run started as one process and killed in the middle of a checkpoint write is
+    finished by ``torchrun --nproc_per_node=2 -m twotower run ...`` (the same command):
+    every phase's losses and the preference table follow the uninterrupted 1-process
+    run, and only rank 0 reports."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TWOTOWER_CACHE": str(tmp_path / "c")}
     one, two = tmp_path / "one", tmp_path / "two"
-    runs = {}
-    for out, launcher in (
-            (one, [sys.executable]),
-            (two, [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                   "--master_addr=127.0.0.1", f"--master_port={_free_port()}"])):
-        proc = subprocess.run([*launcher, *_cli(tiny_corpus, out, family)], env=env,
-                              capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 0, proc.stderr[-2000:]
-        runs[out] = proc.stdout + proc.stderr
-    log = runs[two]
+    single = subprocess.run([sys.executable, *_cli(tiny_corpus, one, family)], env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert single.returncode == 0, single.stderr[-2000:]
+
+    kill_when([sys.executable, *_cli(tiny_corpus, two, family)],
+              {**env, "TWOTOWER_FAULT_PAUSE_SAVE": "8"},
+              lambda: (two / "joint" / "PAUSED-IN-SAVE").exists())
+    assert (two / "joint" / "latest").read_text().strip() == "step-0000004"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                "--master_addr=127.0.0.1", f"--master_port={_free_port()}"]
+    proc = subprocess.run([*torchrun, *_cli(tiny_corpus, two, family)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    log = proc.stdout + proc.stderr
     assert log.count("done in") == 1 and log.count("data: tiny.txt") == 1, log
+
     curves = {}
     for out in (one, two):
         records = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]

@@ -4,6 +4,7 @@ uninterrupted run, and the last good checkpoint survives every crash."""
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -13,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 
 def _command(corpus: Path, out: Path, steps: int = 24, readout_steps: int = 8
              ) -> list[str]:
@@ -32,20 +34,6 @@ def _run_to_end(cmd, env) -> None:
     assert proc.returncode == 0, proc.stderr[-2000:]
 
 
-def _start_and_kill_when(cmd, env, ready, timeout=300.0) -> None:
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
-    deadline = time.monotonic() + timeout
-    try:
-        while not ready():
-            assert proc.poll() is None, f"run ended before the kill: {proc.stderr.read()}"
-            assert time.monotonic() < deadline, "run never reached the kill point"
-            time.sleep(0.05)
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-
-
 def _final_files(out: Path) -> dict[str, bytes]:
     files = {}
     for phase in ("joint", "readouts"):
@@ -53,6 +41,9 @@ def _final_files(out: Path) -> dict[str, bytes]:
         files[phase] = (out / phase / latest / "model.safetensors").read_bytes()
     for name in ("preference.csv", "scores.npz"):
         files[name] = (out / name).read_bytes()
+    records = map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
+    files["metrics.jsonl losses"] = [  # every logged loss; tokens/s is a timing
+        (r["phase"], r["step"], r.get("loss"), r.get("val_loss")) for r in records]
     return files
 
 
@@ -62,7 +53,7 @@ def corpus(tmp_path, corpus_writer) -> Path:
 
 
 def test_sigkill_during_a_save_and_at_random_moments_then_resume_is_bit_identical(
-        tmp_path, corpus):
+        tmp_path, corpus, kill_when):
     command = _command(corpus, tmp_path / "reference", steps=60, readout_steps=30)
     started = time.monotonic()
     _run_to_end(command, _env(tmp_path))
@@ -72,7 +63,7 @@ def test_sigkill_during_a_save_and_at_random_moments_then_resume_is_bit_identica
 
     # 1. Killed while step 8's checkpoint is half written: step 4 must stay intact.
     joint = crashed / "joint"
-    _start_and_kill_when(command, _env(tmp_path, TWOTOWER_FAULT_PAUSE_SAVE="8"),
+    kill_when(command, _env(tmp_path, TWOTOWER_FAULT_PAUSE_SAVE="8"),
                          lambda: (joint / "PAUSED-IN-SAVE").exists())
     assert (joint / "latest").read_text().strip() == "step-0000004"
     assert (joint / ".tmp-step-0000008").exists()  # the interrupted save

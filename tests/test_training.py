@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from pathlib import Path
@@ -146,9 +147,30 @@ def test_resuming_after_an_interruption_gives_the_same_weights_as_one_go(
                                          tmp_path / "cut")
     assert later_losses == losses[3:]
     assert weights_equal(whole, resumed)
-    text = (tmp_path / "cut" / "metrics.jsonl").read_text()
-    lines = [json.loads(line) for line in text.splitlines()]
-    assert [r["step"] for r in lines if "loss" in r] == list(range(1, 9))
+    logged = {}
+    for name in ("whole", "cut"):
+        text = (tmp_path / name / "metrics.jsonl").read_text()
+        logged[name] = [(r["step"], r["loss"]) for r in map(json.loads, text.splitlines())
+                        if "loss" in r]
+    assert [step for step, _ in logged["cut"]] == list(range(1, 9))
+    assert logged["cut"] == logged["whole"]  # the same lines, not only the same steps
+
+
+def test_a_log_line_after_a_resume_averages_the_same_steps_as_without_one(
+        tiny_config, train_config, synthetic_data, tmp_path):
+    """log_every 4, checkpoint_every 3: the line of step 4 averages steps 1-4 even when
+    the run restarted from the checkpoint of step 3."""
+    cfg = tiny_config("causal", n_layers=1)
+    tcfg = train_config(steps=8, checkpoint_every=3, log_every=4)
+    run_training(cfg, tcfg, synthetic_data, 0, tmp_path / "whole")
+    with pytest.raises(Interrupt):
+        run_training(cfg, tcfg, synthetic_data, 0, tmp_path / "cut", [InterruptAt(4)])
+    run_training(cfg, tcfg, synthetic_data, 0, tmp_path / "cut")
+    lines = {name: [(r["step"], r["loss"]) for r in map(json.loads, (
+        tmp_path / name / "metrics.jsonl").read_text().splitlines())]
+        for name in ("whole", "cut")}
+    assert [step for step, _ in lines["whole"]] == [4, 8]
+    assert lines["cut"] == lines["whole"]
 
 
 def test_a_finished_phase_is_not_trained_again(tiny_config, train_config,
@@ -213,7 +235,10 @@ def test_a_non_finite_gradient_under_a_finite_loss_stops_before_the_weights_chan
             loss = loss + 0.0 * torch.sqrt(w.sum() - w.sum().detach())
         return loss
 
-    with pytest.raises(TwotowerError) as err:
+    # Anomaly mode also warns with the forward trace of the operation (for the reader).
+    trace = pytest.warns(UserWarning, match="SqrtBackward0") if detect_anomaly else \
+        contextlib.nullcontext()
+    with pytest.raises(TwotowerError) as err, trace:
         train(model, loss_fn, WindowBatches(synthetic_data.train, objective, 4, 0),
               train_config(steps=10, checkpoint_every=2, detect_anomaly=detect_anomaly),
               run_dir=tmp_path, progress=False)

@@ -69,11 +69,14 @@ def save_checkpoint(directory: Path, step: int, module: nn.Module, state: dict,
         os.replace(tmp, final)
         atomic.fsync_dir(directory)
         atomic.write_text(directory / LATEST, final.name)
-    except OSError as err:
+    except (OSError, SafetensorError, RuntimeError) as err:
+        # A full disk reaches us as OSError (Python), SafetensorError (safetensors'
+        # writer) or RuntimeError (torch.save's zip writer).
         shutil.rmtree(tmp, ignore_errors=True)
         good = latest_checkpoint(directory) or "none yet"
+        reason = getattr(err, "strerror", None) or str(err).splitlines()[0][:120]
         raise TwotowerError(
-            f"could not write checkpoint {final} ({err.strerror or err}); last good "
+            f"could not write checkpoint {final} ({reason}); last good "
             f"checkpoint: {good}. Free disk space or fix the folder's permissions, "
             "then rerun the same command to resume") from None
     # Only now that the new checkpoint is in place: old ones beyond ``keep``, copies

@@ -178,11 +178,14 @@ def _numerical_fault(what: str, step: int, seed: int, phase: str,
                          "with --detect-anomaly")
 
 
-def _resume(last: Path, module: nn.Module, opt, sched, scaler, steps: int) -> int:
+def _resume(last: Path, module: nn.Module, opt, sched, scaler, steps: int
+            ) -> tuple[int, float, int]:
     """Load checkpoint ``last`` into the model, optimizer, schedule, scaler and RNGs.
 
     Returns:
-        The number of steps the checkpoint had done.
+        The number of steps the checkpoint had done, and the sum and number of the
+        training losses since the last line of ``metrics.jsonl`` (so that the next line
+        averages the same steps as in a run that was never interrupted).
 
     Raises:
         TwotowerError: when the checkpoint is unreadable or does not belong to this
@@ -198,13 +201,15 @@ def _resume(last: Path, module: nn.Module, opt, sched, scaler, steps: int) -> in
         sched.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
         _set_rng_state(state["rng"])
+        window = state.get("log_window", {"loss_sum": 0.0, "steps": 0})
+        loss_sum, window_steps = float(window["loss_sum"]), int(window["steps"])
     except (KeyError, TypeError, ValueError, RuntimeError) as err:
         detail = f"no {err}" if isinstance(err, KeyError) else str(err).splitlines()[0]
         raise TwotowerError(f"cannot resume from {last} ({detail[:160]}); it was not "
                             "written by this run's config: use a new --out directory, or "
                             "delete that checkpoint to resume from an earlier one"
                             ) from None
-    return step
+    return step, loss_sum, window_steps
 
 
 def train(
@@ -253,10 +258,11 @@ def train(
     ckpt_dir = run_dir / phase if run_dir is not None else None
     meta = {"phase": phase, "train_config": config_to_dict(cfg), **(meta or {})}
 
-    start = 0
+    start, window_loss, window_steps = 0, 0.0, 0
     last = ckpt.latest_checkpoint(ckpt_dir) if ckpt_dir is not None else None
     if last is not None:
-        start = _resume(last, module, opt, sched, scaler, cfg.steps)
+        start, window_loss, window_steps = _resume(last, module, opt, sched, scaler,
+                                                   cfg.steps)
     log = MetricsLog(run_dir / "metrics.jsonl" if run_dir and world.is_main else None,
                      phase, start)
     step_loss = _LossModule(module, torch.compile(loss_fn) if cfg.compile else loss_fn)
@@ -269,7 +275,8 @@ def train(
     def save(step: int) -> None:
         if ckpt_dir is not None and world.is_main:
             state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                     "scaler": scaler.state_dict(), "rng": _rng_state()}
+                     "scaler": scaler.state_dict(), "rng": _rng_state(),
+                     "log_window": {"loss_sum": window_loss, "steps": window_steps}}
             ckpt.save_checkpoint(ckpt_dir, step, module, state, meta,
                                  keep=cfg.keep_checkpoints)
         dist_.barrier(world)
@@ -278,7 +285,7 @@ def train(
     bar = tqdm(total=cfg.steps, initial=start, desc=phase,
                disable=not (progress and world.is_main), mininterval=1.0,
                dynamic_ncols=True)
-    window_loss, window_tokens, window_steps, t0 = 0.0, 0, 0, time.perf_counter()
+    window_tokens, t0 = 0, time.perf_counter()
     first_step_time = t0
     with torch.autograd.set_detect_anomaly(cfg.detect_anomaly):
         for step in range(start, cfg.steps):
