@@ -191,8 +191,9 @@ def test_any_value_of_a_numeric_option_gives_a_valid_config_or_one_error_line(
     (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
      "out of memory"),
     (OSError(28, "No space left on device", "runs/x/scores.npz"),
-     "No space left on device"),
-    (PermissionError(13, "Permission denied", "runs/x"), "Permission denied"),
+     "(No space left on device); free disk space"),
+    (PermissionError(13, "Permission denied", "runs/x"),
+     "(Permission denied); choose a folder you can write to"),
 ], ids=["python-memory", "cpu-allocator", "cuda-oom", "disk-full", "no-permission"])
 def test_resource_failures_end_in_one_line_that_says_how_to_go_on(
         failure, expected, tmp_path, capsys, monkeypatch, tiny_corpus):
@@ -203,6 +204,16 @@ def test_resource_failures_end_in_one_line_that_says_how_to_go_on(
     code, _, err = cli(fast_args(tiny_corpus, tmp_path / "run"), capsys)
     assert code == 2 and len(lines(err)) == 1 and "Traceback" not in err
     assert expected in err and "rerun the same command" in err
+
+
+def test_an_out_that_is_a_file_is_refused_before_any_work(tmp_path, capsys,
+                                                          tiny_corpus):
+    target = tmp_path / "notes.txt"
+    target.write_text("keep me")
+    code, _, err = cli(fast_args(tiny_corpus, target), capsys)
+    assert code == 2 and lines(err) == [lines(err)[0]]
+    assert "is a file, not a run directory" in err
+    assert target.read_text() == "keep me"
 
 
 def test_an_unexpected_runtime_error_is_not_disguised(tmp_path, capsys, monkeypatch,

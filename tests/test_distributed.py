@@ -17,6 +17,7 @@ import json, sys
 import numpy as np, torch
 from twotower import distributed
 from twotower.config import ModelConfig, TrainConfig
+from twotower.data import batch_windows
 from twotower.model import TwoTowerLM
 from twotower.objectives import Objective
 from twotower.training import WindowBatches, train
@@ -32,8 +33,14 @@ rng = np.random.default_rng(0)
 windows = rng.integers(5, 64, size=(40, 12))
 windows[:, 0] = 2
 windows[::3, 9:] = 0  # padding: processes hold different numbers of targets
+# The windows rank 1 of 2 gets at step 0 become [CLS] + padding: that process has no
+# target at all (its loss is 0 with zero gradients, and DDP's gradient exchange must
+# still happen, or the run hangs).
+windows[:, 1] = np.arange(40) + 5  # a marker: which window is which
+windows[batch_windows(windows, 0, 8, 1)[1::2, 1] - 5, 1:] = 0
 obj = Objective(family, (0, 1, 2, 3, 4), 0, 2, 4, 64)
 batches = WindowBatches(windows, obj, batch_size=8, seed=1)
+assert batches.train_batch(0).rows(slice(1, None, 2)).n_targets == 0
 tcfg = TrainConfig(steps=6, batch_size=8, lr=3e-3, warmup_steps=2, precision="fp32",
                    device="cpu", log_every=1, eval_every=0, checkpoint_every=0)
 train(model, lambda b: model.loss(b.input_ids, b.targets), batches, tcfg,

@@ -252,6 +252,43 @@ def test_a_non_finite_gradient_under_a_finite_loss_stops_before_the_weights_chan
     assert all(torch.equal(weights[k], v) for k, v in model.state_dict().items())
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_batch_without_any_target_is_skipped_not_fatal(family, tiny_config,
+                                                         train_config, synthetic_data,
+                                                         tmp_path):
+    """A window of [CLS] and padding has no target in any family (and a masked LM's
+    short window often has none drawn): such a step leaves the weights alone instead
+    of stopping the run with a NaN loss; the log averages the real steps only."""
+    windows = synthetic_data.train[:8].copy()
+    windows[2:, 1:] = synthetic_data.special.pad  # rows 2-7: [CLS] then padding
+    model = make_model(tiny_config(family, n_layers=1), 0)
+    objective = synthetic_data.objective(family)
+    batches = WindowBatches(windows, objective, 2, 0)
+    empty = [s for s in range(6) if batches.train_batch(s).n_targets == 0]
+    assert empty and len(empty) < 6  # some steps have targets, some have none
+    record = Record()
+    summary = train(model, model_loss(model), batches,
+                    train_config(steps=6, log_every=6, checkpoint_every=0),
+                    run_dir=tmp_path, callbacks=[record], progress=False)
+    for s in empty:
+        assert math.isnan(record.steps[s]["loss"])
+    real = [r["loss"] for i, r in enumerate(record.steps) if i not in empty]
+    assert all(math.isfinite(v) for v in real)
+    assert summary["train_loss"] == pytest.approx(sum(real) / len(real))
+    assert all(torch.isfinite(v).all() for v in model.state_dict().values())
+
+
+def test_an_empty_loss_is_zero_with_zero_gradients_still_connected():
+    from twotower.model import mean_cross_entropy
+
+    weight = torch.randn(3, 5, requires_grad=True)
+    logits = torch.randn(0, 3) @ weight
+    loss = mean_cross_entropy(logits, torch.zeros(0, dtype=torch.long))
+    loss.backward()  # connected: DDP's gradient exchange would happen
+    assert loss.item() == 0.0 and torch.equal(weight.grad, torch.zeros(3, 5))
+    assert torch.isnan(F.cross_entropy(logits, torch.zeros(0, dtype=torch.long)))
+
+
 def test_a_model_with_nothing_to_train_is_refused(tiny_config, train_config):
     model = TwoTowerLM(tiny_config("causal")).requires_grad_(False)
     with pytest.raises(TwotowerError, match="frozen"):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import json
 import logging
 import os
@@ -132,6 +133,19 @@ def _print_presets() -> None:
                   f"{m.max_len:>4}")
 
 
+def _file_system_advice(err: OSError) -> str:
+    """One line for an operating-system error: what failed, where, and what to do."""
+    where = f" at {err.filename}" if err.filename else ""
+    if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        fix = "free disk space"
+    elif err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        fix = "choose a folder you can write to (--out, --cache-dir) or fix its permissions"
+    else:
+        fix = "check the paths given to --out, --corpus and --cache-dir"
+    return (f"file system error{where} ({err.strerror or err}); {fix}, then rerun the "
+            "same command: it resumes from the last checkpoint")
+
+
 def _is_out_of_memory(err: BaseException) -> bool:
     """A failed allocation: Python's MemoryError, CUDA's OutOfMemoryError, or the CPU
     allocator's RuntimeError."""
@@ -182,10 +196,7 @@ def main(argv: list[str] | None = None) -> int:
               "it resumes from the last checkpoint", file=sys.stderr)
         return 2
     except OSError as err:  # a full disk, a folder without write permission...
-        where = f" {err.filename}" if err.filename else ""
-        print(f"error: file system error{where} ({err.strerror or err}); free disk space "
-              "or fix permissions, then rerun the same command: it resumes from the "
-              "last checkpoint", file=sys.stderr)
+        print(f"error: {_file_system_advice(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume from the last checkpoint",

@@ -31,6 +31,20 @@ from .towers import StackedLinear, build_towers
 IGNORE = -100  # target id that takes no part in a loss (as in F.cross_entropy)
 
 
+def mean_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy in fp32 of ``logits (N, V)`` against ``targets (N,)``.
+
+    A batch can hold no target at all (a masked LM's short window where no position
+    was drawn, or under torchrun a process whose rows are all padding). Then the loss
+    is 0 with zero gradients, still connected to the parameters so that
+    DistributedDataParallel's gradient exchange happens; ``F.cross_entropy`` would
+    return NaN and stop the run.
+    """
+    if targets.numel() == 0:
+        return logits.float().sum() * 0.0
+    return F.cross_entropy(logits.float(), targets)
+
+
 class FusedHead(nn.Module):
     """LayerNorm -> dense -> GELU -> LayerNorm -> tied decoder + bias.
 
@@ -121,7 +135,7 @@ class TowerLM(HookedModule):
         """Fused head on concatenated features: ``(..., W) -> (..., V)``."""
         shape = fused.shape[:-1]
         logits = self.head(fused.reshape(-1, fused.shape[-1]), self.tok_emb.weight)
-        return logits.view(*shape, -1)
+        return logits.view(*shape, logits.shape[-1])  # also for 0 positions
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Fused-head logits. ``(B, T) -> (B, T, V)``."""
@@ -136,7 +150,7 @@ class TowerLM(HookedModule):
         fused = self.fuse(self.features(input_ids))  # (B, T, W)
         keep = targets != IGNORE
         logits = self.head_logits(fused[keep])  # (N, V)
-        return F.cross_entropy(logits.float(), targets[keep])
+        return mean_cross_entropy(logits, targets[keep])
 
     def num_parameters(self) -> int:
         """Trainable parameters, the tied decoder counted once."""

@@ -101,7 +101,12 @@ def start_run(cfg: RunConfig, out: Path, cache_dir: str | None = None):
     Returns:
         ``(cfg, data, train_batches, val_batches)``.
     """
-    data = prepare_data(cfg.validate().data, cache_dir)
+    cfg.validate()
+    resolve_device(distributed.device_for(distributed.current(), cfg.train.device))
+    if out.exists() and not out.is_dir():
+        raise TwotowerError(f"--out {out} is a file, not a run directory; choose "
+                            "another --out")
+    data = prepare_data(cfg.data, cache_dir)
     cfg = resolve_config(cfg, data)
     _check_run_dir(out, cfg)
     if distributed.current().is_main:

@@ -25,7 +25,7 @@ from torch import nn
 
 from . import atomic
 from .config import TrainConfig
-from .model import IGNORE, TowerLM
+from .model import IGNORE, TowerLM, mean_cross_entropy
 from .objectives import Batch
 from .runtime import autocast, resolve_device, resolve_precision
 from .training import WindowBatches, train
@@ -65,7 +65,7 @@ class TowerReadouts(nn.Module):
             features = model.features(batch.input_ids)  # (K, B, T, D)
         keep = batch.targets != IGNORE
         target = batch.targets[keep]
-        losses = [F.cross_entropy(r(features[k][keep]).float(), target)
+        losses = [mean_cross_entropy(r(features[k][keep]), target)
                   for k, r in enumerate(self.readouts)]
         return torch.stack(losses).mean()
 

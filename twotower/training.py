@@ -12,9 +12,11 @@ takes the same steps as an uninterrupted one.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -169,6 +171,16 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+@contextlib.contextmanager
+def _closing(bar):
+    """Close the progress bar however the loop ends (an error included), so the error
+    line is not printed into the middle of the bar."""
+    try:
+        yield bar
+    finally:
+        bar.close()
+
+
 def _numerical_fault(what: str, step: int, seed: int, phase: str,
                      ckpt_dir: Path | None) -> TwotowerError:
     """The one-line error of a NaN/inf: where, which batch, what is still good."""
@@ -287,60 +299,73 @@ def train(
                dynamic_ncols=True)
     window_tokens, t0 = 0, time.perf_counter()
     first_step_time = t0
-    with torch.autograd.set_detect_anomaly(cfg.detect_anomaly):
+    def take_step(step: int) -> float | None:
+        """One optimiser step on batch ``step``; the global batch's mean loss, or None
+        when the global batch holds no target at all (a masked LM's short window where
+        no position was drawn): then the weights stay as they are."""
+        batch = batches.train_batch(step)
+        batch = batch.rows(slice(world.rank, None, world.world)).to(device)
+        n_local = batch.n_targets
+        n_global = dist_.global_count(n_local, device, world)
+        if n_global == 0:
+            return None
+        # Scale so that DDP's average of the gradients is the gradient of the global
+        # batch's mean loss (processes may hold different target counts).
+        share = n_local * world.world / n_global
+        with autocast(device, dtype):
+            loss = step_loss(batch.input_ids, batch.targets)
+        # The global batch's mean loss: the sum of every process's share.
+        value = dist_.all_sum(float(loss.detach()) * share / world.world, device, world)
+        if not math.isfinite(value):
+            raise _numerical_fault(f"loss became {value}", step, batches.seed, phase,
+                                   ckpt_dir)
+        opt.zero_grad(set_to_none=True)
+        try:
+            scaler.scale(loss * share).backward()
+        except RuntimeError as err:
+            if not (cfg.detect_anomaly and "returned nan" in str(err)):
+                raise
+            # torch has printed the forward trace of the culprit just above
+            raise _numerical_fault(f"anomaly detection: {str(err).splitlines()[0]}",
+                                   step, batches.seed, phase, ckpt_dir) from None
+        scaler.unscale_(opt)
+        for params in groups:
+            norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            # fp16's scaler skips steps with inf gradients by design; elsewhere a
+            # non-finite gradient would poison the weights and the optimiser state.
+            if not scaler.is_enabled() and not torch.isfinite(norm):
+                raise _numerical_fault(f"gradient norm became {float(norm)}", step,
+                                       batches.seed, phase, ckpt_dir)
+        scaler.step(opt)
+        scaler.update()
+        return value
+
+    with torch.autograd.set_detect_anomaly(cfg.detect_anomaly), _closing(bar):
         for step in range(start, cfg.steps):
-            batch = batches.train_batch(step)
-            batch = batch.rows(slice(world.rank, None, world.world)).to(device)
-            n_local = batch.n_targets
-            # Scale so that DDP's average of the gradients is the gradient of the
-            # global batch's mean loss (processes may hold different target counts).
-            share = n_local * world.world / max(dist_.global_count(n_local, device,
-                                                                   world), 1)
-            with autocast(device, dtype):
-                loss = step_loss(batch.input_ids, batch.targets)
-            # The global batch's mean loss: the sum of every process's share.
-            value = dist_.all_sum(float(loss.detach()) * share / world.world, device,
-                                  world)
-            if not math.isfinite(value):
-                bar.close()
-                raise _numerical_fault(f"loss became {value}", step, batches.seed,
-                                       phase, ckpt_dir)
-            opt.zero_grad(set_to_none=True)
-            try:
-                scaler.scale(loss * share).backward()
-            except RuntimeError as err:
-                if not (cfg.detect_anomaly and "returned nan" in str(err)):
-                    raise
-                bar.close()  # torch has printed the forward trace of the culprit above
-                raise _numerical_fault(f"anomaly detection: {str(err).splitlines()[0]}",
-                                       step, batches.seed, phase, ckpt_dir) from None
-            scaler.unscale_(opt)
-            for params in groups:
-                norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-                # fp16's scaler skips steps with inf gradients by design; elsewhere a
-                # non-finite gradient would poison the weights and the optimiser state.
-                if not scaler.is_enabled() and not torch.isfinite(norm):
-                    bar.close()
-                    raise _numerical_fault(f"gradient norm became {float(norm)}", step,
-                                           batches.seed, phase, ckpt_dir)
-            scaler.step(opt)
-            scaler.update()
-            sched.step()
-            window_loss += value
-            window_tokens += batch.input_ids.numel() * world.world
-            window_steps += 1
+            value = take_step(step)
+            with warnings.catch_warnings():  # a skipped step keeps the schedule going;
+                # torch would warn that the optimiser has not stepped yet
+                warnings.filterwarnings("ignore", "Detected call of `lr_scheduler")
+                sched.step()
+            window_tokens += batches.batch_size * batches.windows.shape[1]
+            if value is not None:
+                window_loss += value
+                window_steps += 1
             done = step + 1
             state = {"phase": phase, "step": done, "steps": cfg.steps,
-                     "loss": value, "lr": sched.get_last_lr()[0]}
+                     "loss": float("nan") if value is None else value,
+                     "lr": sched.get_last_lr()[0]}
             _call(callbacks, "on_step_end", state)
             bar.update(1)
             if done % cfg.log_every == 0 or done == cfg.steps:
                 now = time.perf_counter()
-                rec = {"step": done, "loss": window_loss / window_steps,
-                       "lr": state["lr"], "tokens_per_s": window_tokens / (now - t0)}
+                mean = window_loss / window_steps if window_steps else None
+                rec = {"step": done, "loss": mean, "lr": state["lr"],
+                       "tokens_per_s": window_tokens / (now - t0)}
                 log.write(rec)
-                bar.set_postfix(loss=f"{rec['loss']:.3f}")
-                summary["train_loss"] = rec["loss"]
+                if mean is not None:
+                    bar.set_postfix(loss=f"{mean:.3f}")
+                    summary["train_loss"] = mean
                 window_loss, window_tokens, window_steps, t0 = 0.0, 0, 0, now
             if val_batches and (done == cfg.steps or
                                 (cfg.eval_every and done % cfg.eval_every == 0)):
@@ -351,7 +376,6 @@ def train(
             if done == cfg.steps or (cfg.checkpoint_every and
                                      done % cfg.checkpoint_every == 0):
                 save(done)
-    bar.close()
     elapsed = time.perf_counter() - first_step_time
     trained = cfg.steps - start
     summary["seconds"] = elapsed
