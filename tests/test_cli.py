@@ -334,6 +334,48 @@ def test_a_run_whose_config_does_not_match_its_weights_is_refused(
     assert "\n" not in str(err.value) and "does not fit this model" in str(err.value)
 
 
+DAMAGED_RUN_FILES = [
+    ("config.json", None, "is missing"),
+    ("config.json", b'{"model": {"family": "cau', "is unreadable"),
+    ("config.json", b"\xff\xfe not utf-8", "is unreadable"),
+    ("config.json", b"[1, 2]", "not an object"),
+    ("config.json", ("model", []), "not an object"),
+    ("config.json", ("model", "n_layers", "two"), "wrong type"),
+    ("config.json", ("model", "dropout", 5.0), "dropout must be in [0, 1)"),
+    ("config.json", ("train", "lr", -1.0), "train.lr must be"),
+    ("config.json", ("model", "width", 3), "unknown ModelConfig fields"),
+    ("results.json", b"", "is unreadable"),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, damage, message", DAMAGED_RUN_FILES,
+                         ids=[f"{n}-{m.split()[0]}-{i}" for i, (n, _, m) in
+                              enumerate(DAMAGED_RUN_FILES)])
+def test_a_damaged_or_edited_run_directory_is_refused_in_one_line(
+        name, damage, message, finished_run, tmp_path):
+    import shutil
+    out = tmp_path / "copy"
+    shutil.copytree(finished_run[0], out)
+    file = out / name
+    if damage is None:
+        file.unlink()
+    elif isinstance(damage, bytes):
+        file.write_bytes(damage)
+    else:  # (section, [field,] value): an edited value
+        data = json.loads(file.read_text())
+        *keys, value = damage
+        target = data
+        for key in keys[:-1]:
+            target = target[key]
+        target[keys[-1]] = value
+        file.write_text(json.dumps(data))
+    with pytest.raises(TwotowerError) as err:
+        pipeline.load_run(out)
+    assert "\n" not in str(err.value) and message in str(err.value)
+    assert name in str(err.value)
+
+
 @pytest.mark.slow
 def test_pipeline_run_is_reproducible_for_a_seed_and_differs_across_seeds(
         finished_run, tiny_corpus, tmp_path):

@@ -8,16 +8,20 @@ the same folder, flushed to disk (``fsync``), renamed onto the destination (``re
 atomic on POSIX and Windows file systems), and the folder entry is flushed. A reader, or a
 run restarted after ``kill -9`` or a power cut, sees the old file or the new one, never a
 half-written one. Two processes writing the same file (two ranks filling a cache) do not
-collide: each has its own temporary name and the last rename wins.
+collide: each has its own temporary name and the last rename wins. :func:`read_json`
+reads such a file back, with a one-line error when it is missing or damaged.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+from .errors import TwotowerError
 
 TMP_SUFFIX = ".tmp"  # what an interrupted write leaves behind (ignored by readers)
 
@@ -77,3 +81,23 @@ def write_bytes(path: str | Path, data: bytes) -> None:
     """Replace ``path`` by ``data`` atomically."""
     with replacing(path) as tmp:
         tmp.write_bytes(data)
+
+
+def read_json(file: str | Path, fix: str) -> dict:
+    """The JSON object in ``file``.
+
+    Raises:
+        TwotowerError: naming the file and ``fix`` when it is missing, not UTF-8, not
+            JSON, or not a JSON object.
+    """
+    file = Path(file)
+    try:
+        value = json.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise TwotowerError(f"{file} is missing; {fix}") from None
+    except (OSError, ValueError) as err:  # UnicodeDecodeError and JSONDecodeError too
+        raise TwotowerError(f"{file} is unreadable ({str(err)[:100]}); {fix}") from None
+    if not isinstance(value, dict):
+        raise TwotowerError(f"{file} holds a JSON {type(value).__name__}, not an object; "
+                            f"{fix}")
+    return value

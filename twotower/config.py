@@ -282,6 +282,27 @@ def config_to_dict(cfg) -> dict:
     return lists(dataclasses.asdict(cfg))
 
 
+def read_run_config(run_dir) -> RunConfig:
+    """The :class:`RunConfig` saved in ``run_dir/config.json``, validated.
+
+    Raises:
+        TwotowerError: when it is missing, damaged, from another version or holds
+            values out of range (an edited file).
+    """
+    from .atomic import read_json
+
+    file = f"{run_dir}/config.json"
+    fix = "it is not a run directory made by twotower, or it was edited: rerun the run"
+    values = read_json(file, fix)  # its errors name the file already
+    try:
+        return run_config_from_dict(values).validate()
+    except TwotowerError as err:
+        raise TwotowerError(f"{file}: {err}") from None
+    except (TypeError, ValueError) as err:  # e.g. "n_layers": "two"
+        raise TwotowerError(f"{file} holds a value of the wrong type ({err}); {fix}"
+                            ) from None
+
+
 def run_config_from_dict(d: dict) -> RunConfig:
     """Inverse of :func:`config_to_dict` for a :class:`RunConfig`.
 
@@ -296,6 +317,9 @@ def run_config_from_dict(d: dict) -> RunConfig:
                 f"config has unknown {cls.__name__} fields {sorted(unknown)}; it was "
                 "written by another version of twotower: use a new --out directory"
             )
+        if not isinstance(values, dict):
+            raise TwotowerError(f"config's {cls.__name__} is a {type(values).__name__}, "
+                                "not an object; use a config.json written by twotower")
         values = dict(values)
         if "betas" in values:
             values["betas"] = tuple(values["betas"])

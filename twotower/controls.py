@@ -36,7 +36,6 @@ Shapes: K towers (2), B windows, T positions, D features per tower, V vocabulary
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import time
@@ -47,16 +46,14 @@ import torch
 from torch import nn
 
 from . import checkpoint as ckpt
-from . import distributed
-from . import config
-from .config import ModelConfig, RunConfig, get_preset, \
-    run_config_from_dict
+from . import config, distributed
+from .config import ModelConfig, RunConfig, get_preset, read_run_config
 from .data import prepare_data
 from .errors import require
 from .hooks import HookedModule
 from .model import SingleTowerLM, TwoTowerLM, matched_single_tower_config
-from .pipeline import (LoadedRun, load_run, loaded_run, save_results, score_and_save,
-                       start_run)
+from .pipeline import (LoadedRun, load_run, loaded_run, read_results, save_results,
+                       score_and_save, start_run)
 from .readouts import TowerReadouts, train_readouts
 from .runtime import seed_everything
 from .training import WindowBatches, train
@@ -221,11 +218,10 @@ def untrained_model(cfg: ModelConfig, seed: int) -> TwoTowerLM:
 
 def _finished_phase(source: Path, cfg: RunConfig, phase: str) -> Path | None:
     """The final ``phase`` checkpoint of a main run made with ``cfg``'s settings."""
-    config_file = source / "config.json"
     last = ckpt.latest_checkpoint(source / phase)
-    if not config_file.exists() or last is None:
+    if not (source / "config.json").exists() or last is None:
         return None
-    theirs = run_config_from_dict(json.loads(config_file.read_text(encoding="utf-8")))
+    theirs = read_run_config(source)
     same = dataclasses.replace(theirs, control="", baseline=False, preset="") == \
         dataclasses.replace(cfg, control="", baseline=False, preset="")
     done = ckpt.load_meta(last)["step"] == cfg.train.steps
@@ -335,7 +331,7 @@ def load_control(path: str | Path, cache_dir: str | Path | None = None) -> Loade
     require((path / "results.json").exists(), f"{path} is not a finished control run "
             f"(no results.json); run `python -m twotower run --control ... --out "
             f"{path}` first")
-    cfg = run_config_from_dict(json.loads((path / "config.json").read_text()))
+    cfg = read_run_config(path)
     if cfg.control == "untrained":
         return load_run(path, cache_dir)
     data = prepare_data(cfg.data, cache_dir)
@@ -346,7 +342,7 @@ def load_control(path: str | Path, cache_dir: str | Path | None = None) -> Loade
         reseeded = cfg.control == "reseeded"
         inner = TwoTowerLM(cfg.model) if reseeded else \
             SingleTowerLM(matched_single_tower_config(cfg.model))
-        results = json.loads((path / "results.json").read_text())
+        results = read_results(path)
         source = results["model_training"].get("reused")
         phase = "joint" if reseeded else "baseline"
         ckpt.load_weights(path / source if source else

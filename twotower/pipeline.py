@@ -34,7 +34,7 @@ from torch import nn
 from . import atomic
 from . import checkpoint as ckpt
 from . import distributed
-from .config import RunConfig, config_to_dict, run_config_from_dict
+from .config import RunConfig, config_to_dict, read_run_config
 from .data import PreparedData, prepare_data
 from .errors import TwotowerError
 from .model import SingleTowerLM, TwoTowerLM, matched_single_tower_config
@@ -70,11 +70,8 @@ def _check_run_dir(out: Path, cfg: RunConfig) -> None:
     saved_path = out / "config.json"
     if not saved_path.exists():
         return
-    try:
-        saved = json.loads(saved_path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        raise TwotowerError(f"{saved_path} is unreadable; move the run directory away "
-                            "or use another --out") from None
+    saved = atomic.read_json(saved_path, "move the run directory away or use another "
+                             "--out")
     now = json.loads(json.dumps(config_to_dict(cfg)))  # tuples as JSON has them
     saved.pop("preset", None), now.pop("preset", None)
     if saved != now:
@@ -250,7 +247,7 @@ def load_run(path: str | Path, cache_dir: str | Path | None = None) -> LoadedRun
     if not (path / "results.json").exists():
         raise TwotowerError(f"{path} is not a finished run (no results.json); run "
                             f"`python -m twotower run --out {path}` first")
-    cfg = run_config_from_dict(json.loads((path / "config.json").read_text()))
+    cfg = read_run_config(path)
     data = prepare_data(cfg.data, cache_dir)
     model = TwoTowerLM(cfg.model)
     last = ckpt.latest_checkpoint(path / "joint")
@@ -258,6 +255,12 @@ def load_run(path: str | Path, cache_dir: str | Path | None = None) -> LoadedRun
         raise TwotowerError(f"{path}/joint has no checkpoint; rerun the run command")
     ckpt.load_weights(last, model)
     return loaded_run(path, cfg, data, model)
+
+
+def read_results(path: str | Path) -> dict:
+    """``results.json`` of a finished run directory."""
+    return atomic.read_json(Path(path) / "results.json", "rerun the run command with "
+                            f"--out {path} to write it again")
 
 
 def loaded_run(path: Path, cfg: RunConfig, data, model: nn.Module) -> LoadedRun:
@@ -269,4 +272,4 @@ def loaded_run(path: Path, cfg: RunConfig, data, model: nn.Module) -> LoadedRun:
                        na_values=[""]).set_index("id")
     return LoadedRun(path, cfg, data, freeze(model), freeze(readouts),
                      TokenScores.load(path / "scores.npz"), pref,
-                     json.loads((path / "results.json").read_text()))
+                     read_results(path))

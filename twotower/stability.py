@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +31,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .config import RunConfig, run_config_from_dict
+from .atomic import read_json
+from .config import RunConfig, read_run_config
 from .errors import require
 from .preference import centred_preference, half_assignment, token_preference
 from .readouts import TokenScores
@@ -83,12 +83,13 @@ def load_preference_run(path: str | Path) -> RunPreference:
     path = Path(path)
     require((path / "results.json").exists(), f"{path} is not a finished run (no "
             "results.json); train it first (twotower.notebook.ensure_run)")
-    cfg = run_config_from_dict(json.loads((path / "config.json").read_text()))
+    cfg = read_run_config(path)
     pref = pd.read_csv(path / "preference.csv", keep_default_na=False,
                        na_values=[""]).set_index("id")
     stem = f"-seed{cfg.train.seed}"
     variant = path.name.split(stem, 1)[1].lstrip("-") if stem in path.name else ""
-    return RunPreference(path, cfg, json.loads((path / "results.json").read_text()),
+    results = read_json(path / "results.json", f"rerun the run with --out {path}")
+    return RunPreference(path, cfg, results,
                          pref, TokenScores.load(path / "scores.npz"), variant)
 
 
