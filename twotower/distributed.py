@@ -98,6 +98,16 @@ def global_count(n_local: int, device: torch.device, d: Dist) -> int:
     return int(round(all_sum(float(n_local), device, d)))
 
 
+def gather_objects(value, d: Dist) -> list:
+    """``[value of rank 0, value of rank 1, ...]`` on every process (small objects,
+    such as random-number-generator states)."""
+    if not d.active:
+        return [value]
+    out = [None] * d.world
+    dist.all_gather_object(out, value)
+    return out
+
+
 def barrier(d: Dist) -> None:
     if d.active:
         dist.barrier()

@@ -190,9 +190,12 @@ def _numerical_fault(what: str, step: int, seed: int, phase: str,
                          "with --detect-anomaly")
 
 
-def _resume(last: Path, module: nn.Module, opt, sched, scaler, steps: int
-            ) -> tuple[int, float, int]:
+def _resume(last: Path, module: nn.Module, opt, sched, scaler, steps: int,
+            world: dist_.Dist) -> tuple[int, float, int]:
     """Load checkpoint ``last`` into the model, optimizer, schedule, scaler and RNGs.
+
+    Each process takes back its own random state when the checkpoint was written by
+    as many processes (so dropout continues exactly), else rank 0's.
 
     Returns:
         The number of steps the checkpoint had done, and the sum and number of the
@@ -212,7 +215,8 @@ def _resume(last: Path, module: nn.Module, opt, sched, scaler, steps: int
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
-        _set_rng_state(state["rng"])
+        ranks = state.get("rng_ranks", [])
+        _set_rng_state(ranks[world.rank] if len(ranks) == world.world else state["rng"])
         window = state.get("log_window", {"loss_sum": 0.0, "steps": 0})
         loss_sum, window_steps = float(window["loss_sum"]), int(window["steps"])
     except (KeyError, TypeError, ValueError, RuntimeError) as err:
@@ -274,7 +278,7 @@ def train(
     last = ckpt.latest_checkpoint(ckpt_dir) if ckpt_dir is not None else None
     if last is not None:
         start, window_loss, window_steps = _resume(last, module, opt, sched, scaler,
-                                                   cfg.steps)
+                                                   cfg.steps, world)
     log = MetricsLog(run_dir / "metrics.jsonl" if run_dir and world.is_main else None,
                      phase, start)
     step_loss = _LossModule(module, torch.compile(loss_fn) if cfg.compile else loss_fn)
@@ -285,9 +289,13 @@ def train(
     val_batches = val.eval_batches(cfg.eval_batches) if val is not None else []
 
     def save(step: int) -> None:
-        if ckpt_dir is not None and world.is_main:
+        if ckpt_dir is None:
+            return
+        # Every process's random state (its own dropout masks), gathered on rank 0.
+        rngs = dist_.gather_objects(_rng_state(), world)
+        if world.is_main:
             state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                     "scaler": scaler.state_dict(), "rng": _rng_state(),
+                     "scaler": scaler.state_dict(), "rng": rngs[0], "rng_ranks": rngs,
                      "log_window": {"loss_sum": window_loss, "steps": window_steps}}
             ckpt.save_checkpoint(ckpt_dir, step, module, state, meta,
                                  keep=cfg.keep_checkpoints)
