@@ -577,7 +577,7 @@ def _tamper_state(path: Path, change) -> None:
 @pytest.mark.parametrize("change, named", [
     (lambda s: s["optimizer"]["param_groups"].pop(), "parameter group"),
     (lambda s: s.pop("scheduler"), "scheduler"),
-    (lambda s: s["rng"].update(torch=torch.zeros(3)), "RNG"),
+    (lambda s: s["rng_ranks"][0].update(torch=torch.zeros(3)), "RNG"),
 ], ids=["optimizer-of-another-model", "no-scheduler", "bad-rng-state"])
 def test_resuming_from_a_state_of_another_training_is_refused_untouched(
         change, named, tiny_config, train_config, synthetic_data, tmp_path):

@@ -191,9 +191,4 @@ def load_state(path: Path) -> dict:
 
 def load_meta(path: Path) -> dict:
     """``meta.json`` of a checkpoint."""
-    file = Path(path) / META
-    try:
-        return json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:  # JSON and UTF-8 decoding errors included
-        raise TwotowerError(f"cannot read {file} ({str(err)[:120]}); use an earlier "
-                            "checkpoint") from None
+    return atomic.read_json(Path(path) / META, "use an earlier checkpoint")

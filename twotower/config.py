@@ -15,6 +15,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
+from .atomic import read_json
 from .errors import TwotowerError
 
 FAMILIES = ("causal", "mlm", "bilm")
@@ -289,8 +290,6 @@ def read_run_config(run_dir) -> RunConfig:
         TwotowerError: when it is missing, damaged, from another version or holds
             values out of range (an edited file).
     """
-    from .atomic import read_json
-
     file = f"{run_dir}/config.json"
     fix = "it is not a run directory made by twotower, or it was edited: rerun the run"
     values = read_json(file, fix)  # its errors name the file already

@@ -108,8 +108,7 @@ def start_run(cfg: RunConfig, out: Path, cache_dir: str | None = None):
     _check_run_dir(out, cfg)
     if distributed.current().is_main:
         out.mkdir(parents=True, exist_ok=True)
-        atomic.write_text(out / "config.json",
-                               json.dumps(config_to_dict(cfg), indent=1))
+        atomic.write_text(out / "config.json", json.dumps(config_to_dict(cfg), indent=1))
     objective = make_objective(cfg, data)
     train_b = WindowBatches(data.train, objective, cfg.train.batch_size, cfg.train.seed)
     val_b = WindowBatches(data.val, objective, cfg.train.batch_size, cfg.train.seed)

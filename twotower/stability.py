@@ -31,9 +31,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .atomic import read_json
 from .config import RunConfig, read_run_config
 from .errors import require
+from .pipeline import read_results
 from .preference import centred_preference, half_assignment, token_preference
 from .readouts import TokenScores
 
@@ -88,9 +88,8 @@ def load_preference_run(path: str | Path) -> RunPreference:
                        na_values=[""]).set_index("id")
     stem = f"-seed{cfg.train.seed}"
     variant = path.name.split(stem, 1)[1].lstrip("-") if stem in path.name else ""
-    results = read_json(path / "results.json", f"rerun the run with --out {path}")
-    return RunPreference(path, cfg, results,
-                         pref, TokenScores.load(path / "scores.npz"), variant)
+    return RunPreference(path, cfg, read_results(path), pref,
+                         TokenScores.load(path / "scores.npz"), variant)
 
 
 def collect_runs(runs_dir: str | Path, preset: str) -> list[RunPreference]:

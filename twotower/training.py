@@ -171,16 +171,6 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-@contextlib.contextmanager
-def _closing(bar):
-    """Close the progress bar however the loop ends (an error included), so the error
-    line is not printed into the middle of the bar."""
-    try:
-        yield bar
-    finally:
-        bar.close()
-
-
 def _numerical_fault(what: str, step: int, seed: int, phase: str,
                      ckpt_dir: Path | None) -> TwotowerError:
     """The one-line error of a NaN/inf: where, which batch, what is still good."""
@@ -215,8 +205,9 @@ def _resume(last: Path, module: nn.Module, opt, sched, scaler, steps: int,
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
-        ranks = state.get("rng_ranks", [])
-        _set_rng_state(ranks[world.rank] if len(ranks) == world.world else state["rng"])
+        # "rng": one state, as checkpoints written before rng_ranks hold it
+        ranks = state["rng_ranks"] if "rng_ranks" in state else [state["rng"]]
+        _set_rng_state(ranks[world.rank] if len(ranks) == world.world else ranks[0])
         window = state.get("log_window", {"loss_sum": 0.0, "steps": 0})
         loss_sum, window_steps = float(window["loss_sum"]), int(window["steps"])
     except (KeyError, TypeError, ValueError, RuntimeError) as err:
@@ -295,7 +286,7 @@ def train(
         rngs = dist_.gather_objects(_rng_state(), world)
         if world.is_main:
             state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                     "scaler": scaler.state_dict(), "rng": rngs[0], "rng_ranks": rngs,
+                     "scaler": scaler.state_dict(), "rng_ranks": rngs,
                      "log_window": {"loss_sum": window_loss, "steps": window_steps}}
             ckpt.save_checkpoint(ckpt_dir, step, module, state, meta,
                                  keep=cfg.keep_checkpoints)
@@ -348,7 +339,9 @@ def train(
         scaler.update()
         return value
 
-    with torch.autograd.set_detect_anomaly(cfg.detect_anomaly), _closing(bar):
+    # closing(bar): however the loop ends (an error included), the bar is closed
+    # first, so an error line is not printed into the middle of it.
+    with torch.autograd.set_detect_anomaly(cfg.detect_anomaly), contextlib.closing(bar):
         for step in range(start, cfg.steps):
             value = take_step(step)
             with warnings.catch_warnings():  # a skipped step keeps the schedule going;
