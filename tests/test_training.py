@@ -156,6 +156,19 @@ def test_resuming_after_an_interruption_gives_the_same_weights_as_one_go(
     assert logged["cut"] == logged["whole"]  # the same lines, not only the same steps
 
 
+def test_a_checkpoint_with_one_rng_state_from_before_rng_ranks_still_resumes_exactly(
+        tiny_config, train_config, synthetic_data, tmp_path, weights_equal):
+    cfg = tiny_config("causal", n_layers=1, dropout=0.2)
+    tcfg = train_config(steps=6, checkpoint_every=3, keep_checkpoints=5)
+    whole, _ = run_training(cfg, tcfg, synthetic_data, 0, tmp_path / "whole")
+    with pytest.raises(Interrupt):
+        run_training(cfg, tcfg, synthetic_data, 0, tmp_path / "cut", [InterruptAt(4)])
+    _tamper_state(tmp_path / "cut" / "joint" / "step-0000003",
+                  lambda s: s.update(rng=s.pop("rng_ranks")[0]))  # the older layout
+    resumed, _ = run_training(cfg, tcfg, synthetic_data, 0, tmp_path / "cut")
+    assert weights_equal(whole, resumed)
+
+
 def test_a_log_line_after_a_resume_averages_the_same_steps_as_without_one(
         tiny_config, train_config, synthetic_data, tmp_path):
     """log_every 4, checkpoint_every 3: the line of step 4 averages steps 1-4 even when
