@@ -1,27 +1,33 @@
-# The two commands of the README, and the pieces they are made of.
+# The README's two commands and the pieces they are made of, as make targets. Each one
+# runs tasks.py, which needs only Python 3.10+ (no make, no root): it keeps everything in
+# a virtual environment in .venv and installs the CPU build of torch where no NVIDIA GPU
+# is present (see its docstring).
 PYTHON ?= python3
 PRESET ?= small
+TASKS = $(PYTHON) tasks.py
 
-.PHONY: setup setup-browser book test smoke-book pytest student
+.PHONY: setup book smoke-book test pytest browser student lab
 
-setup:  ## torch (CPU build unless one is installed), then the package with extras
-	@$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install torch==2.13.0
-	$(PYTHON) -m pip install -q -e ".[book,test]"
+setup:  ## .venv with torch, the package and its extras, and the HTML's assets
+	$(TASKS) setup
 
-setup-browser:  ## headless Chromium for the HTML tests (Debian package)
-	@command -v chromium >/dev/null || { apt-get update -q && \
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
+book:  ## the main job: run every chapter at $(PRESET) and build the HTML in _build/html
+	$(TASKS) book --preset $(PRESET)
 
-book: setup  ## the main job: run every chapter at $(PRESET) and build the HTML
-	$(PYTHON) -m twotower.book build --preset $(PRESET)
+smoke-book:  ## every chapter at the smoke preset (what CI builds)
+	$(TASKS) smoke-book
 
-smoke-book: setup
-	$(PYTHON) -m twotower.book build --preset smoke
+test:  ## everything CI checks: the smoke book, then the tests
+	$(TASKS) test
 
-pytest:
-	$(PYTHON) -m pytest -q
+pytest:  ## only the tests
+	$(TASKS) pytest
 
-test: setup setup-browser smoke-book pytest  ## everything CI checks
+browser:  ## headless Chromium for the browser tests, where it can be installed
+	$(TASKS) browser
 
-student: setup  ## student copies of the chapters (solutions dropped) in student/
-	$(PYTHON) -m twotower.book student --out student
+student:  ## student copies of the chapters (solutions dropped) in student/
+	$(TASKS) student
+
+lab:  ## JupyterLab on the chapters, in .venv
+	$(TASKS) lab

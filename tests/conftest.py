@@ -295,3 +295,78 @@ def weights_equal():
     """``weights_equal(module_a, module_b)``: bit-identical state dicts."""
     return same_weights
 
+
+
+class LoopbackServer:
+    """An HTTP server on 127.0.0.1 in a thread: serves ``files`` (URL path -> bytes),
+    answers 404 otherwise, and records every path asked for."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        self.files: dict[str, bytes] = {}
+        self.requests: list[str] = []
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 (the stdlib's name)
+                server.requests.append(self.path)
+                body = server.files.get(self.path)
+                self.send_response(200 if body is not None else 404)
+                self.send_header("Content-Length", str(len(body or b"")))
+                self.end_headers()
+                self.wfile.write(body or b"")
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def loopback():
+    """A :class:`LoopbackServer`: the network as the code meets it, on this machine."""
+    server = LoopbackServer()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def hub_online(loopback, monkeypatch):
+    """The Hugging Face Hub 'answers': HF_ENDPOINT points at a loopback server, so the
+    reachability probe connects for real. What the Hub serves is up to the test (it
+    replaces ``datasets.load_dataset``, the library call that would download)."""
+    for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", loopback.url)
+    return loopback
+
+
+@pytest.fixture
+def hub_datasets(hub_online, monkeypatch):
+    """``serve(tables)``: the Hub answers, and ``datasets.load_dataset(name)`` returns
+    ``tables[name]`` for the names given (local files still go through ``datasets``).
+    Returns the list of ``(name, config)`` the code asked the Hub for."""
+    import datasets
+
+    real, calls = datasets.load_dataset, []
+
+    def serve(tables: dict) -> list:
+        def load_dataset(path, name=None, **kwargs):
+            if path not in tables:
+                return real(path, name, **kwargs)
+            calls.append((path, name))
+            return tables[path]
+
+        monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+        return calls
+
+    return serve

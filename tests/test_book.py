@@ -239,6 +239,59 @@ def test_build_injects_parameters_keeps_going_after_a_failure_and_times_it(tmp_p
     assert injected and "hide-cell" in injected[0].metadata["tags"]
 
 
+def _no_chapter_may_run(*args, **kwargs):
+    raise AssertionError("a chapter was executed before the build's checks")
+
+
+@pytest.mark.parametrize("missing", ["vendor", "module", "data"])
+def test_build_checks_what_it_needs_before_the_first_chapter(tmp_path, monkeypatch,
+                                                             capsys, missing):
+    from twotower import sources
+
+    _tiny_book(tmp_path, {"01_a": "print(1)"})
+    monkeypatch.setattr(book, "execute_chapter", _no_chapter_may_run)
+    if missing == "vendor":  # a fresh cache, and a registry where nothing listens
+        monkeypatch.setenv("TWOTOWER_CACHE", str(tmp_path / "cache"))
+        monkeypatch.setattr(book, "NPM_REGISTRY", "http://127.0.0.1:9")
+        expected = "could not download http://127.0.0.1:9/mathjax"
+    elif missing == "module":
+        monkeypatch.setattr(book, "BOOK_MODULES", (*book.BOOK_MODULES, "no_such_mod"))
+        expected = "the book build needs no_such_mod: run make setup"
+    else:
+        copy = tmp_path / "_data"
+        shutil.copytree(sources.data_dir(), copy)
+        (copy / "multi30k" / "train.fr.xz").write_bytes(b"")
+        monkeypatch.setattr(sources, "data_dir", lambda: copy)
+        monkeypatch.setattr(sources, "_whole", set())
+        expected = "train.fr.xz is damaged"
+    status = book.main(["--root", str(tmp_path), "build", "--preset", "smoke",
+                        "--out", str(tmp_path / "_build")])
+    err = capsys.readouterr().err
+    assert status == 2 and expected in err and len(err.strip().splitlines()) == 1
+
+
+def test_chapter_10_without_its_treebank_stops_in_seconds_before_training(
+        tmp_path, monkeypatch):
+    site = tmp_path / "site"  # the package as installed, less one file of its data
+    shutil.copytree(ROOT / "twotower", site / "twotower",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    (site / "twotower" / "_data" / "ud-english-ewt" / "en_ewt-ud-dev.conllu.xz").unlink()
+    monkeypatch.setenv("PYTHONPATH", str(site))  # the chapter's kernel imports the copy
+    runs = tmp_path / "runs"
+    chapter = next(path for path in CHAPTERS if path.name.startswith("10_"))
+    run = book.execute_chapter(chapter, tmp_path / "10.ipynb", {
+        "PRESET": "smoke", "SEED": 0, "DEVICE": "cpu", "RUNS_DIR": str(runs)})
+    assert run.status == "failed"
+    assert "TwotowerError" in run.error and "en_ewt-ud-dev.conllu.xz is missing" in \
+        run.error and str(site) in run.error
+    assert run.seconds < 90  # kernel start and imports; chapter 9's runs take minutes
+    assert not runs.exists() or not any(runs.iterdir())
+    executed = nbformat.read(tmp_path / "10.ipynb", as_version=4)
+    failing = [c for c in executed.cells if any(o.get("output_type") == "error"
+                                                 for o in c.get("outputs", []))]
+    assert len(failing) == 1 and "setup(PRESET" in failing[0].source
+
+
 def test_check_command_exits_non_zero_on_a_dirty_chapter(tmp_path, capsys):
     _tiny_book(tmp_path, {"01_dirty": "print(1)"})
     path = tmp_path / "book" / "01_dirty.ipynb"
@@ -299,6 +352,31 @@ def test_live_loss_plot_redraws_in_place_in_a_notebook(monkeypatch):
     assert calls[0][1].format == "png" and calls[0][1].data.startswith(b"\x89PNG")
 
 
+SETUP_CALL = re.compile(r"^PRESET, device = setup\(PRESET, SEED, DEVICE(?:, data=\((.*)\))?\)",
+                        re.M)
+READS = {"ud-english-ewt": re.compile(r"\bpos\.|scorecard\."),
+         "multi30k": re.compile(r"\bbilingual\.")}
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.name)
+def test_chapter_checks_its_data_in_its_first_code_cell(path):
+    cells = [c for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code"
+             and not {"parameters", "remove-cell"} & set(c.metadata.get("tags", []))]
+
+    def imports_only(text):
+        return all(line.startswith(("import ", "from ", " ", "#")) or not line.strip()
+                   for line in text.splitlines())
+
+    first = next(c.source for c in cells if not imports_only(c.source))
+    match = SETUP_CALL.search(first)
+    assert match, f"{path.name}: the first code cell must call setup(PRESET, ...)"
+    assert imports_only(first[:match.start()]), "only imports may come before setup()"
+    named = set(re.findall(r'"([\w-]+)"', match.group(1) or ""))
+    code = "\n".join(c.source for c in cells)
+    needed = {corpus for corpus, pattern in READS.items() if pattern.search(code)}
+    assert named == needed, f"{path.name}: setup(data=...) must name {needed}"
+
+
 def test_notebook_setup_seeds_styles_and_picks_the_cpu(capsys):
     import matplotlib as mpl
     import torch
@@ -306,12 +384,14 @@ def test_notebook_setup_seeds_styles_and_picks_the_cpu(capsys):
     from twotower import plotting
     from twotower.notebook import in_colab, setup
 
-    device = setup(seed=5, device="cpu")
-    assert device == torch.device("cpu")
+    preset, device = setup("auto", seed=5, device="cpu")
+    assert (preset, device) == ("small", torch.device("cpu"))
     first = torch.rand(1)
-    setup(seed=5, device="cpu", quiet=True)
+    setup("smoke", seed=5, device="cpu", quiet=True)
     assert torch.equal(first, torch.rand(1))
-    assert "device cpu" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "device cpu" in out and "preset small (auto: no CUDA GPU)" in out
+    assert "data: wikitext-2 (bundled, checked)" in out
     assert mpl.rcParams["axes.spines.top"] is False
     assert not in_colab()
     import altair as alt

@@ -13,7 +13,6 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from twotower import corpus as corpus_module
 from twotower.config import DataConfig
 from twotower.data import (
     MIN_TAIL_TOKENS,
@@ -118,45 +117,32 @@ def test_hub_source_offline_raises_quickly(offline):
     assert time.perf_counter() - start < 5
 
 
-def fake_hub(monkeypatch, calls):
-    """Pretend the Hub is up and serves a three-split WikiText."""
-    import datasets
-
-    splits = {"train": [" = A = \n", "", " a @-@ b \n"],
-              "validation": [" = B = \n", ""],
-              "test": ["", " = C = \n", "", " c \n"]}
-
-    def load_dataset(path, name=None, **kwargs):
-        calls.append((path, name))
-        return {split: {"text": lines} for split, lines in splits.items()}
-
-    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
-    monkeypatch.setattr(corpus_module, "hub_is_reachable", lambda: True)
+WIKITEXT_ON_THE_HUB = {"Salesforce/wikitext": {
+    "train": {"text": [" = A = \n", "", " a @-@ b \n"]},
+    "validation": {"text": [" = B = \n", ""]},
+    "test": {"text": ["", " = C = \n", "", " c \n"]}}}
 
 
-def test_hub_source_joins_train_validation_and_test_articles(monkeypatch):
-    calls = []
-    fake_hub(monkeypatch, calls)
-    corpus = load_corpus("wikitext-103", "hub")
+@pytest.mark.parametrize("source", ["online", "hub"])
+def test_online_source_joins_train_validation_and_test_articles(hub_datasets, source):
+    calls = hub_datasets(WIKITEXT_ON_THE_HUB)
+    corpus = load_corpus("wikitext-103", source)
     assert calls == [("Salesforce/wikitext", "wikitext-103-raw-v1")]
-    assert corpus.source == "hub" and corpus.name == "wikitext-103"
+    assert corpus.source == "online" and corpus.name == "wikitext-103"
     assert corpus.articles == ["= A =\na-b", "= B =", "= C =\nc"]
 
 
-def test_auto_source_uses_the_hub_when_it_answers(monkeypatch, tmp_path):
-    calls = []
-    fake_hub(monkeypatch, calls)
-    assert load_corpus("wikitext-2", "auto", tmp_path).source == "hub"
-    assert calls == [("Salesforce/wikitext", "wikitext-2-raw-v1")]
-
-
-def test_auto_source_offline_for_an_unbundled_corpus_raises(offline):
-    with pytest.raises(TwotowerError, match="not bundled"):
-        load_corpus("wikitext-103", "auto")
+def test_auto_source_uses_the_hub_for_a_corpus_that_is_not_bundled(hub_datasets):
+    calls = hub_datasets(WIKITEXT_ON_THE_HUB)
+    assert load_corpus("wikitext-103", "auto").source == "online"
+    assert calls == [("Salesforce/wikitext", "wikitext-103-raw-v1")]
+    calls.clear()
+    assert load_corpus("wikitext-2", "auto").source == "bundled"  # bundled: no Hub
+    assert calls == []
 
 
 def test_wikitext_103_is_not_bundled_and_says_how_to_get_it(tmp_path):
-    with pytest.raises(TwotowerError, match="source='hub'"):
+    with pytest.raises(TwotowerError, match="source='online'"):
         load_corpus("wikitext-103", "bundled", tmp_path)
 
 

@@ -148,15 +148,16 @@ def test_tree_distances_rejects_heads_that_are_not_one_tree(heads, reason):
         tree_distances(np.array(heads))
 
 
-def test_missing_ud_directory_names_the_fix(tmp_path, monkeypatch):
+def test_a_named_ud_folder_without_the_files_names_the_fix(tmp_path, monkeypatch):
     with pytest.raises(TwotowerError) as error:
         ud_english_ewt_paths(tmp_path / "nowhere")
     message = str(error.value)
     assert "\n" not in message
-    assert "TWOTOWER_UD_DIR" in message and "UD_English-EWT" in message
+    assert "TWOTOWER_UD_DIR" in message and "source='bundled'" in message
     monkeypatch.setenv("TWOTOWER_UD_DIR", str(tmp_path / "nowhere"))
     with pytest.raises(TwotowerError, match="en_ewt-ud-dev.conllu"):
         ud_english_ewt_paths()
+    assert ud_english_ewt_paths(source="bundled")[0].name == "en_ewt-ud-dev.conllu.xz"
 
 
 def test_ud_directory_comes_from_the_environment(tmp_path, monkeypatch, sample_file):
@@ -169,13 +170,15 @@ def test_ud_directory_comes_from_the_environment(tmp_path, monkeypatch, sample_f
     assert len(load_ud(paths)) == 6
 
 
-def test_shared_ud_dev_set_loads_as_single_rooted_trees(monkeypatch):
+def test_bundled_ud_dev_set_loads_as_single_rooted_trees(monkeypatch):
     monkeypatch.delenv("TWOTOWER_UD_DIR", raising=False)
-    try:
-        (dev,) = ud_english_ewt_paths(splits=("dev",))
-    except TwotowerError:
-        pytest.skip("UD English EWT is not in ../shared/data on this machine")
+    (dev,) = ud_english_ewt_paths(splits=("dev",))
     sentences = load_ud(dev)
     assert len(sentences) > 1000
     assert all((s.heads == 0).sum() == 1 for s in sentences)
     assert all(len(s.words) == len(s.upos) == len(s.heads) for s in sentences)
+
+
+def test_ud_splits_that_do_not_ship_are_refused():
+    with pytest.raises(TwotowerError, match="'train'"):
+        ud_english_ewt_paths(splits=("train",))

@@ -5,8 +5,9 @@ Introduced in chapter 13 (*One language per tower?*) and used again in chapter 1
 
 Multi30k (Elliott et al. 2016) holds image captions translated sentence by sentence:
 line i of the English, German and French files say the same thing. The pipeline is
-:func:`load_multi30k` (the Hub's ``bentrevett/multi30k`` for English and German, or the
-gzip files of a local copy, both through ``datasets``) -> a WordPiece tokenizer trained
+:func:`load_multi30k` (the copy bundled with the package, the Hub's
+``bentrevett/multi30k`` for English and German, or your own files, all through
+``datasets``) -> a WordPiece tokenizer trained
 on a chosen set of languages (:func:`twotower.tokenizer.train_wordpiece`) ->
 :func:`pack_windows`: ``[CLS] s1 [SEP] s2 [SEP] ...`` of whole sentences of ONE
 language, so every window, and every token in it, has a language id. A metric that stays
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,40 +29,36 @@ import numpy as np
 import torch
 from tokenizers import Tokenizer
 
-from . import atomic
+from . import atomic, sources
 from . import checkpoint as ckpt
 from .config import DataConfig, RunConfig, get_preset
-from .data import default_cache_dir
-from .errors import require
+from .errors import TwotowerError, require
 from .model import IGNORE, TwoTowerLM
 from .objectives import Objective
 from .readouts import TokenScores, TowerReadouts, freeze, score_readouts, train_readouts
 from .runtime import seed_everything
+from .sources import default_cache_dir
 from .tokenizer import SpecialIds, get_tokenizer, hub_is_reachable, padded_vocab_size
 from .training import WindowBatches, train
 
 LANGUAGES = ("en", "de", "fr")
+CORPUS = "multi30k"  # its folder in twotower/_data (see twotower.sources)
 HUB_NAME = "bentrevett/multi30k"  # English and German only
 HUB_LANGUAGES = ("en", "de")
 DIR_ENV = "TWOTOWER_MULTI30K_DIR"
 FILE_SPLITS = {"train": "train", "validation": "val", "test": "test_2016_flickr"}
+
+log = logging.getLogger(__name__)
 
 
 # --- loading --------------------------------------------------------------------------
 
 
 def multi30k_dir(directory: str | os.PathLike | None = None) -> Path | None:
-    """The folder of ``{split}.{lang}.gz`` files: ``directory``,
-    ``$TWOTOWER_MULTI30K_DIR``, or ``shared/data/multi30k`` next to the repository or the working directory."""
+    """A folder of your own ``{split}.{lang}.gz`` files: ``directory``, else
+    ``$TWOTOWER_MULTI30K_DIR``, else None (the bundled copy is used)."""
     explicit = directory or os.environ.get(DIR_ENV)
-    if explicit:
-        return Path(explicit)
-    repo = Path(__file__).resolve().parent.parent
-    for base in [repo.parent, Path.cwd().resolve(), *Path.cwd().resolve().parents]:
-        folder = base / "shared" / "data" / "multi30k"
-        if folder.is_dir():
-            return folder
-    return None
+    return Path(explicit) if explicit else None
 
 
 def load_multi30k(languages: Sequence[str] = ("en", "de"), split: str = "train",
@@ -71,38 +69,68 @@ def load_multi30k(languages: Sequence[str] = ("en", "de"), split: str = "train",
     Args:
         languages: any of ``"en"``, ``"de"``, ``"fr"``.
         split: ``"train"``, ``"validation"`` or ``"test"`` (test_2016_flickr).
-        source: ``"local"`` (``datasets.load_dataset("text", ...)`` on the gzip files),
-            ``"hub"`` (``datasets.load_dataset("bentrevett/multi30k")``, English and
-            German only), or ``"auto"``: the local copy if it has every language, else
-            the Hub.
-        directory: the local folder (default :func:`multi30k_dir`).
+        source: ``"bundled"`` (the whole of task 1 in three languages ships with the
+            package), ``"online"`` (``datasets.load_dataset("bentrevett/multi30k")``
+            from the Hub for English and German; French, which the Hub copy lacks,
+            still comes from the bundled copy), ``"local"`` (the ``.gz`` files of
+            :func:`multi30k_dir`), or ``"auto"`` (that folder when one is named, else
+            the bundled copy).
+        directory: a folder of your own files (see :func:`multi30k_dir`).
 
     Raises:
-        TwotowerError: unknown language, split or source; no copy to load from.
+        TwotowerError: unknown language, split or source; missing or damaged files;
+            the Hub asked for while it does not answer.
     """
-    import datasets
-
     unknown = sorted(set(languages) - set(LANGUAGES))
     require(not unknown, f"unknown language(s) {unknown}; Multi30k has {LANGUAGES}")
     require(split in FILE_SPLITS, f"unknown split {split!r}; use {tuple(FILE_SPLITS)}")
-    require(source in ("auto", "local", "hub"), f"unknown source {source!r}")
+    source = sources.parse_source(source)
     folder = multi30k_dir(directory)
-    files = {lang: folder / f"{FILE_SPLITS[split]}.{lang}.gz" for lang in languages
-             } if folder else {}
-    local = bool(files) and all(f.is_file() for f in files.values())
-    if source == "local" or (source == "auto" and local):
-        require(local, f"Multi30k files for {list(languages)} not found in {folder}; "
-                       f"set {DIR_ENV} to the folder of {{split}}.{{lang}}.gz files")
-        cache = str(default_cache_dir() / "datasets")
-        return {lang: datasets.load_dataset("text", data_files=str(path), split="train",
-                                            cache_dir=cache)["text"]
-                for lang, path in files.items()}
-    missing = sorted(set(languages) - set(HUB_LANGUAGES))
-    require(not missing, f"{HUB_NAME} has no {missing}; put the Multi30k files in a "
-                         f"folder and set {DIR_ENV}")
-    require(hub_is_reachable(), "no local Multi30k copy and the Hugging Face Hub is "
-                                f"unreachable; set {DIR_ENV} or go online")
-    table = datasets.load_dataset(HUB_NAME, split=split)
+    if source == "local" or (source == "auto" and folder is not None):
+        require(folder is not None, f"source='local' needs a folder: pass directory=... "
+                                    f"or set {DIR_ENV}")
+        files = {lang: folder / f"{FILE_SPLITS[split]}.{lang}.gz" for lang in languages}
+        missing = [path.name for path in files.values() if not path.is_file()]
+        require(not missing, f"Multi30k files {missing} not found in {folder}; put "
+                             f"them there, unset {DIR_ENV}, or use source='bundled'")
+        return _read_lines(files)
+    if source == "online":
+        hub = [lang for lang in languages if lang in HUB_LANGUAGES]
+        rest = [lang for lang in languages if lang not in HUB_LANGUAGES]
+        if rest:
+            log.info("Multi30k %s: %s from the bundled copy (not on the Hub)", split,
+                     ", ".join(rest))
+        online = _from_hub(hub, split) if hub else {}
+        bundled = _read_lines({lang: _bundled(lang, split) for lang in rest})
+        return {lang: online.get(lang) or bundled[lang] for lang in languages}
+    return _read_lines({lang: _bundled(lang, split) for lang in languages})
+
+
+def _bundled(lang: str, split: str) -> Path:
+    return sources.bundled_file(CORPUS, f"{FILE_SPLITS[split]}.{lang}.xz")
+
+
+def _read_lines(files: dict[str, Path]) -> dict[str, list[str]]:
+    # one code path for every copy on disk: datasets' text builder, cached as Arrow
+    import datasets
+
+    cache = str(default_cache_dir() / "datasets")
+    return {lang: datasets.load_dataset("text", data_files=str(path), split="train",
+                                        cache_dir=cache)["text"]
+            for lang, path in files.items()}
+
+
+def _from_hub(languages: list[str], split: str) -> dict[str, list[str]]:
+    import datasets
+
+    require(hub_is_reachable(), f"the Hugging Face Hub does not answer, so {HUB_NAME} "
+                                "cannot be read; use source='bundled' (the same corpus)")
+    try:
+        table = datasets.load_dataset(HUB_NAME, split=split)
+    except (ConnectionError, OSError) as error:
+        raise TwotowerError(f"could not load {HUB_NAME} from the Hugging Face Hub "
+                            f"({type(error).__name__}); retry, or use source='bundled'"
+                            ) from None
     return {lang: list(table[lang]) for lang in languages}
 
 

@@ -9,6 +9,7 @@ Usage (from the repository root)::
     python -m twotower.book check                      # stored chapters are clean
     python -m twotower.book strip                      # remove outputs in place
     python -m twotower.book links                      # Colab links from _config.yml
+    python -m twotower.book vendor                     # the HTML's MathJax, widgets
 
 ``build`` (1) reads the chapters (``.ipynb`` entries) from ``_toc.yml`` in order; (2)
 executes each with papermill into ``<out>/executed/book/<name>.ipynb``, injecting
@@ -17,13 +18,17 @@ chapter reuses what an earlier chapter trained), keeps going after a failing cha
 writes ``<out>/executed/timings.json``; (3) copies ``_config.yml``, ``_toc.yml``,
 ``references.bib``, the pages and the executed notebooks to ``<out>/stage`` and runs
 ``jupyter-book build`` there with warnings as errors, into ``<out>/html``. MathJax and
-the ipywidgets embedder come from the npm registry (cached in ``<out>/vendor``), so the
-HTML never asks a CDN for them. The exit status is non-zero if anything failed.
+the ipywidgets embedder come from the npm registry (checked tarballs, unpacked in
+``<out>/vendor``), so the HTML never asks a CDN for them. Before (1), :func:`preflight`
+checks in seconds that the build modules, the kernel, the bundled corpora and those
+assets are there, so nothing fails after hours of chapters. The exit status is
+non-zero if anything failed.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import re
@@ -40,9 +45,20 @@ import yaml
 from .errors import TwotowerError
 
 CHAPTER_PARAMETERS = ("PRESET", "SEED", "DEVICE", "RUNS_DIR")
-# npm packages served from the build (exact versions, so every build is the same)
-VENDOR = {"mathjax": "3.2.2", "@jupyter-widgets/html-manager": "1.0.15",
-          "requirejs": "2.3.8"}
+# npm packages served from the build: name -> (exact version, the registry's integrity
+# hash of its tarball), so every build gets the same bytes, with no npm needed
+VENDOR = {
+    "mathjax": ("3.2.2", "sha512-Bt+SSVU8eBG27zChVewOicYs7Xsdt40qm4+UpHyX7k0/O9NliPc+x77k"
+                         "1/FEsPsjKPZGJvtRZM1vO+geW0OhGw=="),
+    "@jupyter-widgets/html-manager": (
+        "1.0.15", "sha512-5thBIV6ymNgmPVOHvzx+gGy8ZSKmSazhtGw4/c4xJDVzRhG9PTeQsRjF3FUTopv"
+                  "Fi//SABeNz1yp47bCrJ3CQA=="),
+    "requirejs": ("2.3.8", "sha512-7/cTSLOdYkNBNJcDMWf+luFvMriVm7eYxp4BcFCsAX0wF421Vyce5S"
+                           "XP17c+Jd5otXKGNehIonFlyQXSowL6Mw=="),
+}
+NPM_REGISTRY = "https://registry.npmjs.org"
+# what the build needs besides the package: the [book] extra of pyproject.toml
+BOOK_MODULES = ("papermill", "nbformat", "jupyter_book", "ipykernel", "yaml")
 # what of each npm tarball is kept, and where it goes under <html>/vendor/
 VENDOR_LAYOUT = {
     "mathjax": ("package/es5/", "mathjax/es5/"),
@@ -355,32 +371,40 @@ def print_timings(runs: list[ChapterRun], html: dict | None) -> None:
 
 # --- step 3: HTML ---------------------------------------------------------------------
 
+def vendor_url(name: str, version: str) -> str:
+    """The npm registry's address of a package's tarball."""
+    return f"{NPM_REGISTRY}/{name}/-/{name.rsplit('/', 1)[-1]}-{version}.tgz"
+
+
 def fetch_vendor(out: Path) -> Path:
-    """MathJax, the widget embedder and RequireJS from npm, unpacked under ``out``."""
-    cache, extra = out / "vendor" / "npm", out / "vendor" / "extra"
+    """MathJax, the widget embedder and RequireJS, unpacked under ``out/vendor``.
+
+    The tarballs come straight from the npm registry over HTTPS (no npm needed),
+    checked against the registry's integrity hashes in :data:`VENDOR` and kept in
+    the download cache (:func:`twotower.sources.default_cache_dir`). ``make setup``
+    runs this (``python -m twotower.book vendor``), so a build never starts without them.
+
+    Raises:
+        TwotowerError: a tarball that cannot be downloaded or does not match its hash.
+    """
+    from .sources import default_cache_dir, download
+
+    extra = out / "vendor" / "extra"
     target = extra / "vendor"
     if (target / "mathjax/es5/tex-mml-chtml.js").is_file() and \
             (target / "html-manager/dist/embed-amd.js").is_file() and \
             (target / "requirejs/require.js").is_file():
         return extra
-    cache.mkdir(parents=True, exist_ok=True)
-    npm = shutil.which("npm")
-    if npm is None:
-        raise TwotowerError("npm is needed once to fetch MathJax and the widget "
-                            "embedder; install Node.js (apt-get install -y nodejs npm)")
-    specs = [f"{name}@{version}" for name, version in VENDOR.items()]
-    done = subprocess.run([npm, "pack", *specs, "--silent"], cwd=cache,
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        raise TwotowerError(f"npm pack {' '.join(specs)} failed: "
-                            f"{(done.stderr or done.stdout).strip().splitlines()[-1:]}")
+    tarballs = {}
+    for name, (version, integrity) in VENDOR.items():
+        algorithm, digest = integrity.split("-", 1)
+        tarballs[name] = download(vendor_url(name, version),
+                                  f"{algorithm}:{base64.b64decode(digest).hex()}",
+                                  default_cache_dir() / "downloads" / "npm",
+                                  fix="the HTML needs it once (or build with --no-html)")
     shutil.rmtree(target, ignore_errors=True)
-    for tarball in cache.glob("*.tgz"):
-        prefix = next((key for key in VENDOR_LAYOUT if tarball.name.startswith(key)),
-                      None)
-        if prefix is None:
-            continue
-        inside, destination = VENDOR_LAYOUT[prefix]
+    for name, tarball in tarballs.items():
+        inside, destination = VENDOR_LAYOUT[name.replace("@", "").replace("/", "-")]
         with tarfile.open(tarball) as archive:
             for member in archive.getmembers():
                 if not member.isfile() or not member.name.startswith(inside) or \
@@ -393,6 +417,35 @@ def fetch_vendor(out: Path) -> Path:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_bytes(archive.extractfile(member).read())
     return extra
+
+
+def preflight(root: Path, out: Path | None, wanted: list[str] | None = None) -> None:
+    """Check, in seconds, what a build needs before any chapter runs: the ``[book]``
+    modules, the Jupyter kernel, every bundled corpus and (for the HTML) the vendor
+    assets. The first missing piece is one line naming the fix.
+
+    Raises:
+        TwotowerError: naming what is missing and how to get it.
+    """
+    from importlib.util import find_spec
+
+    from . import sources
+
+    missing = [name for name in BOOK_MODULES if find_spec(name) is None]
+    if missing:
+        raise TwotowerError(f"the book build needs {', '.join(missing)}: run make setup, "
+                            "or pip install -e '.[book]'")
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+    try:
+        KernelSpecManager().get_kernel_spec("python3")
+    except NoSuchKernel:
+        raise TwotowerError("no Jupyter kernel 'python3': run pip install ipykernel in "
+                            "this environment (make setup does)") from None
+    select_chapters(chapters(root), wanted)
+    sources.check()
+    if out is not None:
+        fetch_vendor(out)
 
 
 def offline_problems(html: Path) -> list[str]:
@@ -496,6 +549,7 @@ def build(root: Path, out: Path, preset: str, seed: int, device: str,
         raise TwotowerError(f"unknown preset {preset!r}; choose one of "
                             f"{', '.join(PRESETS)}")
     out = out.resolve()
+    preflight(root, out if html else None, wanted)
     executed = out / "executed"
     runs_dir = (runs_dir or out / "runs" / preset).resolve()
     runs_dir.mkdir(parents=True, exist_ok=True)
@@ -551,6 +605,9 @@ def main(argv: list[str] | None = None) -> int:
                         "departs from the chapter template")
     commands.add_parser("strip", help="remove outputs and execution counts in place")
     commands.add_parser("links", help="rewrite Colab links from _config.yml")
+    vendor = commands.add_parser("vendor", help="fetch the HTML's MathJax and widget "
+                                 "assets (make setup runs this)")
+    vendor.add_argument("--out", type=Path, default=Path("_build"))
     args = parser.parse_args(argv)
     try:
         root = find_root(args.root)
@@ -576,6 +633,9 @@ def main(argv: list[str] | None = None) -> int:
                 if strip_notebook(notebook):
                     _write(notebook, chapter)
                     print(f"stripped {chapter.relative_to(root)}")
+            return 0
+        if args.command == "vendor":
+            print(f"vendor assets in {fetch_vendor(args.out.resolve()) / 'vendor'}")
             return 0
         if args.command == "links":
             for chapter in chapters(root):

@@ -77,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--device", help="auto (default), cpu, cuda, cuda:N, mps")
     run.add_argument("--precision", choices=PRECISIONS)
     run.add_argument("--corpus", help="wikitext-2, wikitext-103 or a path to .txt files")
-    run.add_argument("--source", choices=("auto", "hub", "bundled"))
+    run.add_argument("--source", choices=("auto", "bundled", "online", "hub"),
+                     help="bundled copy, the Hub (online; hub means the same), or auto")
     run.add_argument("--baseline", action="store_true",
                      help="also train the parameter-matched single-tower model")
     run.add_argument("--control", choices=[c for c in CONTROLS if c],

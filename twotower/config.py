@@ -86,7 +86,7 @@ class DataConfig:
     """Which text, which tokenizer, and how it is cut into windows."""
 
     corpus: str = "wikitext-2"  # "wikitext-2" or "wikitext-103" (raw, from the Hub)
-    source: str = "auto"  # "auto": Hub, else bundled sample; "hub"; "bundled"
+    source: str = "auto"  # "auto", "bundled" or "online" (twotower.sources)
     tokenizer: str = "train"  # "train": WordPiece on the corpus; "bert-base-uncased"
     vocab_size: int = 8192  # target size when the tokenizer is trained here
     max_len: int = 128  # tokens per window, [CLS] included

@@ -1,11 +1,11 @@
-"""Text in: WikiText from the Hub, the bundled copy, or your own ``.txt`` files.
+"""Text in: WikiText bundled with the package or from the Hub, or your own ``.txt`` files.
 
 Introduced in chapter 3 (*Data and tokens*).
 
 :func:`load_corpus` returns articles (title + paragraphs), whichever the source; the
-bundled copy and the Hub go through the same ``datasets.load_dataset`` code path and
-the same article parser. :func:`split_articles` holds out validation articles, so no
-article is on both sides.
+bundled copy (checked by :mod:`twotower.sources`) and the Hub go through the same
+``datasets.load_dataset`` code path and the same article parser. :func:`split_articles`
+holds out validation articles, so no article is on both sides.
 """
 
 from __future__ import annotations
@@ -15,19 +15,20 @@ import os
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
 
+from . import sources
 from .errors import TwotowerError
+from .sources import default_cache_dir
 from .tokenizer import hub_is_reachable
 
 log = logging.getLogger(__name__)
 
 HUB_CONFIGS = {"wikitext-2": "wikitext-2-raw-v1", "wikitext-103": "wikitext-103-raw-v1"}
 BUNDLED_FILES = {"wikitext-2": ("valid.txt.xz", "test.txt.xz")}
-SOURCES = ("auto", "hub", "bundled", "local")
+FALLBACK = "wikitext-2"  # what "auto" reads when a corpus needs the Hub and it is down
 PARAGRAPHS_PER_ARTICLE = 20  # plain text without title lines is cut into such articles
 
 # " = Title = " starts an article; " = = Section = = " does not.
@@ -41,14 +42,8 @@ class Corpus:
     """A list of articles; each is its paragraphs joined with ``"\\n"``, title first."""
 
     name: str
-    source: str  # "hub", "bundled" or "local"
+    source: str  # "online", "bundled" or "local"
     articles: list[str]
-
-
-
-def default_cache_dir() -> Path:
-    """``$TWOTOWER_CACHE`` if set, else ``~/.cache/twotower``."""
-    return Path(os.environ.get("TWOTOWER_CACHE") or Path.home() / ".cache" / "twotower")
 
 
 def clean_wikitext(line: str) -> str:
@@ -111,21 +106,21 @@ def load_corpus(
     Args:
         corpus: ``"wikitext-2"``, ``"wikitext-103"``, or the path of a UTF-8 ``.txt``
             file or of a folder of them (searched recursively, hidden folders skipped).
-        source: ``"hub"`` (``datasets.load_dataset`` of Salesforce/wikitext, train +
-            validation + test), ``"bundled"`` (WikiText-2 validation + test shipped with
-            the package, read through the same ``datasets`` code path), or ``"auto"``
-            (the Hub if it answers within 2 s, else the bundled copy). Paths need
-            ``"auto"`` or ``"local"``.
+        source: ``"bundled"`` (WikiText-2 validation + test shipped with the package),
+            ``"online"`` (``datasets.load_dataset`` of Salesforce/wikitext from the
+            Hugging Face Hub, train + validation + test; ``"hub"`` means the same), or
+            ``"auto"``: the bundled copy of a bundled corpus, the Hub for WikiText-103,
+            and the bundled WikiText-2 with a warning when the Hub does not answer
+            within 2 s (results then differ from an online run). Paths need ``"auto"``
+            or ``"local"``.
         cache_dir: where ``datasets`` keeps the bundled copy's Arrow cache; defaults to
             :func:`default_cache_dir`. Hub downloads use the usual Hugging Face cache.
 
     Raises:
         TwotowerError: unknown corpus or source, missing path, non-UTF-8 or empty text,
-            a corpus that is not bundled while offline.
+            a damaged bundled file, the Hub asked for while offline.
     """
-    if source not in SOURCES:
-        raise TwotowerError(
-            f"unknown source {source!r}; choose one of {', '.join(SOURCES)}")
+    source = sources.parse_source(source)
     if corpus not in HUB_CONFIGS:
         if source not in ("auto", "local"):
             raise TwotowerError(
@@ -134,19 +129,20 @@ def load_corpus(
         return _load_local(Path(corpus))
     if source == "local":
         raise TwotowerError(f"source='local' needs a path, but {corpus!r} names a Hub "
-                            "corpus; use source='auto', 'hub' or 'bundled'")
-    if source == "auto":
-        online = hub_is_reachable()
-        if not online and corpus not in BUNDLED_FILES:
-            raise TwotowerError(
-                f"{corpus} is not bundled and the Hugging Face Hub is unreachable; go "
-                "online, or use corpus='wikitext-2' (bundled)")
-        source = "hub" if online else "bundled"
-        log.info("corpus %s: using the %s copy%s", corpus, source,
-                 "" if online else " (Hugging Face Hub unreachable)")
-    if source == "hub":
+                            "corpus; use source='auto', 'online' or 'bundled'")
+    cache = Path(cache_dir or default_cache_dir())
+    if source == "auto" and corpus in BUNDLED_FILES:
+        source = "bundled"
+    elif source == "auto":
+        if not hub_is_reachable():
+            log.warning("%s needs the Hugging Face Hub, which does not answer: using the "
+                        "bundled %s instead, so sizes and results differ from an online "
+                        "run", corpus, FALLBACK)
+            return _load_bundled(FALLBACK, cache)
+        source = "online"
+    if source == "online":
         return _load_hub(corpus)
-    return _load_bundled(corpus, Path(cache_dir or default_cache_dir()))
+    return _load_bundled(corpus, cache)
 
 
 def _load_hub(corpus: str) -> Corpus:
@@ -157,7 +153,7 @@ def _load_hub(corpus: str) -> Corpus:
     if not cached_only and not hub_is_reachable():
         raise TwotowerError(
             f"cannot reach the Hugging Face Hub to download {corpus}; use "
-            "source='bundled' (wikitext-2 only) or source='auto'")
+            "source='bundled' (wikitext-2) or source='auto'")
     try:
         splits = datasets.load_dataset("Salesforce/wikitext", HUB_CONFIGS[corpus])
     except (ConnectionError, OSError) as error:
@@ -166,7 +162,7 @@ def _load_hub(corpus: str) -> Corpus:
                             ) from error
     articles = [article for split in ("train", "validation", "test")
                 for article in wikitext_articles(splits[split]["text"])[0]]
-    return _checked(Corpus(corpus, "hub", articles), f"the Hub's {corpus}")
+    return _checked(Corpus(corpus, "online", articles), f"the Hub's {corpus}")
 
 
 def _load_bundled(corpus: str, cache_dir: Path) -> Corpus:
@@ -174,9 +170,8 @@ def _load_bundled(corpus: str, cache_dir: Path) -> Corpus:
 
     if corpus not in BUNDLED_FILES:
         raise TwotowerError(f"{corpus} is not bundled (only {', '.join(BUNDLED_FILES)} "
-                            "is); use source='hub' on a machine that is online")
-    folder = resources.files(__package__) / "_data" / corpus
-    files = [str(folder / name) for name in BUNDLED_FILES[corpus]]
+                            "is); use source='online' on a machine that is online")
+    files = [str(sources.bundled_file(corpus, name)) for name in BUNDLED_FILES[corpus]]
     # datasets decompresses .xz itself; the Arrow cache stays in our cache folder.
     table = datasets.load_dataset("text", data_files=files, split="train",
                                   cache_dir=str(cache_dir / "datasets"))

@@ -63,7 +63,7 @@ class PreparedData:
     train: np.ndarray  # (N_train, T) int64 windows
     val: np.ndarray  # (N_val, T) int64 windows, in corpus order
     corpus_name: str
-    source: str  # "hub", "bundled" or "local"
+    source: str  # "online", "bundled" or "local"
     n_train_tokens: int  # non-PAD tokens in train ([CLS] included)
     n_val_tokens: int  # non-PAD tokens in val
 

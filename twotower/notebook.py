@@ -9,11 +9,16 @@ from __future__ import annotations
 
 import io
 import sys
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from . import plotting
+from .errors import TwotowerError
+
+if TYPE_CHECKING:
+    import torch
 
 
 def in_colab() -> bool:
@@ -31,34 +36,125 @@ def in_ipython() -> bool:
     return shell is not None and hasattr(shell, "kernel")
 
 
-def setup(seed: int = 0, device: str = "auto", *, quiet: bool = False):
-    """Seed everything, apply the book's figure style, and pick the device.
+def setup(preset: str = "auto", seed: int = 0, device: str = "auto", *,
+          data: Sequence[str] = (), quiet: bool = False) -> tuple[str, "torch.device"]:
+    """Pick the preset and the device, seed everything, style figures, check the data.
+
+    Every chapter's first code cell calls this, so a chapter that cannot run stops here,
+    in seconds, before it trains anything.
 
     Args:
+        preset: a preset name, or ``"auto"``: ``"colab"`` on a CUDA GPU, ``"small"``
+            elsewhere (see :func:`choose_preset`).
         seed: Seed of Python's, NumPy's and torch's random generators.
         device: ``"auto"`` (CUDA, else Apple MPS, else CPU), or a torch device name such
             as ``"cpu"`` or ``"cuda:0"``.
-        quiet: Do not print the one-line summary.
+        data: corpora the chapter reads besides its preset's own (e.g.
+            ``("ud-english-ewt",)``); see :func:`check_data`.
+        quiet: Do not print the two summary lines.
 
     Returns:
-        torch.device: The device the chapter should use.
+        The preset's name and the torch device the chapter should use.
 
     Raises:
-        TwotowerError: ``device`` is unknown or not available on this machine.
+        TwotowerError: an unknown preset or device, or a missing or damaged corpus.
     """
     import torch
 
     from .runtime import resolve_device, seed_everything
 
+    chosen = resolve_device(device)
+    name = choose_preset(preset, chosen)
+    found = check_data(name, data)
     seed_everything(int(seed))
     plotting.setup()
-    chosen = resolve_device(device)
     if not quiet:
         from . import __version__
         where = "Colab" if in_colab() else "local"
+        how = f" (auto: {'GPU' if name == GPU_PRESET else 'no CUDA GPU'})" \
+            if preset == "auto" else ""
         print(f"twotower {__version__} | torch {torch.__version__} | device {chosen} "
-              f"| seed {seed} | {where}, {torch.get_num_threads()} CPU threads")
-    return chosen
+              f"| preset {name}{how} | seed {seed} | {where}, "
+              f"{torch.get_num_threads()} CPU threads")
+        print("data: " + "; ".join(found))
+    return name, chosen
+
+
+GPU_PRESET, CPU_PRESET = "colab", "small"  # what PRESET = "auto" becomes
+
+
+def choose_preset(preset: str, device: "torch.device") -> str:
+    """``"auto"`` -> :data:`GPU_PRESET` on a CUDA device, else :data:`CPU_PRESET`; any
+    other name is returned once it is known to be a preset.
+
+    Raises:
+        TwotowerError: for an unknown preset.
+    """
+    from .config import PRESETS
+
+    if preset == "auto":
+        return GPU_PRESET if device.type == "cuda" else CPU_PRESET
+    if preset not in PRESETS:
+        raise TwotowerError(f"unknown preset {preset!r}; choose auto or one of "
+                            f"{', '.join(PRESETS)}")
+    return preset
+
+
+def check_data(preset: str, extra: Sequence[str] = ()) -> list[str]:
+    """Check the corpora a chapter needs: its preset's corpus and ``extra``.
+
+    A bundled corpus is checked against its SHA-256 sums (milliseconds). A corpus that
+    only the Hub has (WikiText-103, the ``colab`` preset's) needs the Hub; when it does
+    not answer, the chapter runs on the bundled WikiText-2 and says so, since every
+    number then differs from an online run.
+
+    Returns:
+        One phrase per corpus saying where it comes from.
+
+    Raises:
+        TwotowerError: naming a missing or damaged file and the fix.
+    """
+    from . import sources
+    from .config import get_preset
+    from .corpus import FALLBACK
+    from .tokenizer import hub_is_reachable
+
+    found = []
+    for name in dict.fromkeys([get_preset(preset).data.corpus, *extra]):
+        if name in sources.CORPORA:
+            sources.check(name)
+            found.append(f"{name} (bundled, checked)")
+        elif hub_is_reachable():
+            found.append(f"{name} (Hugging Face Hub)")
+        else:
+            sources.check(FALLBACK)
+            found.append(f"{name} needs the Hugging Face Hub, which does not answer: "
+                         f"the bundled {FALLBACK} is used instead, so the numbers "
+                         "differ from an online run")
+    return found
+
+
+DRIVE_RUNS = "/content/drive/MyDrive/twotower/runs"
+
+
+def runs_on_drive(runs_dir: str, folder: str = DRIVE_RUNS) -> str:
+    """Keep the runs on Google Drive: in Colab, mount Drive (Colab asks for permission)
+    and return ``folder``; anywhere else, say so and return ``runs_dir`` unchanged.
+
+    Colab's own disk is wiped when a session ends; runs on Drive are found again by the
+    next session and by later chapters (the run cache checks them before training).
+    """
+    if not in_colab():
+        print(f"not in Colab: runs stay in {runs_dir}")
+        return runs_dir
+    import os
+
+    from google.colab import drive
+
+    drive.mount("/content/drive")
+    os.makedirs(folder, exist_ok=True)
+    print(f"runs are kept on your Google Drive, in {folder}")
+    return folder
 
 
 # --- live loss plot -------------------------------------------------------------------

@@ -17,6 +17,8 @@ enhanced graph (``3.1``) are skipped, so heads always index the words kept.
 
 from __future__ import annotations
 
+import io
+import lzma
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -27,14 +29,16 @@ import numpy as np
 from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import shortest_path
 
+from . import sources
 from .errors import TwotowerError
 
 FUNCTION_UPOS = ("ADP", "DET", "PRON", "AUX", "CCONJ", "SCONJ", "PART", "PUNCT")
 CONTENT_UPOS = ("NOUN", "VERB", "ADJ", "ADV", "PROPN", "NUM")
 
+UD_CORPUS = "ud-english-ewt"  # its folder in twotower/_data (see twotower.sources)
 UD_DIR_ENV = "TWOTOWER_UD_DIR"
 UD_EWT_URL = "https://github.com/UniversalDependencies/UD_English-EWT"
-UD_EWT_SPLITS = ("dev", "test")
+UD_EWT_SPLITS = ("dev", "test")  # the splits that ship with the package
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: comparing numpy fields is ambiguous
@@ -59,50 +63,64 @@ class Sentence:
 def ud_english_ewt_paths(
     directory: str | os.PathLike | None = None,
     splits: Sequence[str] = UD_EWT_SPLITS,
+    source: str = "auto",
+    cache_dir: str | os.PathLike | None = None,
 ) -> list[Path]:
-    """Find the CoNLL-U files of UD English EWT on disk.
-
-    Looks in ``directory`` if given; else in the directory named by the environment
-    variable ``TWOTOWER_UD_DIR`` if set; else in ``shared/data/ud-english-ewt`` next to
-    the repository, then next to the current directory and each of its parents (so a
-    notebook in ``book/`` finds it too). An explicit directory is never silently
-    replaced by another one.
+    """The CoNLL-U files of UD English EWT: bundled, from the official release, or yours.
 
     Args:
-        directory: where ``en_ewt-ud-{split}.conllu`` live, or None to search.
+        directory: a folder of your own ``en_ewt-ud-{split}.conllu`` files (another
+            release, say); ``$TWOTOWER_UD_DIR`` is read when this is None. Either one
+            makes ``source="auto"`` mean that folder.
         splits: which files to return, e.g. ``("dev", "test")``.
+        source: ``"bundled"`` (release 2.16, shipped with the package and checked
+            against its SHA-256), ``"online"`` (the same files of the release tag
+            r2.16 on GitHub, downloaded once into ``cache_dir`` and checked),
+            ``"local"`` (``directory``), or ``"auto"`` (``directory`` if one is named,
+            else bundled).
+        cache_dir: where downloads are kept (default
+            :func:`twotower.sources.default_cache_dir`).
 
     Returns:
-        One path per split, in the order of ``splits``.
+        One path per split, in the order of ``splits``; :func:`load_ud` reads them.
 
     Raises:
-        TwotowerError: if the files are not where they were looked for.
+        TwotowerError: an unknown split or source; files that are missing or damaged.
     """
-    names = [f"en_ewt-ud-{split}.conllu" for split in splits]
+    source = sources.parse_source(source)
+    unknown = [split for split in splits if split not in UD_EWT_SPLITS]
+    if unknown:
+        raise TwotowerError(f"UD English EWT split(s) {unknown} are not bundled; "
+                            f"choose among {', '.join(UD_EWT_SPLITS)}")
     explicit = directory if directory is not None else os.environ.get(UD_DIR_ENV)
-    if explicit:
-        candidates = [Path(explicit)]
-    else:
-        repo = Path(__file__).resolve().parent.parent
-        bases = [repo.parent, *Path.cwd().resolve().parents]
-        candidates = list(dict.fromkeys(b / "shared" / "data" / "ud-english-ewt"
-                                        for b in bases))
-    for folder in candidates:
-        if all((folder / name).is_file() for name in names):
-            return [folder / name for name in names]
-    where = str(candidates[0]) if explicit else "../shared/data/ud-english-ewt"
-    raise TwotowerError(
-        f"UD English EWT files {', '.join(names)} not found in {where}; download them "
-        f"from {UD_EWT_URL} into ../shared/data/ud-english-ewt (next to the repository)"
-        f" or set {UD_DIR_ENV} to their directory"
-    )
+    if source == "local" or (source == "auto" and explicit):
+        return _local_ud_paths(explicit, splits)
+    names = [f"en_ewt-ud-{split}.conllu.xz" for split in splits]
+    if source == "online":
+        return [sources.release_file(UD_CORPUS, name, cache_dir) for name in names]
+    return [sources.bundled_file(UD_CORPUS, name) for name in names]
+
+
+def _local_ud_paths(folder: str | os.PathLike | None,
+                    splits: Sequence[str]) -> list[Path]:
+    if not folder:
+        raise TwotowerError(f"source='local' needs a folder: pass directory=... or set "
+                            f"{UD_DIR_ENV}")
+    paths = [Path(folder) / f"en_ewt-ud-{split}.conllu" for split in splits]
+    missing = [path.name for path in paths if not path.is_file()]
+    if missing:
+        raise TwotowerError(
+            f"UD English EWT files {', '.join(missing)} not found in {folder}; put them "
+            f"there (from {UD_EWT_URL}), unset {UD_DIR_ENV}, or use source='bundled'")
+    return paths
 
 
 def load_ud(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Sentence]:
     """Read the syntactic words, UPOS tags and heads of CoNLL-U files.
 
     Args:
-        paths: one CoNLL-U file or several; sentences are returned in file order.
+        paths: one CoNLL-U file or several (``.conllu`` or xz-compressed
+            ``.conllu.xz``); sentences are returned in file order.
 
     Returns:
         Every sentence of every file, skipping multiword-token and empty-node lines.
@@ -118,12 +136,22 @@ def load_ud(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Sent
         if not path.is_file():
             raise TwotowerError(f"CoNLL-U file {path} not found; check the path "
                                 f"(see ud_english_ewt_paths)")
-        with path.open(encoding="utf-8") as handle:
-            for token_list in conllu.parse_incr(handle):
-                sentence = _to_sentence(token_list)
-                if len(sentence):
-                    sentences.append(sentence)
+        try:
+            with _open_text(path) as handle:
+                for token_list in conllu.parse_incr(handle):
+                    sentence = _to_sentence(token_list)
+                    if len(sentence):
+                        sentences.append(sentence)
+        except (lzma.LZMAError, EOFError, UnicodeDecodeError) as error:
+            raise TwotowerError(f"{path} is damaged or not UTF-8 CoNLL-U "
+                                f"({type(error).__name__}); get a fresh copy") from None
     return sentences
+
+
+def _open_text(path: Path) -> io.TextIOBase:
+    if path.suffix == ".xz":
+        return lzma.open(path, "rt", encoding="utf-8")
+    return path.open(encoding="utf-8")
 
 
 def _to_sentence(token_list: conllu.TokenList) -> Sentence:

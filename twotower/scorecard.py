@@ -218,17 +218,13 @@ def main_class_effect(main: RunPreference, upos: dict | None = None,
     """:class:`twotower.syntax.ClassEffect` of a run's raw pref.
 
     ``upos`` (id -> tag, see :func:`twotower.pos.dominant_upos`) defaults to UD English
-    EWT mapped with the run's own tokenizer; None is returned when UD is not on disk.
+    EWT (bundled with the package) mapped with the run's own tokenizer.
     """
     from . import pos
     from .data import prepare_data
-    from .errors import TwotowerError
 
     if upos is None:
-        try:
-            sentences = pos.load_ud(pos.ud_english_ewt_paths())
-        except TwotowerError:
-            return None
+        sentences = pos.load_ud(pos.ud_english_ewt_paths())
         upos = pos.dominant_upos(sentences, prepare_data(main.config.data).tokenizer)
     table = syntax.pos_table(main.preference, upos)
     return syntax.function_content_effect(table, n_perm, n_bins, seed)
