@@ -439,3 +439,23 @@ def test_docstring_extension_escapes_absolute_values_but_not_literals_or_tables(
                      "| a | b |", ">>> |z|"]
     assert twotower_docs._defined("twotower.errors", "TwotowerError")
     assert not twotower_docs._defined("twotower.errors", "NoSuchThing")
+
+
+def test_runs_on_drive_mounts_drive_in_colab_and_changes_nothing_elsewhere(
+        tmp_path, monkeypatch, capsys):
+    import sys
+    import types
+
+    from twotower.notebook import runs_on_drive
+
+    assert runs_on_drive("runs") == "runs"
+    assert "not in Colab" in capsys.readouterr().out
+    mounted = []
+    drive = types.SimpleNamespace(mount=mounted.append)
+    colab = types.ModuleType("google.colab")
+    colab.drive = drive
+    monkeypatch.setitem(sys.modules, "google", types.ModuleType("google"))
+    monkeypatch.setitem(sys.modules, "google.colab", colab)
+    folder = tmp_path / "MyDrive" / "twotower" / "runs"
+    assert runs_on_drive("runs", str(folder)) == str(folder)
+    assert mounted == ["/content/drive"] and folder.is_dir()

@@ -261,3 +261,16 @@ def test_bundled_loaders_agree_with_the_shipped_text():
     first = pos.load_ud(pos.ud_english_ewt_paths(splits=("dev",)))[0]
     assert first.words == ["From", "the", "AP", "comes", "this", "story", ":"]
     assert np.array_equal(first.heads, [3, 3, 4, 0, 6, 4, 4])
+
+
+def test_data_command_lists_and_checks_the_bundled_corpora(package_copy, capsys):
+    from twotower.cli import main
+
+    assert main(["data"]) == 0
+    out = capsys.readouterr().out
+    for name, corpus in sources.CORPORA.items():
+        assert f"{name}: {corpus.title}" in out and corpus.license in out
+    (package_copy / "wikitext-2" / "test.txt.xz").write_bytes(b"")
+    assert main(["data"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: bundled file") and len(err.splitlines()) == 1

@@ -1,4 +1,4 @@
-"""Command line: ``python -m twotower run|presets ...``.
+"""Command line: ``python -m twotower run|presets|data ...``.
 
 Every mistake a user can make ends in one line on stderr, ``error: ...`` naming the fix,
 and exit status 2; never a traceback from inside the library.
@@ -91,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--quiet", action="store_true", help="no progress bars")
 
     sub.add_parser("presets", help="list the presets and their sizes")
+    sub.add_parser("data", help="list the bundled corpora, check them, and say where "
+                   "each comes from online")
     sub.add_parser("bench", help="speed figures (see python -m twotower bench --help)")
     return parser
 
@@ -120,6 +122,19 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
                               baseline=args.baseline or cfg.baseline,
                               control=args.control or cfg.control)
     return cfg.validate()
+
+
+def _print_data() -> None:
+    from . import sources
+
+    for name, corpus in sources.CORPORA.items():
+        sources.check(name)  # one line naming a damaged file, before anything printed
+        files = sources.checksums(name)
+        size = sum((sources.data_dir() / name / file).stat().st_size for file in files)
+        print(f"{name}: {corpus.title}\n  {len(files)} files, {size / 1e6:.2f} MB "
+              f"compressed, checked against SHA256SUMS; license: {corpus.license}\n"
+              f"  online: {corpus.official}")
+    print(f"in {sources.data_dir()}; each folder's LICENSE.md has the attribution")
 
 
 def _print_presets() -> None:
@@ -168,6 +183,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "presets":
             _print_presets()
+            return 0
+        if args.command == "data":
+            _print_data()
             return 0
         cfg = config_from_args(args)
         from .distributed import init_from_env

@@ -37,7 +37,7 @@ def in_ipython() -> bool:
 
 
 def setup(preset: str = "auto", seed: int = 0, device: str = "auto", *,
-          data: Sequence[str] = (), quiet: bool = False) -> tuple[str, "torch.device"]:
+          data: Sequence[str] = (), quiet: bool = False) -> tuple[str, torch.device]:
     """Pick the preset and the device, seed everything, style figures, check the data.
 
     Every chapter's first code cell calls this, so a chapter that cannot run stops here,
@@ -83,7 +83,7 @@ def setup(preset: str = "auto", seed: int = 0, device: str = "auto", *,
 GPU_PRESET, CPU_PRESET = "colab", "small"  # what PRESET = "auto" becomes
 
 
-def choose_preset(preset: str, device: "torch.device") -> str:
+def choose_preset(preset: str, device: torch.device) -> str:
     """``"auto"`` -> :data:`GPU_PRESET` on a CUDA device, else :data:`CPU_PRESET`; any
     other name is returned once it is known to be a preset.
 

@@ -5,8 +5,9 @@ treebank and captions through it.
 
 The package ships three real corpora, compressed, each with its license next to it in
 ``twotower/_data/``: WikiText-2 (validation and test), UD English EWT (dev and test) and
-Multi30k (English, German, French). :data:`CORPORA` lists every bundled file with its
-SHA-256, so a damaged or truncated copy is caught before anything trains:
+Multi30k (English, German, French). :data:`CORPORA` describes each one, and the
+``SHA256SUMS`` beside its files lists their hashes, so a damaged or truncated copy is
+caught before anything trains:
 
 * :func:`bundled_file` returns the path of one bundled file after checking it;
 * :func:`check` checks whole corpora, which every chapter does in its first code cell;
@@ -38,7 +39,8 @@ log = logging.getLogger(__name__)
 SOURCES = ("auto", "bundled", "online", "local")
 LEGACY_SOURCES = {"hub": "online"}  # the name of "online" in run configs saved before
 DOWNLOAD_TIMEOUT = 60.0  # seconds without an answer before a download gives up
-REINSTALL = "reinstall twotower (pip install --force-reinstall --no-deps twotower)"
+REINSTALL = ("reinstall twotower (in a clone: git checkout -- twotower/_data; else "
+             "pip install --force-reinstall --no-deps twotower)")
 
 
 @dataclass(frozen=True)
