@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import sys
+import textwrap
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -51,7 +52,7 @@ def setup(preset: str = "auto", seed: int = 0, device: str = "auto", *,
             as ``"cpu"`` or ``"cuda:0"``.
         data: corpora the chapter reads besides its preset's own (e.g.
             ``("ud-english-ewt",)``); see :func:`check_data`.
-        quiet: Do not print the two summary lines.
+        quiet: Do not print the summary (what runs where, and the data).
 
     Returns:
         The preset's name and the torch device the chapter should use.
@@ -73,10 +74,10 @@ def setup(preset: str = "auto", seed: int = 0, device: str = "auto", *,
         where = "Colab" if in_colab() else "local"
         how = f" (auto: {'GPU' if name == GPU_PRESET else 'no CUDA GPU'})" \
             if preset == "auto" else ""
-        print(f"twotower {__version__} | torch {torch.__version__} | device {chosen} "
-              f"| preset {name}{how} | seed {seed} | {where}, "
+        print(f"twotower {__version__} | torch {torch.__version__} | {where}, "
               f"{torch.get_num_threads()} CPU threads")
-        print("data: " + "; ".join(found))
+        print(f"device {chosen} | preset {name}{how} | seed {seed}")
+        print(textwrap.fill("data: " + "; ".join(found), 76, subsequent_indent="  "))
     return name, chosen
 
 
