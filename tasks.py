@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Set up and run the book on a fresh machine: only Python 3.10+ is needed, not root.
 
-    python3 tasks.py book     # set up, run every chapter at the CPU preset, build the HTML
-    python3 tasks.py test     # set up, build the smoke book and pass the tests (CI's run)
+    python3 tasks.py book   # set up, run every chapter at the CPU preset, build the HTML
+    python3 tasks.py test   # set up, build the smoke book and pass the tests (CI's run)
 
 Other tasks: ``setup`` (only the environment), ``smoke-book``, ``pytest``, ``browser``,
 ``student``, ``lab`` (JupyterLab on the chapters). ``make TASK`` runs the same.
@@ -113,12 +113,12 @@ def install_torch() -> None:
         say(f"an NVIDIA GPU is present: installing {TORCH} from PyPI (CUDA build)")
         run(PY, "-m", "pip", "install", "--quiet", TORCH)
     elif answers(TORCH_CPU_INDEX + "/"):
-        say(f"no NVIDIA GPU: installing the CPU build of {TORCH} from {TORCH_CPU_INDEX}")
+        say(f"no NVIDIA GPU: the CPU build of {TORCH}, from {TORCH_CPU_INDEX}")
         run(PY, "-m", "pip", "install", "--quiet", TORCH, "--extra-index-url",
             TORCH_CPU_INDEX)
     else:
         say(f"no NVIDIA GPU, and {TORCH_CPU_INDEX} does not answer: installing {TORCH} "
-            "from the configured package indexes (on plain PyPI that is the CUDA build)")
+            "from the configured package indexes (on plain PyPI: the CUDA build)")
         run(PY, "-m", "pip", "install", "--quiet", TORCH)
 
 
@@ -158,8 +158,8 @@ def browser() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("task", choices=("setup", "book", "smoke-book", "test", "pytest",
-                                         "browser", "student", "lab"))
+    parser.add_argument("task", choices=("setup", "book", "smoke-book", "test",
+                                         "pytest", "browser", "student", "lab"))
     parser.add_argument("--preset", default=os.environ.get("PRESET", "small"),
                         help="preset of the book task (default small)")
     args = parser.parse_args(argv)

@@ -256,7 +256,7 @@ def test_build_checks_what_it_needs_before_the_first_chapter(tmp_path, monkeypat
         expected = "could not download http://127.0.0.1:9/mathjax"
     elif missing == "module":
         monkeypatch.setattr(book, "BOOK_MODULES", (*book.BOOK_MODULES, "no_such_mod"))
-        expected = "the book build needs no_such_mod: run make setup"
+        expected = "the book build needs no_such_mod: run python3 tasks.py setup"
     else:
         copy = tmp_path / "_data"
         shutil.copytree(sources.data_dir(), copy)

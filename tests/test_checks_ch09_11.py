@@ -27,19 +27,24 @@ def _aligned_never_flipped(pref_a, pref_b):
     return checks._aligned_correlation(pref_a, pref_b)[0], False
 
 
-def _ceiling_without_step_up(r_half_a, r_half_b):
-    return float(np.sqrt(r_half_a * r_half_b)) if min(r_half_a, r_half_b) > 0 \
-        else float("nan")
+def _r(x, y):
+    return float(np.corrcoef(x, y)[0, 1])
 
 
-def _ceiling_arithmetic_mean(r_half_a, r_half_b):
-    rel = [2 * r / (1 + r) for r in (r_half_a, r_half_b)]
-    return (rel[0] + rel[1]) / 2 if min(rel) > 0 else float("nan")
+def _not_disattenuated(a0, a1, b0, b1):
+    return (_r(a0, b1) + _r(a1, b0)) / 2
 
 
-def _ceiling_of_two_negatives(r_half_a, r_half_b):
-    rel = [2 * r / (1 + r) for r in (r_half_a, r_half_b)]
-    return float(np.sqrt(rel[0] * rel[1])) if rel[0] * rel[1] > 0 else float("nan")
+def _stepped_up_reliabilities(a0, a1, b0, b1):
+    rel = [2 * r / (1 + r) for r in (_r(a0, a1), _r(b0, b1))]  # full-length ones
+    cross = (_r(a0, b1) + _r(a1, b0)) / 2  # ...for a half-length correlation
+    return cross / np.sqrt(rel[0] * rel[1]) if min(rel) > 0 else float("nan")
+
+
+def _two_negative_reliabilities_accepted(a0, a1, b0, b1):
+    rel = _r(a0, a1) * _r(b0, b1)
+    cross = (_r(a0, b1) + _r(a1, b0)) / 2
+    return cross / np.sqrt(abs(rel)) if rel != 0 else float("nan")
 
 
 # --- chapter 10 -----------------------------------------------------------------------
@@ -112,8 +117,8 @@ def _holm_in_sorted_order(p_values, alpha=0.05):
 BROKEN = {
     "check_aligned_correlation": [_aligned_without_nan_filter, _aligned_signed,
                                   _aligned_never_flipped],
-    "check_cross_run_ceiling": [_ceiling_without_step_up, _ceiling_arithmetic_mean,
-                                _ceiling_of_two_negatives],
+    "check_disattenuated_correlation": [_not_disattenuated, _stepped_up_reliabilities,
+                                        _two_negative_reliabilities_accepted],
     "check_cohens_d": [_d_with_sd_of_everything, _d_with_ddof_0, _d_backwards],
     "check_stratified_difference": [_stratified_unweighted, _stratified_ignoring_bins,
                                     _stratified_nan_bins],

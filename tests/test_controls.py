@@ -4,6 +4,7 @@ its initialisation; and each control runs end to end from the command line."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -14,6 +15,7 @@ import torch
 
 from twotower import checkpoint as ckpt
 from twotower.cli import main
+from twotower.config import get_preset
 from twotower.controls import (IndependentTowersLM, SplitSingleTower, load_control,
                                split_single_tower_readouts, train_independent,
                                untrained_model)
@@ -238,3 +240,32 @@ def test_an_unknown_control_is_refused(tiny_config):
 
     with pytest.raises(TwotowerError, match="unknown control"):
         controls.run_control(RunConfig(control="shuffled"), "/nonexistent")
+
+
+def test_a_run_scored_by_an_older_version_is_rescored_not_retrained(tmp_path):
+    from twotower import pipeline
+    from twotower.controls import ensure_scored
+    from twotower.readouts import TokenScores
+
+    cfg = get_preset("smoke", "mlm")
+    cfg = dataclasses.replace(
+        cfg, train=dataclasses.replace(cfg.train, steps=4, warmup_steps=1,
+                                       precision="fp32", device="cpu"),
+        readout=dataclasses.replace(cfg.readout, steps=2, warmup_steps=1,
+                                    precision="fp32", device="cpu"))
+    out = tmp_path / "run"
+    pipeline.run(cfg, out, progress=False)
+    current = TokenScores.load(out / "scores.npz")
+    weights = (out / "joint").stat().st_mtime_ns
+    results = json.loads((out / "results.json").read_text())
+    del results["scoring"]  # what a version before the scoring version wrote
+    (out / "results.json").write_text(json.dumps(results))
+    TokenScores(current.target[:10], current.ll[:, :10],
+                current.joint[:10]).save(out / "scores.npz")
+    assert not pipeline.scoring_is_current(out)
+    ensure_scored(out)
+    assert pipeline.scoring_is_current(out)
+    again = TokenScores.load(out / "scores.npz")
+    np.testing.assert_array_equal(again.ll, current.ll)
+    np.testing.assert_array_equal(again.article, current.article)
+    assert (out / "joint").stat().st_mtime_ns == weights  # nothing was trained

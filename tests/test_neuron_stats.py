@@ -1,4 +1,5 @@
-"""Tests of twotower.neuron_stats on synthetic data whose answer is known."""
+"""Tests of twotower.neuron_stats and twotower.regimes on synthetic data whose answer
+is known."""
 
 from __future__ import annotations
 
@@ -9,15 +10,20 @@ from hypothesis import strategies as st
 
 from twotower.errors import TwotowerError
 from twotower.neuron_stats import (
+    clustered_means,
     coactivation,
     empirical_p_value,
-    fit_three_regimes,
     hill_bootstrap,
     hill_estimator,
-    log_rank_curve,
     random_group_baseline,
     spectrum_tail_alpha,
     weight_correlation_spectrum,
+)
+from twotower.regimes import (
+    fit_three_regimes,
+    log_rank_curve,
+    plateau_table,
+    plateau_test,
 )
 
 
@@ -32,6 +38,14 @@ def planted_influences(n=2000, ranks=(40, 400), slopes=(-0.05, -1.0, -4.0),
     rng = np.random.default_rng(seed)
     values = np.exp(log_value + noise * rng.standard_normal(n))
     return rng.permutation(values)  # the fit must not rely on the input order
+
+
+def power_law_with_decay(n=512, knee=100, slopes=(-1.0, -4.0), noise=0.1, seed=0):
+    """Log rank and noisy log value of a power law that turns into a rapid decay."""
+    log_rank = np.log(np.arange(1, n + 1))
+    log_value = (slopes[0] * log_rank
+                 + (slopes[1] - slopes[0]) * np.maximum(log_rank - np.log(knee), 0))
+    return log_rank, log_value + noise * np.random.default_rng(seed).standard_normal(n)
 
 
 def pareto(alpha, n, seed):
@@ -102,6 +116,121 @@ def test_three_regime_fit_is_deterministic():
 def test_three_regime_fit_rejects_too_few_or_bad_values(values):
     with pytest.raises(TwotowerError):
         fit_three_regimes(values)
+
+
+# ---------------------------------------------------------------- plateau test
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_plateau_test_finds_no_plateau_in_half_normal_values(seed):
+    # the sorted curve of |N(0, 1)| bends down at its top: the three-regime fit finds
+    # a first segment much flatter than the second, which is no plateau
+    values = np.abs(np.random.default_rng(seed).standard_normal(512))
+    test = plateau_test(values)
+    assert not test.has_plateau
+    assert test.excess < 0  # the top lies below the power law's extrapolation
+    assert test.p_value == 1.0 and test.n_null == 0
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_plateau_test_finds_a_plateau_above_a_power_law(seed):
+    log_rank, log_value = power_law_with_decay(seed=seed)
+    size, level = 20, np.log(0.2)  # 20 neurons at the power law's value at rank 5
+    noise = 0.1 * np.random.default_rng(100 + seed).standard_normal(size)
+    log_value[:size] = level + noise
+    values = np.random.default_rng(seed).permutation(np.exp(log_value))
+    test = plateau_test(values, n_null=19, seed=seed)
+    assert test.has_plateau and test.p_value == pytest.approx(1 / 20)
+    assert test.plateau_size == size
+    planted = np.mean(level - (-1.0) * log_rank[:size])  # above the line y = -log r
+    # the noise of a mean over 20 values has sd 0.1 / sqrt(20) = 0.022
+    assert test.excess == pytest.approx(planted, abs=0.1)
+    assert test.tail.slopes == pytest.approx((-1.0, -4.0), abs=0.1)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_plateau_test_finds_no_plateau_in_a_power_law_with_a_rapid_decay(seed):
+    log_rank, log_value = power_law_with_decay(seed=seed)
+    test = plateau_test(np.exp(log_value), n_null=19)
+    assert not test.has_plateau
+    # the null alone recovers the planted curve
+    assert test.null.slopes == pytest.approx((-1.0, -4.0), abs=0.1)
+    assert abs(test.null.breakpoint_rank - 100) / 100 < 0.15
+    assert test.null.first_rank == 1
+
+
+def test_plateau_test_is_calibrated_on_samples_of_a_power_law():
+    # a Pareto sample has no plateau, but its top few values scatter above the line:
+    # BIC with a positive excess alone calls about half of such samples a plateau.
+    # With the null drawn from the fit, P(plateau) <= 5% per sample, so three or more
+    # in ten would happen with probability < 0.012.
+    tests = [plateau_test(pareto(2.0, 256, seed=seed), n_null=19, seed=seed)
+             for seed in range(10)]
+    assert sum(t.has_plateau for t in tests) <= 2
+    assert sum(t.delta_bic > 0 and t.excess > 0 for t in tests) >= 3  # BIC would
+
+
+def test_plateau_test_drops_zeros_and_rejects_too_few_values():
+    log_rank, log_value = power_law_with_decay(n=200, knee=50, seed=3)
+    values = np.concatenate([np.exp(log_value), np.zeros(4), -np.ones(2)])
+    test = plateau_test(values, n_null=5)
+    assert test.n_dropped == 6 and test.n_fitted == 200
+    assert test == plateau_test(values, n_null=5)  # deterministic
+    with pytest.raises(TwotowerError):
+        plateau_test(np.r_[np.ones(9), np.zeros(20)])
+
+
+def test_plateau_table_has_one_row_per_curve_with_fit_and_test():
+    half_normal = np.abs(np.random.default_rng(0).standard_normal(300))
+    log_rank, log_value = power_law_with_decay(n=300, knee=60, seed=1)
+    curves = {("half-normal", "-"): half_normal, ("power law", "A"): np.exp(log_value)}
+    tests = {key: plateau_test(v, n_null=5) for key, v in curves.items()}
+    fits = {key: fit_three_regimes(v) for key, v in curves.items()}
+    table = plateau_table(tests, fits)
+    assert table["curve"].tolist() == ["half-normal", "power law"]
+    assert table["tower"].tolist() == ["-", "A"]
+    assert table["ΔBIC"].tolist() == [t.delta_bic for t in tests.values()]
+    assert table["breakpoints (ranks)"].tolist() == [f.breakpoint_ranks
+                                                     for f in fits.values()]
+    by_step = plateau_table({(0, "A"): tests["power law", "A"]},
+                            names=("step", "tower"))
+    assert list(by_step.columns[:2]) == ["step", "tower"] and "slopes" not in by_step
+
+
+# ---------------------------------------------------------------- clustered means
+
+
+def test_clustered_means_with_one_position_per_cluster_is_the_plain_standard_error():
+    rng = np.random.default_rng(0)
+    values, labels = rng.standard_normal(300), rng.integers(-1, 3, 300)
+    mean, cov, count = clustered_means(values, labels, np.arange(300), 3)
+    for label in range(3):
+        chosen = values[labels == label]
+        assert count[label] == chosen.size
+        assert mean[label] == pytest.approx(chosen.mean())
+        assert np.sqrt(cov[label, label]) == pytest.approx(
+            chosen.std(ddof=1) / np.sqrt(chosen.size))
+    assert cov[0, 1] == 0.0  # no cluster holds two labels
+
+
+def test_clustered_means_of_identical_windows_count_each_window_once():
+    # every position of a window has the window's value: the SE is that of the
+    # window means, as if each window were one position
+    window_values = np.random.default_rng(1).standard_normal(12)
+    values = np.repeat(window_values, 7)
+    windows = np.repeat(np.arange(12), 7)
+    mean, cov, _ = clustered_means(values, np.zeros(84, int), windows, 1)
+    assert mean[0] == pytest.approx(window_values.mean())
+    assert np.sqrt(cov[0, 0]) == pytest.approx(window_values.std(ddof=1) / np.sqrt(12))
+
+
+def test_clustered_means_reject_unknown_clusters_and_need_two_clusters():
+    with pytest.raises(TwotowerError):
+        clustered_means(np.ones(4), np.zeros(4, int), np.array([0, 1, -1, 2]), 1)
+    mean, cov, count = clustered_means(np.arange(4.0), np.array([0, 0, 1, 1]),
+                                       np.array([5, 5, 6, 7]), 2)
+    assert np.isnan(cov[0, 0]) and np.isfinite(cov[1, 1]) and count.tolist() == [2, 2]
+    assert mean.tolist() == [0.5, 2.5]
 
 
 # ---------------------------------------------------------------- Hill estimator

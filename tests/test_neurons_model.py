@@ -26,6 +26,7 @@ from twotower.rare_neurons import (
     direct_path_influence,
     frequency_halves,
     gap_by_label,
+    gap_difference,
     group_tests,
     mean_activations,
     position_losses,
@@ -124,10 +125,37 @@ def test_direct_path_influence_caps_positions_and_splits_halves(tiny_model,
     group = _groups()
     result = direct_path_influence(tiny_model, tiny_batches, group, max_positions=11)
     assert result.n_positions.tolist() == [11, 11]
-    # halves of 6 and 5 positions average back to the whole
-    whole = (6 * result.halves[0] + 5 * result.halves[1]) / 11
+    # the two halves, weighted by their positions, average back to the whole
+    n = result.half_positions[:, :, None, None]
+    assert result.half_positions.sum(0).tolist() == [11, 11]
+    whole = (n[0] * result.halves[0] + n[1] * result.halves[1]) / 11
     np.testing.assert_allclose(whole, result.influence, atol=1e-9)
     assert result.of("rare").shape == (2, 24)
+
+
+def test_direct_path_influence_splits_halves_by_window(tiny_model, tiny_batches):
+    # positions of one window share their context: each half holds whole windows,
+    # the even ones (rows 0, 2, ... counted over all batches) and the odd ones
+    group = _groups()
+    result = direct_path_influence(tiny_model, tiny_batches, group, max_positions=10**6)
+    tower, neuron = 1, 4
+    mean_value = float(result.mean_act[tower, neuron])
+    changes, labels, parity = [], [], []
+    for b, batch in enumerate(tiny_batches):
+        keep = batch.targets != IGNORE
+        changes.append(ablation_loss_changes(tiny_model, batch, tower, neuron,
+                                             mean_value).numpy())
+        labels.append(group[batch.targets[keep]])
+        rows = torch.nonzero(keep)[:, 0].numpy() + b * len(batch.targets)
+        parity.append(rows % 2)
+    changes, labels = np.concatenate(changes), np.concatenate(labels)
+    parity = np.concatenate(parity)
+    for half in (0, 1):
+        for g in (0, 1):
+            chosen = (parity == half) & (labels == g)
+            assert result.half_positions[half, g] == chosen.sum()
+            assert result.halves[half, g, tower, neuron] == pytest.approx(
+                changes[chosen].mean(), abs=1e-5)
 
 
 def test_mean_activations_average_positions_with_targets(tiny_model, tiny_batches):
@@ -155,9 +183,65 @@ def test_tower_share_and_gap_by_label():
                          ll=np.array([[0, 0, 0, -1, -1, -1],
                                       [-1, -1, -1, 0, 0, 0.5]], dtype=np.float32),
                          joint=np.zeros(6, dtype=np.float32))
-    gap, se, count = gap_by_label(scores, np.array([0, 0, 0, 1, 1, -1]), 2)
+    gap, se, count = gap_by_label(scores, np.array([0, 0, 0, 1, 1, -1]), 2,
+                                  groups=np.arange(6))
     assert gap.tolist() == [1.0, -1.0] and count.tolist() == [3, 2]
     assert se[0] == 0.0
+    with pytest.raises(TwotowerError):  # scores saved before windows were kept
+        gap_by_label(scores, np.array([0, 0, 0, 1, 1, -1]), 2, groups=None)
+
+
+def _window_scores(rng, n_windows, per_window, window_sd, position_sd, labels=None):
+    """Paired scores whose ll_A - ll_B = window effect (+ label effect) + noise."""
+    window = np.repeat(np.arange(n_windows), per_window)
+    diff = (rng.normal(0, window_sd, n_windows)[window]
+            + rng.normal(0, position_sd, window.size))
+    if labels is not None:
+        diff += np.where(labels == 0, 0.3, 0.0)
+    ll = np.stack([diff, np.zeros_like(diff)]).astype(np.float32)
+    scores = TokenScores(np.zeros(window.size, dtype=np.int32), ll,
+                         np.zeros(window.size, dtype=np.float32))
+    return scores, window
+
+
+def test_gap_standard_error_over_windows_matches_the_spread_of_repeated_gaps():
+    # 40 windows of 25 positions, intraclass correlation 1 / (1 + 4) = 0.2: the mean
+    # varies with sd sqrt((1 + 4 / 25) / 40) = 0.170 from text to text, and an SE over
+    # positions, sqrt(5 / 1000) = 0.071, says it is 2.4 times more precise than it is
+    rng = np.random.default_rng(0)
+    true_sd = np.sqrt((1.0 + 4.0 / 25) / 40)
+    gaps, window_se, position_se = [], [], []
+    for _ in range(300):
+        scores, window = _window_scores(rng, 40, 25, 1.0, 2.0)
+        labels = np.zeros(window.size, dtype=int)
+        gap, se, _ = gap_by_label(scores, labels, 1, groups=window)
+        gaps.append(gap[0])
+        window_se.append(se[0])
+        position_se.append(gap_by_label(scores, labels, 1,
+                                        groups=np.arange(window.size))[1][0])
+    spread = np.std(gaps, ddof=1)
+    assert spread == pytest.approx(true_sd, rel=0.1)  # 300 repeats: sd of sd ~4%
+    assert np.mean(window_se) == pytest.approx(spread, rel=0.2)
+    assert np.mean(position_se) < 0.8 * spread  # outside the same 20% band
+
+
+def test_gap_difference_uses_the_covariance_of_labels_that_share_windows():
+    # rare and common positions in the same windows share the window effect, which
+    # cancels in their difference: its SE is far below hypot of the two SEs
+    rng = np.random.default_rng(1)
+    differences, ses, hypots = [], [], []
+    for _ in range(300):
+        labels = rng.integers(0, 2, 40 * 25)
+        scores, window = _window_scores(rng, 40, 25, 1.0, 0.5, labels)
+        difference, se = gap_difference(scores, labels, window)
+        _, each, _ = gap_by_label(scores, labels, 2, groups=window)
+        differences.append(difference)
+        ses.append(se)
+        hypots.append(np.hypot(*each))
+    spread = np.std(differences, ddof=1)
+    assert np.mean(differences) == pytest.approx(0.3, abs=3 * spread / np.sqrt(300))
+    assert np.mean(ses) == pytest.approx(spread, rel=0.2)
+    assert np.mean(hypots) > 1.2 * spread  # outside the same 20% band
 
 
 def test_group_tests_find_a_correlated_group():

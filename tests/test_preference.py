@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -142,10 +143,32 @@ def test_split_half_is_near_zero_without_a_preference():
 
 
 def test_split_half_counts_only_tokens_with_min_count_in_each_half():
-    scores, _ = planted(n_tokens=30, per_token=9)  # 4 or 5 per half
-    assert split_half(scores, 30, min_count=5).n_tokens == 0
-    assert split_half(scores, 30, min_count=4).n_tokens == 30
-    assert math.isnan(split_half(scores, 30, min_count=5).r)
+    scores, _ = planted(n_tokens=30, per_token=9)
+    half = half_assignment(scores.target, 0)  # 4 or 5 occurrences per half
+    assert split_half(scores, 30, min_count=5, half=half).n_tokens == 0
+    assert split_half(scores, 30, min_count=4, half=half).n_tokens == 30
+    assert math.isnan(split_half(scores, 30, min_count=5, half=half).r)
+
+
+def test_text_halves_split_whole_articles_and_fall_back_to_window_blocks():
+    scores, _ = planted(n_tokens=40, per_token=30)
+    n = scores.target.size
+    window = np.arange(n) // 10
+    many = dataclasses.replace(scores, window=window, article=window // 12)
+    half, kind = preference.text_halves(many)
+    assert kind == "article"
+    for article in np.unique(many.article):  # an article is never split
+        assert np.unique(half[many.article == article]).size == 1
+    assert abs(np.unique(many.article[half == 0]).size -
+               np.unique(many.article[half == 1]).size) <= 1
+    few = dataclasses.replace(many, article=window // (window.max() // 3 + 1))
+    half, kind = preference.text_halves(few)  # 3 articles: blocks of windows
+    assert kind == "window block"
+    blocks = np.unique(window) * preference.HALF_BLOCKS // np.unique(window).size
+    assert np.unique(blocks).size == preference.HALF_BLOCKS
+    for w in np.unique(window):
+        assert np.unique(half[window == w]).size == 1
+    assert preference.text_halves(scores)[1] == "position block"
 
 
 def test_split_half_depends_on_the_seed_only_through_the_halves():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -9,16 +10,24 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from scipy.sparse.csgraph import connected_components
 from scipy.stats import spearmanr
 
 from twotower.errors import TwotowerError
-from twotower.pos import Sentence, tree_depths, tree_distances
+from twotower.pos import (
+    Sentence,
+    load_ud,
+    tree_depths,
+    tree_distances,
+    ud_english_ewt_paths,
+)
 from twotower.probes import (
     DepthProbe,
     DistanceProbe,
     depth_spearman,
     distance_spearman,
     evaluate_probe,
+    keep_mask,
     make_probe_batches,
     pad_probe_batch,
     probe_loss,
@@ -28,6 +37,12 @@ from twotower.probes import (
     uuas,
     uuas_counts,
     word_vectors,
+)
+from twotower.tower_probes import (
+    baseline_uuas_counts,
+    chain_distances,
+    random_tree_distances,
+    random_tree_edges,
 )
 
 CHAIN = np.array([2, 0, 2, 3])  # 1 - 2 - 3 - 4, rooted at word 2
@@ -240,7 +255,9 @@ def test_probe_training_is_deterministic_in_its_seed(planted):
     runs = []
     for _ in range(2):
         probe = DistanceProbe(SYNTAX_DIM + NOISE_DIM, rank=8, seed=3)
-        runs.append((train_probe(probe, batches, epochs=3, lr=1e-2, seed=5), probe))
+        fit = train_probe(probe, batches, epochs=3, lr=1e-2, seed=5)
+        runs.append((fit.train_loss, probe))
+        assert fit.epochs == 3 and fit.dev_loss == []  # no dev set: every epoch kept
     assert runs[0][0] == runs[1][0] and runs[0][0][-1] < runs[0][0][0]
     torch.testing.assert_close(runs[0][1].proj, runs[1][1].proj, rtol=0, atol=0)
 
@@ -252,3 +269,126 @@ def test_evaluate_probe_rejects_features_of_the_wrong_length(planted):
         evaluate_probe(probe, [vectors[id(sentences[0])][:-1]], sentences[:1])
     with pytest.raises(TwotowerError, match="one per sentence"):
         evaluate_probe(probe, [], sentences[:1])
+
+
+def test_early_stopping_keeps_the_epoch_of_lowest_dev_loss(planted):
+    sentences, vectors, _ = planted
+    dim = SYNTAX_DIM + NOISE_DIM
+    batches = make_probe_batches([vectors[id(s)] for s in sentences[:40]],
+                                 [s.heads for s in sentences[:40]], batch_size=10)
+    # one-word dev sentences have depth 0: any depth the probe learns is dev error, so
+    # the dev loss must rise once training makes the probe's norms grow
+    rng = np.random.default_rng(1)
+    dev = make_probe_batches([rng.standard_normal((1, dim)) for _ in range(10)],
+                             [np.array([0])] * 10, batch_size=5)
+    stopped = DepthProbe(dim, rank=8, seed=3)
+    fit = train_probe(stopped, batches, epochs=8, lr=1e-2, seed=5, dev_batches=dev)
+    assert len(fit.dev_loss) == len(fit.train_loss) == 8
+    assert fit.epochs == int(np.argmin(fit.dev_loss)) + 1 < 8
+    short = DepthProbe(dim, rank=8, seed=3)  # the same run, stopped by hand
+    train_probe(short, batches, epochs=fit.epochs, lr=1e-2, seed=5)
+    torch.testing.assert_close(stopped.proj, short.proj, rtol=0, atol=0)
+    with torch.no_grad():
+        dev_loss = np.mean([probe_loss(stopped, b).item() for b in dev])
+    assert dev_loss == pytest.approx(min(fit.dev_loss))
+
+
+def test_structural_probe_reports_the_epochs_it_kept(planted):
+    sentences, vectors, _ = planted
+    features = lambda ss: [vectors[id(s)] for s in ss]  # noqa: E731
+    _, fixed = structural_probe(features, sentences[:60], sentences[60:80],
+                                rank=8, epochs=4, lr=1e-2)
+    _, stopped = structural_probe(features, sentences[:60], sentences[60:80],
+                                  rank=8, epochs=4, lr=1e-2,
+                                  dev_sentences=sentences[80:100])
+    assert fixed.epochs == 4 and 1 <= stopped.epochs <= 4
+
+
+# --- trees drawn without vectors: the baselines a probe must beat ---------------------
+
+
+def sentence(heads, upos=None) -> Sentence:
+    n = len(heads)
+    return Sentence([f"w{i}" for i in range(n)], upos or ["NOUN"] * n, np.array(heads))
+
+
+def chain_uuas(s: Sentence, ignore_punct: bool = True) -> float:
+    counts = baseline_uuas_counts([s], "chain", ignore_punct=ignore_punct)
+    return counts[0, 0] / counts[0, 1]
+
+
+def test_the_chain_finds_every_edge_of_a_chain_and_one_of_a_star():
+    assert chain_uuas(sentence([0, 1, 2, 3, 4, 5])) == 1.0  # right-branching chain
+    assert chain_uuas(sentence([2, 3, 4, 5, 0])) == 1.0  # left-branching: same edges
+    assert chain_uuas(sentence([0, 1, 1, 1, 1, 1, 1])) == 1 / 6  # star: only 1 - 2
+    assert chain_uuas(sentence([4, 4, 4, 0, 4, 4, 4])) == 2 / 6  # 3 - 4 and 4 - 5
+    assert uuas(chain_distances(4), STAR) == pytest.approx(1 / 3)
+
+
+def test_the_chain_skips_punctuation_as_the_probes_do():
+    s = sentence([0, 1, 1], ["NOUN", "PUNCT", "NOUN"])  # w0 , w2: gold w0-, w0-w2
+    assert keep_mask(s).tolist() == [True, False, True]
+    assert keep_mask(s, ignore_punct=False) is None
+    assert chain_uuas(s) == 1.0  # kept words w0, w2: the chain is w0 - w2
+    assert chain_uuas(s, ignore_punct=False) == 0.5  # w0 - , - w2
+
+
+@pytest.mark.slow
+def test_the_chain_scores_0_430_on_ud_english_ewt_test():
+    _, test_path = ud_english_ewt_paths()
+    counts = baseline_uuas_counts(load_ud(test_path), "chain")
+    found, total = counts.sum(0)
+    print(f"chain UUAS on EWT test: {found:.0f} / {total:.0f} = {found / total:.4f}")
+    assert (found, total) == (8589, 19952) and round(found / total, 3) == 0.430
+
+
+class FixedSequence:
+    """Stands in for a numpy Generator: ``integers`` returns one chosen sequence."""
+
+    def __init__(self, sequence):
+        self.sequence = np.asarray(sequence)
+
+    def integers(self, low, high, size):
+        assert len(self.sequence) == size and self.sequence.max(initial=0) < high
+        return self.sequence
+
+
+def test_random_trees_are_uniform_over_all_labelled_trees():
+    # the k^(k-2) Pruefer sequences, drawn uniformly, must decode to k^(k-2) distinct
+    # spanning trees (a bijection), so that every labelled tree is equally likely
+    k = 5
+    trees = set()
+    for sequence in itertools.product(range(k), repeat=k - 2):
+        edges = random_tree_edges(k, FixedSequence(sequence))
+        graph = np.zeros((k, k))
+        for a, b in edges:
+            graph[a, b] = graph[b, a] = 1
+        assert len(edges) == k - 1 and connected_components(graph)[0] == 1
+        trees.add(frozenset(frozenset(e) for e in edges))
+    assert len(trees) == k ** (k - 2) == 125  # Cayley's formula
+    rng = np.random.default_rng(0)
+    drawn = {frozenset(frozenset(e) for e in random_tree_edges(k, rng))
+             for _ in range(2000)}
+    assert drawn == trees  # a real generator reaches every one of them
+
+
+def test_a_random_tree_finds_two_in_k_gold_edges_among_k_kept_words():
+    # six words, one of them punctuation: k = 5 kept words, 4 gold edges among them
+    s = sentence([0, 1, 2, 3, 4, 5], ["NOUN"] * 5 + ["PUNCT"])
+    n_draws = 1500
+    counts = baseline_uuas_counts([s], "random", n_draws=n_draws, seed=0)
+    assert counts[0, 1] == 4
+    # found lies in [0, 4], so its standard deviation is at most 2 per draw
+    assert abs(counts[0, 0] / 4 - 2 / 5) < 4 * (2 / 4) / np.sqrt(n_draws)
+    again = baseline_uuas_counts([s], "random", n_draws=n_draws, seed=0)
+    np.testing.assert_array_equal(counts, again)  # a fixed seed, the same trees
+
+
+def test_random_tree_distances_span_only_the_kept_words():
+    keep = np.array([1, 0, 1, 1, 0, 1], bool)
+    pred = random_tree_distances(6, np.random.default_rng(3), keep)
+    kept = np.flatnonzero(keep)
+    assert (pred[np.ix_(kept, kept)] == 1).sum() == 2 * (len(kept) - 1)
+    assert (pred[1] != 1).all() and (pred[:, 4] != 1).all()
+    with pytest.raises(TwotowerError, match="baseline"):
+        baseline_uuas_counts([sentence([0, 1])], "left")

@@ -73,7 +73,7 @@ def test_scores_are_fp32_log_probabilities_of_the_true_token_on_shared_positions
 @pytest.mark.parametrize("family", FAMILIES)
 def test_each_readout_reads_its_own_tower_only(family, tiny_config, synthetic_data):
     """Changing tower B moves readout B's scores and never readout A's (the authors
-    normalised both towers together before slicing: PAPER.md 1.4 bug 2)."""
+    normalised both towers together before slicing: bug 2 of the audit)."""
     model, readouts, batches = setup(family, tiny_config, synthetic_data)
     before = score(model, readouts, batches)
     perturb_tower(model, 1)
@@ -214,3 +214,73 @@ def test_readout_validation_loss_is_a_per_token_loss_like_the_scores(
     scored = loss_summary(score(model, readouts, val.eval_batches(tcfg.eval_batches)))
     per_readout = (scored["readout_a_loss"] + scored["readout_b_loss"]) / 2
     assert summary["val_loss"] == pytest.approx(per_readout, rel=1e-4)
+
+
+# --- what a run scores ----------------------------------------------------------------
+
+def test_mlm_scoring_masks_every_eligible_position_once_and_only_with_mask(
+        synthetic_data, special):
+    objective = synthetic_data.objective("mlm")
+    batches = WindowBatches(synthetic_data.val, objective, 4, 0).score_batches()
+    windows = torch.as_tensor(synthetic_data.val)
+    eligible = ~torch.isin(windows, torch.tensor(special.all))
+    times = torch.zeros_like(windows)
+    for batch in batches:
+        rows = batch.window
+        selected = batch.targets != IGNORE
+        assert (batch.input_ids[selected] == special.mask).all()  # no 10% / 10%
+        assert torch.equal(batch.input_ids[~selected], windows[rows][~selected])
+        assert torch.equal(batch.targets[selected], windows[rows][selected])
+        times[rows] += selected.long()
+    assert (times[eligible] == 1).all() and (times[~eligible] == 0).all()
+    n_passes = round(1 / objective.mlm_probability)
+    assert len(batches) == n_passes * -(-len(windows) // 4)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_run_of_one_text_is_scored_on_the_same_positions_and_masks(
+        family, synthetic_data):
+    objective = synthetic_data.objective(family)
+    one, other = (WindowBatches(synthetic_data.val, objective, 4, seed).score_batches()
+                  for seed in (0, 7))  # the run's seed must not matter
+    assert len(one) == len(other)
+    for a, b in zip(one, other):
+        assert torch.equal(a.input_ids, b.input_ids)
+        assert torch.equal(a.targets, b.targets) and torch.equal(a.window, b.window)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_each_scored_position_knows_its_window(family, tiny_config, synthetic_data):
+    model, readouts, _ = setup(family, tiny_config, synthetic_data)
+    batches = WindowBatches(synthetic_data.val, synthetic_data.objective(family), 3,
+                            0).score_batches()
+    scores = score(model, readouts, batches)
+    expected = torch.cat([b.window[:, None].expand_as(b.targets)[b.targets != IGNORE]
+                          for b in batches])
+    assert np.array_equal(scores.window, expected.numpy())
+    assert set(scores.window) == set(range(len(synthetic_data.val)))
+    keep = scores.window % 2 == 0
+    part = scores.subset(keep)
+    assert np.array_equal(part.ll, scores.ll[:, keep]) and part.article is None
+
+
+def test_scores_are_fp32_even_when_training_used_bf16(tiny_config, synthetic_data,
+                                                      tmp_path):
+    from types import SimpleNamespace
+
+    from twotower.config import RunConfig, TrainConfig
+    from twotower.pipeline import score_and_save
+
+    model, readouts, _ = setup("causal", tiny_config, synthetic_data)
+    batches = WindowBatches(synthetic_data.val, synthetic_data.objective("causal"), 4,
+                            0).score_batches()
+    cfg = RunConfig(model=model.cfg, min_count=1,
+                    train=TrainConfig(precision="bf16", device="cpu"))
+    data = SimpleNamespace(tokenizer=SimpleNamespace(id_to_token=str,
+                                                     get_vocab_size=lambda: 60),
+                           val_article=np.arange(len(synthetic_data.val)) // 3)
+    score_and_save(tmp_path, cfg, data, model, readouts, batches)
+    saved = TokenScores.load(tmp_path / "scores.npz")
+    exact = score(model, readouts, batches)  # fp32, no autocast
+    np.testing.assert_array_equal(saved.ll, exact.ll)
+    np.testing.assert_array_equal(saved.article, saved.window // 3)

@@ -56,8 +56,9 @@ UPOS = {i: (("DET", 1.0, 10) if i < 60 else ("NOUN", 1.0, 10)) for i in range(N)
 @pytest.fixture
 def runs_dir(tmp_path):
     planted = SHARED + 0.8 * (np.arange(N) < 60)  # "function words" prefer tower A
-    for seed in (0, 1):
+    for seed in (0, 1, 2):
         write_run(tmp_path, "causal", seed, planted)
+        write_run(tmp_path, "causal", seed, rng.normal(0, 0.5, N), "independent")
     for seed in (0, 1):
         write_run(tmp_path, "mlm", seed, planted)
     write_run(tmp_path, "causal", 0, 0.05 * rng.normal(size=N), "split")
@@ -78,32 +79,37 @@ def test_scorecard_is_computed_from_the_runs_on_disk(runs_dir):
     table = scorecard.build_scorecard(runs_dir, PRESET, n_boot=200, n_perm=300,
                                       upos=UPOS)
     assert set(table["scale"]) == {scorecard.scale_of(PRESET)}
+    too_few = f"{scorecard.TOO_FEW} (2)"
     assert set(table["verdict"]) <= {scorecard.HOLDS, scorecard.FAILS,
-                                     scorecard.NOT_MEASURED}
+                                     scorecard.NOT_MEASURED, too_few}
     assert row(table, "within the run")["verdict"] == scorecard.HOLDS
     split = row(table, "larger than control (a)")
     assert split["verdict"] == scorecard.HOLDS and split["low"] > 0
-    for missing in ("larger than control (b)", "larger than control (c)",
+    for missing in ("larger than control (c)",
                     "more stable across seeds than control (a)",
                     "one tower holds more"):
         assert row(table, missing)["verdict"] == scorecard.NOT_MEASURED
-    assert row(table, "across seeds 0 and 1 (causal)")["verdict"] == scorecard.HOLDS
+    seeds = row(table, "stable across seeds (causal, 3 seeds)")
+    assert seeds["verdict"] == scorecard.HOLDS and seeds["p_holm"] < 0.05
+    primary = row(table, "more stable across seeds than control (b)")
+    assert "(primary test)" in primary["test"] and primary["verdict"] == scorecard.HOLDS
     assert row(table, "it belongs to the towers")["verdict"] == scorecard.HOLDS
-    assert row(table, "across seeds 0 and 1 (mlm)")["verdict"] == scorecard.HOLDS
+    assert row(table, "stable across seeds (mlm, 2 seeds)")["verdict"] == too_few
     assert row(table, "across families (causal/mlm), seeds 0 and 1")["verdict"] == \
         scorecard.HOLDS
     assert row(table, "across sizes (width0.5")["verdict"] == scorecard.HOLDS
-    pos = row(table, "function vs content words (causal, seed 0)")
-    assert pos["value"] > 1 and pos["verdict"] == scorecard.HOLDS
+    pos = row(table, "function vs content words (3 causal seeds, pre-registered")
+    assert pos["value"] > 1 and pos["low"] > 1 and pos["verdict"] == scorecard.HOLDS
 
 
 def test_changing_a_run_changes_the_table(runs_dir):
     before = scorecard.build_scorecard(runs_dir, PRESET, n_boot=100, n_perm=100,
                                        upos=UPOS)
-    write_run(runs_dir, "causal", 1, rng.normal(0, 0.5, N))  # seed 1 now unrelated
+    for seed in (1, 2):  # seeds 1 and 2 now unrelated to seed 0 and to each other
+        write_run(runs_dir, "causal", seed, rng.normal(0, 0.5, N))
     after = scorecard.build_scorecard(runs_dir, PRESET, n_boot=100, n_perm=100,
                                       upos=UPOS)
-    test = "across seeds 0 and 1 (causal)"
+    test = "stable across seeds (causal, 3 seeds)"
     assert row(before, test)["verdict"] == scorecard.HOLDS
     assert row(after, test)["verdict"] == scorecard.FAILS
     assert row(after, test)["value"] < row(before, test)["value"] - 0.3
@@ -125,6 +131,27 @@ def test_probe_rows_come_from_the_report_of_chapter_10(runs_dir):
     agree = row(card, "... and it is the tower function words prefer")
     assert agree["value"] == pytest.approx(0.4) and agree["verdict"] == scorecard.HOLDS
     assert row(card, "trained towers beat")["value"] == pytest.approx(0.4)
+    assert row(card, "the probe clears")["verdict"] == scorecard.NOT_MEASURED  # no trees
+
+
+@pytest.mark.parametrize("chain, verdict", [(0.9, scorecard.INSTRUMENT_FAILS),
+                                            (0.1, scorecard.HOLDS)])
+def test_probe_rows_say_the_instrument_fails_below_a_chain_tree(runs_dir, chain,
+                                                                verdict):
+    counts = {("A", 1): np.tile([[8, 10]], (40, 1)),
+              ("B", 1): np.tile([[4, 10]], (40, 1))}
+    table = pd.DataFrame([{"tower": t, "layer": 1, "task": "distance",
+                           "spearman": 0.5, "uuas": c[0, 0] / 10, "root_accuracy": 0}
+                          for (t, _), c in counts.items()])
+    trees = {"chain": np.tile([[10 * chain, 10]], (40, 1)),
+             "random": np.tile([[1.5, 10]], (40, 1))}
+    syntax.save_probe_report(runs_dir / f"{PRESET}-causal-seed0", (table, counts),
+                             baselines=trees)
+    card = scorecard.build_scorecard(runs_dir, PRESET, n_boot=100, n_perm=100,
+                                     upos=UPOS)
+    assert row(card, "one tower holds more")["verdict"] == verdict
+    assert row(card, "the probe clears")["verdict"] == verdict
+    assert row(card, "the probe clears")["value"] == pytest.approx(0.6 - chain)
 
 
 def test_an_empty_runs_directory_measures_nothing(tmp_path):
@@ -134,7 +161,7 @@ def test_an_empty_runs_directory_measures_nothing(tmp_path):
 
 def test_every_test_named_by_the_bug_audit_exists():
     audit = scorecard.audit_table()
-    assert set(audit["bug"]) == set(range(1, 8))  # every bug of PAPER.md 1.4
+    assert set(audit["bug"]) == set(range(1, 11))  # every bug the audit names
     missing = audit.loc[audit["exists"] != True, "test"].tolist()  # noqa: E712
     assert not missing, f"rename in twotower.scorecard.BUG_AUDIT: {missing}"
 
@@ -170,3 +197,26 @@ def test_audit_tests_are_run_and_their_outcome_reported(tmp_path):
         ["test_x.py::test_good", "test_x.py::test_bad", "test_x.py::test_param"], tests)
     assert report["passed"].tolist() == [True, False, True]
     assert report["cases"].tolist() == [1, 1, 2]
+
+
+def test_holm_adjusted_p_values_make_holms_decisions_at_every_level():
+    p = np.array([0.01, 0.04, 0.03, 0.005, 0.2])
+    adjusted = scorecard.holm_adjusted(p)
+    np.testing.assert_allclose(adjusted, [0.04, 0.09, 0.09, 0.025, 0.2])
+    for alpha in (0.01, 0.03, 0.05, 0.1):
+        sorted_p = np.sort(p)
+        k = next((i for i, q in enumerate(sorted_p) if q > alpha / (p.size - i)),
+                 p.size)  # Holm stops at the first p above its step
+        expected = p <= sorted_p[k - 1] if k else np.zeros(p.size, bool)
+        np.testing.assert_array_equal(scorecard.holm(p, alpha), expected)
+
+
+def test_a_row_that_holds_alone_fails_when_holm_does_not_reject():
+    rows = [scorecard.ScoreRow("c", f"t{i}", "s", value=1.0, low=0.5, p_value=p,
+                               verdict=scorecard.HOLDS)
+            for i, p in enumerate((0.03, 0.04, 0.001))]  # Holm: 0.06, 0.06, 0.003
+    rows.append(scorecard.ScoreRow("c", "no p", "s", verdict=scorecard.HOLDS))
+    out = scorecard.with_holm(rows)
+    assert [r.verdict for r in out] == [scorecard.FAILS, scorecard.FAILS,
+                                        scorecard.HOLDS, scorecard.HOLDS]
+    assert np.isnan(out[3].p_holm) and out[2].p_holm == pytest.approx(0.003)

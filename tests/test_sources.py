@@ -70,7 +70,8 @@ def test_bundled_corpora_load_offline_with_their_documented_sizes(no_network):
     assert len(sentences) == 4078
     assert all((s.heads == 0).sum() == 1 for s in sentences)
     sizes = {split: {lang: len(text) for lang, text in bilingual.load_multi30k(
-        ("en", "de", "fr"), split).items()} for split in ("train", "validation", "test")}
+        ("en", "de", "fr"), split).items()}
+        for split in ("train", "validation", "test")}
     assert sizes == {"train": dict.fromkeys(("en", "de", "fr"), 29_000),
                      "validation": dict.fromkeys(("en", "de", "fr"), 1_014),
                      "test": dict.fromkeys(("en", "de", "fr"), 1_000)}

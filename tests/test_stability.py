@@ -1,5 +1,7 @@
-"""Cross-run stability of pref: sign alignment, ceiling, null, spread, centring, runs
-on disk. Synthetic runs plant a known per-token preference: the answer is known."""
+"""Cross-run stability of pref: sign alignment, disattenuation, null, spread, centring,
+seeds as the unit, runs on disk. Synthetic runs plant a known per-token preference, so
+the answer is known; the calibration tests also show where the earlier estimators
+were off."""
 
 from __future__ import annotations
 
@@ -8,9 +10,10 @@ import json
 import numpy as np
 import pytest
 
-from twotower import replication, stability
+from twotower import across_seeds, replication, stability
 from twotower.config import ModelConfig, RunConfig, config_to_dict, get_preset
-from twotower.preference import token_preference
+from twotower.preference import (half_assignment, pearson, preference_array,
+                                 split_half, text_halves, token_preference)
 from twotower.readouts import TokenScores
 from twotower.stability import RunPreference
 
@@ -45,14 +48,14 @@ def shared():
     return np.random.default_rng(42).normal(0, 0.4, V)
 
 
-def test_swapped_tower_labels_are_aligned_by_the_sign_of_r(shared):
+def test_swapped_tower_labels_are_aligned_by_the_sign_of_the_cross_correlation(shared):
     a = make_run(planted_scores(shared, seed=1))
     b = make_run(planted_scores(-shared, seed=2), seed=1)  # towers named the other way
     aligned = stability.compare_runs(a, b, align="r", n_boot=200)
     raw = stability.compare_runs(a, b, align="none", n_boot=200)
-    assert aligned.flipped and aligned.r > 0.7 and aligned.low > 0.6
-    assert raw.r == pytest.approx(-aligned.r) and not raw.flipped
-    assert aligned.r > aligned.null95
+    assert aligned.flipped and aligned.r_x > 0.8 and aligned.low > 0.6
+    assert raw.r_x == pytest.approx(-aligned.r_x) and not raw.flipped
+    assert aligned.r_x > aligned.null95
 
 
 def test_gap_alignment_flips_when_the_better_tower_changes_sides(shared):
@@ -67,28 +70,27 @@ def test_unrelated_preferences_stay_within_the_null(shared):
     other = np.random.default_rng(7).normal(0, 0.4, V)
     cmp_ = stability.compare_runs(make_run(planted_scores(shared, seed=1)),
                                   make_run(planted_scores(other, seed=2)), n_boot=200)
-    assert cmp_.r < cmp_.null95 < 0.2
+    assert cmp_.r_x < cmp_.null95 < 0.3
     assert cmp_.low < 0.05
 
 
-def test_identical_true_preferences_reach_the_noise_ceiling(shared):
-    ratios = []
+def test_identical_true_preferences_give_r_x_near_one_despite_noise(shared):
+    values = []
     for seed in range(4):
         a = make_run(planted_scores(shared, noise=1.5, seed=2 * seed))
         b = make_run(planted_scores(shared, noise=1.5, seed=2 * seed + 1))
-        cmp_ = stability.compare_runs(a, b, n_boot=0)
-        assert 0.3 < cmp_.ceiling < 0.9  # noise keeps the ceiling and r below 1
-        ratios.append(cmp_.r_over_ceiling)
-    assert np.mean(ratios) == pytest.approx(1.0, abs=0.08)
+        cmp_ = stability.compare_runs(a, b, n_boot=0, n_perm=0)
+        assert 0.2 < cmp_.r_aa < 0.9 and cmp_.r_cross < cmp_.r_x  # noise attenuates
+        values.append(cmp_.r_x)
+    assert np.mean(values) == pytest.approx(1.0, abs=0.1)
 
 
-def test_half_shared_preferences_reach_half_the_ceiling(shared):
+def test_half_shared_preferences_give_r_x_near_one_half(shared):
     rng = np.random.default_rng(3)
     own_a, own_b = rng.normal(0, 0.4, V), rng.normal(0, 0.4, V)
     a = make_run(planted_scores(shared + own_a, noise=1.0, seed=1))
     b = make_run(planted_scores(shared + own_b, noise=1.0, seed=2))
-    assert stability.compare_runs(a, b, n_boot=0).r_over_ceiling == \
-        pytest.approx(0.5, abs=0.1)
+    assert stability.compare_runs(a, b, n_boot=0).r_x == pytest.approx(0.5, abs=0.12)
 
 
 def test_spread_measures_the_planted_preference_and_ignores_noise():
@@ -127,7 +129,9 @@ def test_centring_removes_a_shared_difficulty_confound():
     b = make_run(planted_scores(confound, difficulty=difficulty, seed=2))
     raw = stability.compare_runs(a, b, centred=False, n_boot=0)
     centred = stability.compare_runs(a, b, centred=True, n_boot=0)
-    assert raw.r > 0.8 and centred.r < centred.null95
+    assert raw.r_x > 0.8
+    assert centred.r_aa < 0.2  # nothing reliable is left after centring...
+    assert np.isnan(centred.r_x) or abs(centred.r_x) < centred.null95  # ...to agree on
 
 
 def test_runs_with_other_ids_are_joined_on_token_strings(shared):
@@ -140,7 +144,7 @@ def test_runs_with_other_ids_are_joined_on_token_strings(shared):
     b = make_run(relabelled, tokens=[names[i] for i in np.argsort(order)])
     by_token = stability.compare_runs(a, b, key="token", n_boot=0)
     by_id = stability.compare_runs(a, b, key="id", n_boot=0)
-    assert by_token.r > 0.7 > by_id.r
+    assert by_token.r_x > 0.7 > by_id.r_x
 
 
 def test_seed_and_family_pairs(shared):
@@ -156,6 +160,185 @@ def test_seed_and_family_pairs(shared):
     assert stability.family_pairs(runs, seed=2) == []  # no seed 3 to pair with
     table = stability.comparison_table(pairs[:2], n_boot=0)
     assert len(table) == 4 and set(table["pref"]) == {"raw", "centred"}
+
+
+# --- calibration on texts where the answer is known -----------------------------------
+# A synthetic text of articles cut into windows, with Zipf token frequencies, and runs
+# whose per-position preference is a token's true preference plus noise: sometimes
+# article-specific (bursty), sometimes shared by every run that reads the same
+# positions. Each test compares an estimator with the truth over several draws; the
+# bound is 3 standard errors of the mean over draws, never a tuned number.
+
+def simulate_text(n_articles=32, windows_per_article=20, window=32, vocab=V,
+                  zipf=1.1, seed=0):
+    """Target id, window and article of every position."""
+    rng = np.random.default_rng(seed)
+    p = np.arange(1, vocab + 1) ** -zipf
+    n = windows_per_article * window
+    target = rng.choice(vocab, size=n_articles * n, p=p / p.sum()).astype(np.int32)
+    window_of = np.repeat(np.arange(n_articles * windows_per_article), window)
+    return target, window_of.astype(np.int32), (window_of // windows_per_article
+                                                ).astype(np.int32)
+
+
+def simulate_scores(text, true_pref, *, noise=2.0, article_sd=0.0, shared=None,
+                    seed=0) -> TokenScores:
+    target, window, article = text
+    rng = np.random.default_rng(seed)
+    diff = true_pref[target] + noise * rng.standard_normal(target.size)
+    if article_sd:  # each token leans differently in each article, in this run
+        diff += rng.normal(0, article_sd, (V, article.max() + 1))[target, article]
+    if shared is not None:  # the text's own noise: the same at a position in all runs
+        diff = diff + shared
+    base = -3.0 - 0.3 * rng.standard_normal(target.size)
+    ll = np.stack([base + diff / 2, base - diff / 2]).astype(np.float32)
+    return TokenScores(target, ll, base.astype(np.float32), window, article)
+
+
+def agrees(estimates, truth) -> bool:
+    """The mean of ``estimates`` lies within 3 standard errors of ``truth`` (an array
+    of per-draw truths or one number)."""
+    estimates, truth = np.asarray(estimates), np.asarray(truth, float)
+    se = np.hypot(estimates.std(ddof=1) / np.sqrt(estimates.size),
+                  truth.std(ddof=1) / np.sqrt(truth.size) if truth.size > 1 else 0)
+    return abs(estimates.mean() - truth.mean()) < 3 * se
+
+
+def old_cross_run_ratio(a, b) -> float:
+    """What compare_runs reported before (r / ceiling): the correlation of full-length
+    pref over tokens with min_count OVERALL, divided by the geometric mean of the
+    Spearman-Brown ceilings of occurrence halves (tokens with min_count in EACH)."""
+    both = a.preference["pref"].dropna().index.intersection(
+        b.preference["pref"].dropna().index)
+    r = np.corrcoef(a.preference.loc[both, "pref"], b.preference.loc[both, "pref"])[0, 1]
+    ceilings = [split_half(run.scores, V, run.config.min_count,
+                           half=half_assignment(run.scores.target, 0)).ceiling
+                for run in (a, b)]
+    return r / np.sqrt(ceilings[0] * ceilings[1])
+
+
+def half_pref(scores, keep):
+    part = scores.subset(keep)
+    return preference_array(part.target, part.ll[0], part.ll[1], V, 5)
+
+
+def test_the_reliability_belongs_to_the_token_set_of_the_correlation_on_a_zipf_text():
+    """A short text: many tokens reach min_count overall but not in each half, and
+    rare tokens are the least reliable. The old ceiling (frequent tokens) overstated
+    the reliability of the old cross-run token set; the new statistic divides by the
+    split-half r of its own token set, which matches that set's true reliability."""
+    rng = np.random.default_rng(2)
+    old, old_truth, new, new_truth = [], [], [], []
+    for draw in range(12):
+        pref = rng.normal(0, 0.5, V)
+        text = simulate_text(n_articles=8, seed=draw)
+        one, two = (simulate_scores(text, pref, noise=3.0, seed=10 * draw + k)
+                    for k in range(2))  # two measurements of the same preference
+        full = [preference_array(s.target, s.ll[0], s.ll[1], V, 5) for s in (one, two)]
+        old_truth.append(pearson(*full))  # tokens with min_count overall
+        old.append(split_half(one, V, 5, half=half_assignment(one.target, 0)).ceiling)
+        half, _ = text_halves(one)
+        new.append(split_half(one, V, 5).r)  # what r_x divides by
+        counts = [np.bincount(one.target[half == h], minlength=V) for h in (0, 1)]
+        tokens = (counts[0] >= 5) & (counts[1] >= 5)
+        new_truth.append(pearson(np.where(tokens, half_pref(one, half == 0), np.nan),
+                                 half_pref(two, half == 1)))
+    assert not agrees(old, old_truth) and np.mean(old) > np.mean(old_truth)
+    assert agrees(new, new_truth)
+
+
+def test_article_halves_give_the_reliability_on_new_text_where_occurrences_overstate():
+    rng = np.random.default_rng(3)
+    new, old, truth = [], [], []
+    for draw in range(12):
+        pref = rng.normal(0, 0.4, V)
+        here, elsewhere = (simulate_scores(simulate_text(seed=100 * k + draw), pref,
+                                           article_sd=1.5, seed=50 * k + draw)
+                           for k in (1, 2))
+        half, kind = text_halves(here)
+        assert kind == "article"
+        new.append(split_half(here, V, 5).ceiling)
+        old.append(split_half(here, V, 5, half=half_assignment(here.target, 0)).ceiling)
+        counts = [np.bincount(here.target[half == h], minlength=V) for h in (0, 1)]
+        tokens = (counts[0] >= 5) & (counts[1] >= 5)  # the estimator's token set
+        full = [preference_array(s.target, s.ll[0], s.ll[1], V, 5) for s in
+                (here, elsewhere)]
+        truth.append(pearson(np.where(tokens, full[0], np.nan), full[1]))
+    assert agrees(new, truth)
+    assert not agrees(old, truth) and np.mean(old) > np.mean(truth)  # overstated
+
+
+def test_r_x_ignores_noise_that_two_runs_share_because_they_read_the_same_positions():
+    rng = np.random.default_rng(5)
+    new, old = [], []
+    for draw in range(10):
+        text = simulate_text(seed=300 + draw)
+        shared = rng.normal(0, 1.5, text[0].size)
+        a, b = (make_run(simulate_scores(text, rng.normal(0, 0.5, V), noise=1.0,
+                                         shared=shared, seed=10 * draw + k), seed=k)
+                for k in range(2))  # unrelated true preferences: the truth is 0
+        new.append(stability.compare_runs(a, b, centred=False, align="none",
+                                          n_boot=0, n_perm=0).r_x)
+        old.append(old_cross_run_ratio(a, b))
+    assert agrees(new, 0.0)
+    assert not agrees(old, 0.0) and np.mean(old) > 0.3
+
+
+# --- across seeds ---------------------------------------------------------------------
+
+def seed_runs(text, rho, n_runs, rng, *, flip=True, start=0):
+    common = rng.normal(0, 0.5, V)
+    runs = []
+    for k in range(n_runs):
+        truth = np.sqrt(rho) * common + np.sqrt(1 - rho) * rng.normal(0, 0.5, V)
+        sign = rng.choice([-1.0, 1.0]) if flip and k else 1.0
+        runs.append(make_run(simulate_scores(text, sign * truth, seed=start + k),
+                             seed=k))
+    return runs
+
+
+def test_seed_stability_recovers_the_shared_part_and_the_tower_labels():
+    rng, rho, text = np.random.default_rng(11), 0.5, simulate_text(seed=7)
+    means, covered = [], 0
+    for draw in range(8):
+        runs = seed_runs(text, rho, 4, rng, start=100 * draw)
+        result = across_seeds.seed_stability(runs, centred=False, n_perm=100)
+        means.append(result.mean)
+        covered += result.low <= rho <= result.high
+        assert result.p_value < 0.05 and result.n_seeds == 4
+        true_signs = np.sign([r.preference["pref"].corr(runs[0].preference["pref"])
+                              for r in runs])
+        np.testing.assert_array_equal(result.signs, true_signs)
+    assert agrees(means, rho) and covered >= 6
+    pairs = across_seeds.pair_table(result)
+    assert len(pairs) == 6 and (pairs["aligned r_x"] > 0).all()
+
+
+def test_seed_stability_of_unrelated_runs_is_a_null_result_despite_the_alignment():
+    rng, text = np.random.default_rng(12), simulate_text(seed=8)
+    results = [across_seeds.seed_stability(seed_runs(text, 0.0, 4, rng, start=10 * d),
+                                           centred=False, n_perm=100)
+               for d in range(10)]
+    assert all(r.mean > -0.1 for r in results)  # the alignment favours agreement...
+    assert sum(r.p_value < 0.05 for r in results) <= 2  # ...which the null knows
+    assert sum(r.low <= 0 <= r.high for r in results) >= 8
+
+
+def test_stability_difference_finds_the_more_stable_condition():
+    rng, text = np.random.default_rng(13), simulate_text(seed=9)
+    stable = across_seeds.seed_stability(seed_runs(text, 0.8, 4, rng), centred=False,
+                                         n_perm=0)
+    unstable = across_seeds.seed_stability(seed_runs(text, 0.0, 4, rng, start=50),
+                                           centred=False, n_perm=0)
+    diff = across_seeds.stability_difference(stable, unstable)
+    assert diff.low > 0 and diff.value == pytest.approx(stable.mean - unstable.mean)
+    assert diff.p_value < 0.05
+    same = across_seeds.stability_difference(stable, stable)
+    assert same.value == 0 and same.low < 0 < same.high
+    two = across_seeds.seed_stability(seed_runs(text, 0.8, 2, rng, start=90),
+                                      centred=False, n_perm=0)
+    assert np.isnan(two.low) and np.isnan(across_seeds.stability_difference(
+        stable, two).low)  # 2 seeds: no interval over seeds
 
 
 def write_run(folder, scores, seed, family="causal"):
@@ -212,32 +395,24 @@ def test_unknown_alignment_is_refused(shared):
         stability.compare_runs(run, run, align="sideways")
 
 
-def test_compare_stability_prefers_the_pair_that_shares_a_preference(shared):
-    rng = np.random.default_rng(9)
-    pair = (make_run(planted_scores(shared, seed=1)),
-            make_run(planted_scores(-shared, seed=2)))  # labels swapped: still stable
-    control = (make_run(planted_scores(rng.normal(0, 0.4, V), seed=3)),
-               make_run(planted_scores(rng.normal(0, 0.4, V), seed=4)))
-    diff, lo, hi = stability.compare_stability(pair, control, n_boot=300)
-    assert diff > 0.6 and 0.4 < lo < diff < hi
-    same, lo_same, hi_same = stability.compare_stability(pair, pair, n_boot=100)
-    assert same == 0 and lo_same == hi_same == 0
-
-
 def test_part2_plan_scales_with_the_preset_and_counts_its_cost():
     quick, full = replication.part2_plan(True, 0), replication.part2_plan(False, 3)
-    assert quick["seeds"] == [0, 1] and full["seeds"] == [3, 4, 5]
-    assert quick["control_seeds"] == {"split": [0], "independent": [0],
-                                      "untrained": [0, 1], "reseeded": [0]}
-    assert full["control_seeds"] == {"split": [3, 4], "independent": [3, 4],
-                                     "untrained": [3, 4], "reseeded": [3]}
+    assert quick["seeds"] == {"causal": [0, 1, 2], "mlm": [0, 1, 2], "bilm": [0, 1]}
+    assert full["seeds"] == dict.fromkeys(("causal", "mlm", "bilm"), [3, 4, 5])
+    assert quick["control_seeds"] == {"split": [0], "independent": [0, 1, 2],
+                                      "untrained": [0, 1, 2], "reseeded": [0]}
+    assert full["control_seeds"] == {"split": [3, 4], "independent": [3, 4, 5],
+                                     "untrained": [3, 4, 5], "reseeded": [3]}
+    for plan in (quick, full):  # claim 2's primary test has seeds enough
+        assert len(plan["seeds"]["causal"]) >= across_seeds.MIN_SEEDS
+        assert len(plan["control_seeds"]["independent"]) == len(plan["seeds"]["causal"])
     smoke = replication.replication_flops("smoke", **quick)
     assert smoke < replication.replication_flops("smoke", **full) < \
         replication.replication_flops("small", **full)
     one_run = replication.replication_flops(
-        "smoke", families=["causal"], seeds=[0], control_seeds={}, widths=[])
+        "smoke", seeds={"causal": [0]}, control_seeds={}, widths=[])
     assert 1.5 * one_run < replication.replication_flops(
-        "smoke", families=["causal"], seeds=[0], control_seeds={"independent": [0]},
+        "smoke", seeds={"causal": [0]}, control_seeds={"independent": [0]},
         widths=[]) < 2.5 * one_run  # a baseline phase 1 plus one more run
 
 

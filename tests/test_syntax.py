@@ -1,6 +1,7 @@
 """Chapter 10's statistics: effect sizes by hand, permutation tests that see a planted
 difference and see through a frequency confound, word vectors per tower and layer, and
-probes per tower that find the tower holding a planted tree."""
+probes per tower that find the tower holding a planted tree, choose their layer on
+probe-dev and say when the probe loses to a chain."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 import torch
 
 from twotower import syntax
+from twotower.errors import TwotowerError
 from twotower.model import TwoTowerLM
 from twotower.pos import Sentence, tree_depths
 from twotower.tokenizer import padded_vocab_size, train_wordpiece
@@ -138,7 +140,7 @@ def test_word_vectors_per_tower_and_layer_do_not_depend_on_the_batch(
     kept, one = syntax.tower_layer_vectors(model, tokenizer, SENTENCES, batch_size=1)
     _, together = syntax.tower_layer_vectors(model, tokenizer, SENTENCES, batch_size=3)
     assert kept == SENTENCES[:2]  # the 30-word sentence is longer than max_len
-    expected_layers = [2] if family == "bilm" else [1, 2]
+    expected_layers = [0, 2] if family == "bilm" else [0, 1, 2]
     assert sorted({layer for _, layer in one}) == expected_layers
     for key in one:
         assert [v.shape for v in one[key]] == [(3, 16), (6, 16)]
@@ -162,7 +164,28 @@ def test_word_vectors_are_the_cached_activations_averaged_per_word(tiny_config,
                                rtol=1e-5, atol=1e-6)
 
 
-# --- probes per tower ----------------------------------------------------------------
+@pytest.mark.parametrize("family", ["causal", "bilm"])
+def test_layer_0_is_each_towers_input(family, tiny_config, tokenizer):
+    cfg = tiny_config(family, vocab_size=padded_vocab_size(tokenizer), max_len=16)
+    model = TwoTowerLM(cfg).eval()
+    _, vectors = syntax.tower_layer_vectors(model, tokenizer, SENTENCES[:1])
+    ids = torch.tensor([tokenizer.encode(SENTENCES[0].words,
+                                         is_pretokenized=True).ids])
+    with torch.no_grad():  # the embedding, normed, through each tower's projection
+        x = model.tok_emb(ids)
+        if model.pos_emb is not None:
+            x = x + model.pos_emb.weight[:ids.shape[1]]
+        x = model.emb_norm(x)[0]  # (T, W)
+        word_ids = tokenizer.encode(SENTENCES[0].words, is_pretokenized=True).word_ids
+        for k, tower in enumerate("AB"):
+            h = x @ model.tower_in.weight[k] + model.tower_in.bias[k, 0]  # (T, D)
+            pieces = [i for i, w in enumerate(word_ids) if w == 2]  # "runs"
+            np.testing.assert_allclose(vectors[tower, 0][0][2],
+                                       h[pieces].mean(0).numpy(), rtol=1e-5,
+                                       atol=1e-6)
+
+
+# --- probes per tower -----------------------------------------------------------------
 
 def tree_vectors(rng, heads, dim=24):
     edges, _ = np.linalg.qr(rng.standard_normal((dim, len(heads))))
@@ -171,6 +194,18 @@ def tree_vectors(rng, heads, dim=24):
         if heads[word]:
             out[word] = out[heads[word] - 1] + edges[:, word]
     return out
+
+
+def test_probe_train_and_dev_split_the_training_sentences():
+    train, dev = syntax.split_probe_train(50, dev_share=0.2, seed=1)
+    assert len(dev) == 10 and len(train) == 40
+    assert sorted(np.concatenate([train, dev]).tolist()) == list(range(50))
+    again, _ = syntax.split_probe_train(50, dev_share=0.2, seed=1)
+    other, _ = syntax.split_probe_train(50, dev_share=0.2, seed=2)
+    np.testing.assert_array_equal(train, again)
+    assert not np.array_equal(train, other)
+    with pytest.raises(TwotowerError, match="dev_share"):
+        syntax.split_probe_train(2, dev_share=0.2)
 
 
 def test_probe_towers_finds_the_tower_that_holds_the_tree():
@@ -186,31 +221,146 @@ def test_probe_towers_finds_the_tower_that_holds_the_tree():
     table, counts = syntax.probe_towers(vectors, sentences, 60, rank=16, epochs=30,
                                         tasks=("distance",))
     uuas = table.set_index("tower")["uuas"]
+    dev = table.set_index("tower")["dev_uuas"]
     assert uuas["A"] > 0.85 and uuas["B"] < 0.6
+    assert dev["A"] > 0.85 and dev["B"] < 0.6  # probe-dev: 12 held-out sentences
+    assert table["epochs"].between(1, 30).all()
     assert counts["A", 1].shape == (30, 2)
     diff, lo, hi = syntax.uuas_difference(counts["A", 1], counts["B", 1], n_boot=300)
     assert diff == pytest.approx(uuas["A"] - uuas["B"]) and 0 < lo < diff < hi
 
 
+# --- the summary decides on probe-dev, and knows when the probe loses to a chain ----
+
+N_TEST, EDGES = 40, 10
+
+
+def planted_result(dev: dict, test: dict, rng=None) -> syntax.ProbeResult:
+    """A probe_towers result: dev UUAS and test edges found (of 10) per sentence for
+    every (tower, layer) key."""
+    rows, counts = [], {}
+    for (tower, layer), found in test.items():
+        found = np.full(N_TEST, found) if rng is None else rng.binomial(EDGES,
+                                                                        found / EDGES,
+                                                                        N_TEST)
+        counts[tower, layer] = np.column_stack([found, np.full(N_TEST, EDGES)])
+        rows.append({"tower": tower, "layer": layer, "task": "distance", "epochs": 3,
+                     "dev_spearman": 0.5, "dev_uuas": dev[tower, layer],
+                     "dev_root_accuracy": np.nan, "spearman": 0.5,
+                     "uuas": counts[tower, layer][:, 0].sum() / (N_TEST * EDGES),
+                     "root_accuracy": np.nan})
+    return pd.DataFrame(rows), counts
+
+
+def planted_baselines(chain_found: float) -> dict[str, np.ndarray]:
+    return {"chain": np.tile([[chain_found, EDGES]], (N_TEST, 1)).astype(float),
+            "random": np.tile([[1.5, EDGES]], (N_TEST, 1)).astype(float)}
+
+
+def test_the_layer_is_chosen_on_dev_even_where_test_disagrees():
+    # dev prefers layer 1, test prefers layer 2: the summary must report layer 1
+    dev = {("A", 1): 0.6, ("B", 1): 0.6, ("A", 2): 0.4, ("B", 2): 0.4}
+    test = {("A", 1): 5, ("B", 1): 4, ("A", 2): 9, ("B", 2): 8}
+    summary = syntax.probe_summary(planted_result(dev, test), n_boot=100)
+    assert summary["best_layer"] == 1 and summary["selected_on"] == "dev"
+    assert summary["uuas_a"] == 0.5 and summary["uuas_b"] == 0.4
+    assert summary["dev_uuas"] == pytest.approx(0.6)
+    assert summary["diff"] == pytest.approx(0.1)
+
+
+def test_layer_0_is_a_baseline_not_a_candidate():
+    dev = {("A", 0): 0.9, ("B", 0): 0.9, ("A", 1): 0.5, ("B", 1): 0.5,
+           ("A", 2): 0.6, ("B", 2): 0.7}
+    test = {("A", 0): 2, ("B", 0): 2, ("A", 1): 5, ("B", 1): 5, ("A", 2): 7,
+            ("B", 2): 6}
+    summary = syntax.probe_summary(planted_result(dev, test), n_boot=100)
+    assert summary["best_layer"] == 2
+    assert summary["embedding"] == pytest.approx(0.2)
+    assert summary["vs_embedding"] == pytest.approx(0.45)
+    assert summary["vs_embedding_low"] == pytest.approx(0.45)  # no sentence varies
+
+
+@pytest.mark.parametrize("found, fails", [(3, True), (8, False)])
+def test_the_instrument_fails_when_both_towers_stay_below_the_chain(found, fails):
+    rng = np.random.default_rng(0)
+    dev = {("A", 1): 0.5, ("B", 1): 0.5}
+    trained = planted_result(dev, {("A", 1): found, ("B", 1): found}, rng)
+    summary = syntax.probe_summary(trained, n_boot=300,
+                                   baselines=planted_baselines(chain_found=5.5))
+    assert summary["chain"] == 0.55 and summary["random"] == 0.15
+    assert summary["instrument_fails"] is fails
+    for diff, low, high in summary["tower_vs_chain"].values():
+        assert (high < 0) is fails and low < diff < high
+    assert (summary["vs_chain_high"] < 0) is fails
+
+
+def test_one_tower_above_the_chain_is_enough_for_the_instrument_to_speak():
+    rng = np.random.default_rng(0)
+    trained = planted_result({("A", 1): 0.5, ("B", 1): 0.5},
+                             {("A", 1): 8, ("B", 1): 2}, rng)
+    summary = syntax.probe_summary(trained, n_boot=300,
+                                   baselines=planted_baselines(chain_found=5.5))
+    assert summary["tower_vs_chain"]["B"][2] < 0 < summary["tower_vs_chain"]["A"][1]
+    assert summary["instrument_fails"] is False
+
+
+def test_a_report_without_dev_scores_cannot_choose_among_layers():
+    table, counts = planted_result({("A", 1): 0, ("B", 1): 0, ("A", 2): 0,
+                                    ("B", 2): 0}, {("A", 1): 5, ("B", 1): 4,
+                                                   ("A", 2): 9, ("B", 2): 8})
+    with pytest.raises(TwotowerError, match="rerun chapter 10"):
+        syntax.probe_summary((table.drop(columns="dev_uuas"), counts), n_boot=50)
+    one_layer = table[table["layer"] == 1].drop(columns="dev_uuas")
+    summary = syntax.probe_summary((one_layer, counts), n_boot=50)
+    assert summary["best_layer"] == 1 and summary["selected_on"] == "only layer"
+
+
 def test_probe_report_round_trip_and_summary(tmp_path):
     rng = np.random.default_rng(0)
-    rows, counts, base = [], {}, {}
-    for tower, layer, found in (("A", 1, 6), ("B", 1, 4), ("A", 2, 9), ("B", 2, 7)):
-        rows.append({"tower": tower, "layer": layer, "task": "distance",
-                     "spearman": 0.5, "uuas": found / 10, "root_accuracy": np.nan})
-        counts[tower, layer] = np.column_stack([rng.binomial(10, found / 10, 40),
-                                                np.full(40, 10)])
-        base[tower, layer] = np.column_stack([np.full(40, 2), np.full(40, 10)])
-    table = pd.DataFrame(rows)
-    syntax.save_probe_report(tmp_path, (table, counts), (table, base), sentences=40)
+    dev = {("A", 1): 0.6, ("B", 1): 0.4, ("A", 2): 0.9, ("B", 2): 0.7}
+    trained = planted_result(dev, {("A", 1): 6, ("B", 1): 4, ("A", 2): 9,
+                                   ("B", 2): 7}, rng)
+    untrained = planted_result(dev, {key: 2 for key in dev})
+    baselines = planted_baselines(chain_found=4.3)
+    syntax.save_probe_report(tmp_path, trained, untrained, baselines, sentences=40)
     report = syntax.load_probe_report(tmp_path)
     assert report["sentences"] == 40
-    pd.testing.assert_frame_equal(report["trained"][0], table)
-    for key in counts:
-        np.testing.assert_array_equal(report["trained"][1][key], counts[key])
-    summary = syntax.probe_summary(*[report[k] for k in ("trained", "untrained")],
-                                   n_boot=200)
-    assert summary["best_layer"] == 2 and summary["uuas_a"] == 0.9
+    pd.testing.assert_frame_equal(report["trained"][0], trained[0])
+    for key in trained[1]:
+        np.testing.assert_array_equal(report["trained"][1][key], trained[1][key])
+    for kind in baselines:
+        np.testing.assert_array_equal(report["baselines"][kind], baselines[kind])
+    summary = syntax.probe_summary(report["trained"], report["untrained"], n_boot=200,
+                                   baselines=report["baselines"])
+    assert summary == syntax.probe_summary(trained, untrained, n_boot=200,
+                                           baselines=baselines)
+    assert summary["best_layer"] == 2 and summary["uuas_a"] == pytest.approx(
+        trained[1]["A", 2][:, 0].sum() / 400)
     assert summary["low"] < summary["diff"] < summary["high"]
     assert summary["vs_untrained"] > 0.5 and summary["vs_low"] > 0.5
+    assert summary["instrument_fails"] is False and summary["chain"] == 0.43
     assert syntax.load_probe_report(tmp_path / "missing") is None
+
+
+def test_a_report_without_baselines_still_loads(tmp_path):
+    trained = planted_result({("A", 1): 0.5, ("B", 1): 0.5},
+                             {("A", 1): 6, ("B", 1): 4})
+    syntax.save_probe_report(tmp_path, trained)
+    report = syntax.load_probe_report(tmp_path)
+    assert report["baselines"] is None and report["untrained"] is None
+    assert "instrument_fails" not in syntax.probe_summary(report["trained"], n_boot=50)
+
+
+def test_the_uuas_table_sets_every_layer_beside_its_baselines():
+    dev = {("A", 0): 0.2, ("B", 0): 0.2, ("A", 1): 0.6, ("B", 1): 0.4,
+           ("A", 2): 0.5, ("B", 2): 0.3}
+    trained = planted_result(dev, {("A", 0): 2, ("B", 0): 2, ("A", 1): 5,
+                                   ("B", 1): 4, ("A", 2): 9, ("B", 2): 8})
+    untrained = planted_result(dev, {key: 3 for key in dev})
+    table = syntax.probe_uuas_table(trained, untrained, planted_baselines(4.3))
+    assert list(table.index) == [0, 1, 2]
+    assert list(table.columns) == ["dev A", "dev B", "A", "B", "A untrained",
+                                   "B untrained", "chain", "random", "chosen"]
+    assert table["chosen"].tolist() == [False, True, False]  # dev, not test (layer 2)
+    assert table.loc[2, "A"] == 0.9 and table.loc[1, "B untrained"] == 0.3
+    assert (table["chain"] == 0.43).all() and (table["random"] == 0.15).all()

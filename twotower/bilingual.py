@@ -33,7 +33,7 @@ from . import atomic, sources
 from . import checkpoint as ckpt
 from .config import DataConfig, RunConfig, get_preset
 from .errors import TwotowerError, require
-from .model import IGNORE, TwoTowerLM
+from .model import TwoTowerLM
 from .objectives import Objective
 from .readouts import TokenScores, TowerReadouts, freeze, score_readouts, train_readouts
 from .runtime import seed_everything
@@ -410,13 +410,9 @@ def ensure_bilingual_run(run_dir: str | Path, cfg: RunConfig, data: BilingualDat
                                                         run_dir=run_dir,
                                                         progress=progress)
         val_b = WindowBatches(data.val.windows, objective, cfg.train.batch_size,
-                              cfg.train.seed).eval_batches()
-        scores = score_readouts(model, heads, val_b, cfg.train.device, "fp32")
-        # eval batches keep the windows' order, so the scored positions are the
-        # row-major target positions of all validation windows
-        targets = objective.make_batch(data.val.windows, torch.Generator()).targets
-        score_language = np.broadcast_to(data.val.language[:, None],
-                                         targets.shape)[(targets != IGNORE).numpy()]
+                              cfg.train.seed).score_batches()
+        scores = score_readouts(model, heads, val_b, cfg.train.device)
+        score_language = data.val.language[scores.window]
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic.write_text(results_path, json.dumps(results, indent=1, default=float))
     return BilingualRun(run_dir, cfg, data, model.cpu(), heads, scores, score_language,

@@ -382,7 +382,7 @@ def fetch_vendor(out: Path) -> Path:
     The tarballs come straight from the npm registry over HTTPS (no npm needed),
     checked against the registry's integrity hashes in :data:`VENDOR` and kept in
     the download cache (:func:`twotower.sources.default_cache_dir`). ``make setup``
-    runs this (``python -m twotower.book vendor``), so a build never starts without them.
+    runs this (``python -m twotower.book vendor``): a build never starts without them.
 
     Raises:
         TwotowerError: a tarball that cannot be downloaded or does not match its hash.
@@ -401,7 +401,7 @@ def fetch_vendor(out: Path) -> Path:
         tarballs[name] = download(vendor_url(name, version),
                                   f"{algorithm}:{base64.b64decode(digest).hex()}",
                                   default_cache_dir() / "downloads" / "npm",
-                                  fix="the HTML needs it once (or build with --no-html)")
+                                  fix="the HTML needs it (or build with --no-html)")
     shutil.rmtree(target, ignore_errors=True)
     for name, tarball in tarballs.items():
         inside, destination = VENDOR_LAYOUT[name.replace("@", "").replace("/", "-")]
@@ -433,8 +433,8 @@ def preflight(root: Path, out: Path | None, wanted: list[str] | None = None) -> 
 
     missing = [name for name in BOOK_MODULES if find_spec(name) is None]
     if missing:
-        raise TwotowerError(f"the book build needs {', '.join(missing)}: run make setup, "
-                            "or pip install -e '.[book]'")
+        raise TwotowerError(f"the book build needs {', '.join(missing)}: run "
+                            "python3 tasks.py setup, or pip install -e '.[book]'")
     from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 
     try:

@@ -1101,7 +1101,7 @@ def _split_half_ceiling(target, ll_a, ll_b, vocab_size, min_count=5, seed=0):
     ll = np.stack([np.asarray(ll_a, dtype=np.float64),
                    np.asarray(ll_b, dtype=np.float64)])
     result = split_half(TokenScores(np.asarray(target), ll, ll[0]), vocab_size,
-                        min_count, seed)
+                        min_count, half=half_assignment(np.asarray(target), seed))
     return result.r, result.ceiling
 
 
@@ -1356,26 +1356,37 @@ def check_aligned_correlation(aligned_correlation: Callable) -> None:
     _passed(name, f"{len(cases)} pairs of runs, NaN tokens and swapped labels included")
 
 
-def _cross_run_ceiling(r_half_a, r_half_b):
-    rel = [2 * r / (1 + r) for r in (r_half_a, r_half_b)]
-    return float(np.sqrt(rel[0] * rel[1])) if min(rel) > 0 else float("nan")
+def _disattenuated_correlation(a0, a1, b0, b1):
+    from .stability import disattenuated
+
+    halves = np.stack([np.asarray(h, np.float64) for h in (a0, a1, b0, b1)])[None]
+    return float(disattenuated(halves)[0])
 
 
-@_exercise(_cross_run_ceiling)
-def check_cross_run_ceiling(cross_run_ceiling: Callable) -> None:
-    """Check ``cross_run_ceiling(r_half_a, r_half_b)``: the noise ceiling of a
-    correlation between two runs from their split-half correlations."""
+@_exercise(_disattenuated_correlation)
+def check_disattenuated_correlation(disattenuated_correlation: Callable) -> None:
+    """Check ``disattenuated_correlation(a0, a1, b0, b1)``: the correlation of two
+    runs' noise-free preferences from their half preferences on the same tokens."""
     __tracebackhide__ = True
-    name = "check_cross_run_ceiling"
-    hint = ("Hint: step each split-half r up to full length with Spearman-Brown, "
-            "rel = 2 r / (1 + r), and return the geometric mean sqrt(rel_a * rel_b); "
-            "NaN when either reliability is not positive.")
-    cases = [dict(r_half_a=a, r_half_b=b) for a, b in
-             ((0.5, 0.5), (0.9, 0.2), (0.3, 0.8), (0.05, 0.95), (-0.2, 0.6),
-              (-0.3, -0.4), (0.0, 0.7))]
-    _compare(name, cross_run_ceiling, _cross_run_ceiling, cases,
-             lambda c: f"r_half_a={c['r_half_a']}, r_half_b={c['r_half_b']}", hint,
-             "pairs, negative reliabilities included")
+    name = "check_disattenuated_correlation"
+    hint = ("Hint: cross = (r(a0, b1) + r(a1, b0)) / 2 pairs halves of different "
+            "text; divide it by sqrt(r(a0, a1) * r(b0, b1)), the two runs' own "
+            "split-half correlations; NaN when either of those is not positive.")
+    rng = np.random.default_rng(91)
+    cases = []
+    for rho, noise, n in ((1.0, 0.5, 400), (0.5, 1.0, 600), (0.0, 1.0, 300),
+                          (-0.6, 0.7, 500), (0.8, 3.0, 200)):
+        common, own = rng.standard_normal((2, n))
+        truth = [common, rho * common + np.sqrt(1 - rho**2) * own]
+        halves = [t + noise * rng.standard_normal(n) for t in truth for _ in (0, 1)]
+        cases.append(dict(zip(("a0", "a1", "b0", "b1"), halves)))
+    x, y = rng.standard_normal((2, 80))
+    noise = 0.3 * rng.standard_normal((4, 80))  # both runs' halves disagree
+    cases.append(dict(a0=x + noise[0], a1=-x + noise[1], b0=y + noise[2],
+                      b1=-y + noise[3]))
+    _compare(name, disattenuated_correlation, _disattenuated_correlation, cases,
+             lambda c: f"{c['a0'].size} tokens", hint, "cases, an unreliable run "
+             "included")
 
 
 # --- Chapter 10: Syntax or semantics? ---

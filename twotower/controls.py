@@ -52,8 +52,8 @@ from .data import prepare_data
 from .errors import require
 from .hooks import HookedModule
 from .model import SingleTowerLM, TwoTowerLM, matched_single_tower_config
-from .pipeline import (LoadedRun, load_run, loaded_run, read_results, save_results,
-                       score_and_save, start_run)
+from .pipeline import (LoadedRun, load_run, loaded_run, read_results, rescore,
+                       save_results, score_and_save, scoring_is_current, start_run)
 from .readouts import TowerReadouts, train_readouts
 from .runtime import seed_everything
 from .training import WindowBatches, train
@@ -312,7 +312,7 @@ def run_control(cfg: RunConfig, out: str | Path, *, cache_dir: str | Path | None
         return {}
     results = {
         **score_and_save(out, cfg, data, model, readouts,
-                         val_b.eval_batches(cfg.score_batches)),
+                         val_b.score_batches(cfg.score_batches)),
         "control": cfg.control, "model_training": trained,
         "readout_training": readout_summary,
         "parameters": {"control": sum(p.numel() for p in model.parameters())},
@@ -351,6 +351,14 @@ def load_control(path: str | Path, cache_dir: str | Path | None = None) -> Loade
     return loaded_run(path, cfg, data, model)
 
 
+def ensure_scored(path: str | Path) -> None:
+    """Rescore a finished run (main or control) that an older version scored, so that
+    every analysis reads today's scores (:func:`twotower.pipeline.rescore`)."""
+    if not scoring_is_current(path):
+        cfg = read_run_config(path)
+        rescore(load_control(path) if cfg.control else load_run(path))
+
+
 def ensure_control(runs_dir: str, preset: str, control: str, seed: int = 0, *,
                    family: str = "causal", device: str = "auto", callbacks=(),
                    progress: bool = True) -> LoadedRun:
@@ -371,4 +379,5 @@ def ensure_control(runs_dir: str, preset: str, control: str, seed: int = 0, *,
             readout=dataclasses.replace(cfg.readout, device=device))
         run_control(cfg, path, callbacks=callbacks, progress=progress,
                     reuse_from=run_path(runs_dir, preset, family, seed))
+    ensure_scored(path)
     return load_control(path)

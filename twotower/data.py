@@ -7,7 +7,8 @@ held out by article) -> a WordPiece tokenizer trained on the training articles -
 ``tokenize_articles`` (ids cached on disk as a memmap, so a corpus is tokenized once) ->
 ``make_windows`` (``[CLS]`` + ``max_len - 1`` tokens of one article, PAD at the end).
 :func:`prepare_data` runs all of it from a :class:`~twotower.config.DataConfig`.
-The authors' windows cross document boundaries (PAPER.md 1.4.6); ours never do.
+The authors' windows cross document boundaries (bug 6 of chapter 11's audit); ours
+never do.
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ class PreparedData:
     source: str  # "online", "bundled" or "local"
     n_train_tokens: int  # non-PAD tokens in train ([CLS] included)
     n_val_tokens: int  # non-PAD tokens in val
+    val_article: np.ndarray | None = None  # (N_val,) article of each val window
 
 
 def tokenize_articles(
@@ -168,16 +170,9 @@ def make_windows(stream: TokenStream, max_len: int, special: SpecialIds) -> np.n
     Returns:
         (N, T) int64 windows, ``T = max_len``, in corpus order.
     """
-    if max_len < 2:
-        raise TwotowerError(
-            f"max_len must be at least 2 ([CLS] + one token), got {max_len}")
     body = max_len - 1
-    lengths = np.diff(stream.offsets)
-    n_windows = -(-lengths // body)  # 0 for an empty article
-    tail = lengths - (n_windows - 1) * body
-    n_windows -= (n_windows > 1) & (tail < min(MIN_TAIL_TOKENS, max(1, body // 2)))
-    article = np.repeat(np.arange(len(lengths)), n_windows)
-    first = np.repeat(np.cumsum(n_windows) - n_windows, n_windows)
+    article = window_articles(stream, max_len)
+    first = np.searchsorted(article, article)  # the article's first window
     starts = stream.offsets[article] + (np.arange(len(article)) - first) * body
     ends = stream.offsets[article + 1]
     windows = np.full((len(article), max_len), special.pad, dtype=np.int64)
@@ -190,6 +185,23 @@ def make_windows(stream: TokenStream, max_len: int, special: SpecialIds) -> np.n
         tokens = np.asarray(stream.ids[np.minimum(index, len(stream.ids) - 1)])
         windows[lo:hi, 1:] = np.where(real, tokens, special.pad)
     return windows
+
+
+def window_articles(stream: TokenStream, max_len: int) -> np.ndarray:
+    """The article of each window :func:`make_windows` cuts: (N,) int, non-decreasing.
+
+    Analyses that split text into independent parts (chapter 9's halves) use it, since
+    windows of one article share its topic and its words.
+    """
+    if max_len < 2:
+        raise TwotowerError(
+            f"max_len must be at least 2 ([CLS] + one token), got {max_len}")
+    body = max_len - 1
+    lengths = np.diff(stream.offsets)
+    n_windows = -(-lengths // body)  # 0 for an empty article
+    tail = lengths - (n_windows - 1) * body
+    n_windows -= (n_windows > 1) & (tail < min(MIN_TAIL_TOKENS, max(1, body // 2)))
+    return np.repeat(np.arange(len(lengths)), n_windows)
 
 
 def prepare_data(cfg: DataConfig, cache_dir: str | os.PathLike | None = None
@@ -211,7 +223,7 @@ def prepare_data(cfg: DataConfig, cache_dir: str | os.PathLike | None = None
                                                   cfg.split_seed)
     tokenizer = get_tokenizer(cfg, train_articles, cache)
     special = SpecialIds.from_tokenizer(tokenizer)
-    windows = {}
+    windows, articles_of = {}, {}
     for split, articles, fix in (
         ("training", train_articles, "lower max_len or val_fraction"),
         ("validation", val_articles, "lower max_len or raise val_fraction"),
@@ -224,6 +236,7 @@ def prepare_data(cfg: DataConfig, cache_dir: str | os.PathLike | None = None
                 "larger corpus"
             )
         windows[split] = make_windows(stream, cfg.max_len, special)
+        articles_of[split] = window_articles(stream, cfg.max_len)
     train = windows["training"]
     if cfg.max_train_tokens:
         order = np.random.default_rng(cfg.split_seed).permutation(len(train))
@@ -237,6 +250,7 @@ def prepare_data(cfg: DataConfig, cache_dir: str | os.PathLike | None = None
         train=train, val=val, corpus_name=corpus.name, source=corpus.source,
         n_train_tokens=int(np.count_nonzero(train != special.pad)),
         n_val_tokens=int(np.count_nonzero(val != special.pad)),
+        val_article=articles_of["validation"],
     )
     log.info("data: %s (%s), %d train / %d val windows of %d, %d / %d tokens",
              data.corpus_name, data.source, len(train), len(val), cfg.max_len,

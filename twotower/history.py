@@ -4,7 +4,9 @@ Introduced in chapter 12 (*Rare-token neurons in each tower*), which asks whethe
 plateau of influential neurons emerges during training. The main run of a preset keeps
 only its newest checkpoints; :func:`ensure_checkpoint_run` trains the same joint phase
 again (same data, seed and schedule) and keeps evenly spaced checkpoints and the
-initial weights.
+initial weights. Those initial weights (step 0, :func:`initial_model`) are the null of
+the chapter: whatever an untrained model's influence curve shows, training did not
+make.
 """
 
 from __future__ import annotations
@@ -13,8 +15,11 @@ import dataclasses
 import json
 from pathlib import Path
 
+import torch
+
 from . import atomic
 from . import checkpoint as ckpt
+from .errors import require
 from .model import TwoTowerLM
 
 
@@ -24,6 +29,22 @@ def checkpoint_steps(run_dir: str | Path) -> list[int]:
     folders = [*(run_dir / "init").glob("step-*"), *(run_dir / "joint").glob("step-*")]
     return sorted(ckpt.load_meta(p)["step"] for p in folders
                   if (p / ckpt.META).exists())
+
+
+def initial_model(cfg) -> TwoTowerLM:
+    """The weights a run of ``cfg`` starts from: its step 0, without training.
+
+    Seeds every generator with ``cfg.train.seed`` and builds the model, as
+    :func:`twotower.pipeline.run` and :func:`ensure_checkpoint_run` do, so it equals
+    their initial weights (the global generators are left seeded, as after theirs).
+
+    Args:
+        cfg: a resolved :class:`twotower.config.RunConfig`, e.g. ``run.config``.
+    """
+    from .runtime import seed_everything
+
+    seed_everything(cfg.train.seed)
+    return TwoTowerLM(cfg.model)
 
 
 def ensure_checkpoint_run(run_dir: str | Path, cfg, *, n_checkpoints: int = 6,
@@ -45,7 +66,6 @@ def ensure_checkpoint_run(run_dir: str | Path, cfg, *, n_checkpoints: int = 6,
     """
     from .data import prepare_data
     from .pipeline import make_objective, resolve_config
-    from .runtime import seed_everything
     from .training import WindowBatches, train
 
     run_dir = Path(run_dir)
@@ -58,8 +78,7 @@ def ensure_checkpoint_run(run_dir: str | Path, cfg, *, n_checkpoints: int = 6,
                                     keep_checkpoints=n_checkpoints + 2, eval_every=0)
     objective = make_objective(cfg, data)
     batches = WindowBatches(data.train, objective, cfg.train.batch_size, cfg.train.seed)
-    seed_everything(cfg.train.seed)
-    model = TwoTowerLM(cfg.model)
+    model = initial_model(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic.write_text(run_dir / "model.json", json.dumps(dataclasses.asdict(cfg.model)))
     if not (run_dir / "init").exists():  # not in joint/: training would resume it
@@ -68,6 +87,15 @@ def ensure_checkpoint_run(run_dir: str | Path, cfg, *, n_checkpoints: int = 6,
                     train_cfg, phase="joint", run_dir=run_dir, progress=progress)
     atomic.write_text(run_dir / "done.json", json.dumps(summary))
     return run_dir
+
+
+def weight_difference(a: torch.nn.Module, b: torch.nn.Module) -> float:
+    """Largest absolute difference between the weights of two models of one config."""
+    first, second = a.state_dict(), b.state_dict()
+    require(first.keys() == second.keys(),
+            "the two models have different parameters; compare models of one config")
+    return max((float((first[name].double() - second[name].double()).abs().max())
+                for name in first), default=0.0)
 
 
 def load_checkpoint_model(run_dir: str | Path, step: int) -> TwoTowerLM:

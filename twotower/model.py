@@ -2,7 +2,7 @@
 
 Introduced in chapter 5 (*Two towers, one head*).
 
-Data flow (K towers of width D, shared width W = K * D, PAPER.md section 1.1)::
+Data flow (K towers of width D, shared width W = K * D, as in the authors' code)::
 
     ids (B, T) -> token (+ position) embedding (B, T, W) -> LayerNorm -> dropout
       -> one linear projection per tower W -> D           (K, B, T, D)

@@ -1,18 +1,20 @@
-"""Statistics of neuron populations that need no model: curve fits and spectra.
+"""Statistics that need no model: tails, spectra, co-activation, clustered means.
 
 Introduced in the chapter on rare-token neurons (Liu, Wang & Li 2025). Everything
-here takes plain arrays (influences, activations, weights), so the same code serves one
-tower, two towers, or synthetic data in a test. The model-dependent parts (ablation
-influence through hooks) live elsewhere and hand their numbers to these functions.
+here takes plain arrays (influences, activations, weights, per-position scores), so
+the same code serves one tower, two towers, or synthetic data in a test. The
+model-dependent parts (ablation influence through hooks) live elsewhere and hand their
+numbers to these functions; the sorted influence curve has its own module,
+:mod:`twotower.regimes`.
 
-* :func:`fit_three_regimes` -- plateau / power law / rapid decay of the sorted
-  |influence| curve on log-log axes, with two fitted breakpoints.
 * :func:`hill_estimator`, :func:`hill_bootstrap` -- tail exponent of a power law.
 * :func:`weight_correlation_spectrum`, :func:`spectrum_tail_alpha` -- how heavy-tailed
   the eigenvalues of a group's input-weight correlation matrix are.
 * :func:`coactivation` -- do the neurons of a group fire together?
 * :func:`random_group_baseline`, :func:`empirical_p_value` -- the same statistic on
   random groups of equal size, for "against random groups" comparisons.
+* :func:`clustered_means` -- means per label with standard errors that treat each
+  cluster (a window of text) as one independent draw, not each position.
 
 Letters in shapes: ``N`` samples (tokens), ``G`` neurons in a group, ``D`` input width.
 """
@@ -23,170 +25,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
-from scipy import optimize
-
 from .errors import require
-
-REGIMES = ("plateau", "power_law", "rapid_decay")
-MIN_POINTS_PER_REGIME = 3  # fewer points cannot pin down a segment's slope and knot
-MIN_POSITIVE_VALUES = 10
-_GRID_SIZE = 64  # candidate breakpoints per axis before the continuous refinement
-
-
-# --- Three regimes of the sorted influence curve --------------------------------------
-
-
-@dataclass(frozen=True)
-class RegimeFit:
-    """A continuous three-segment line through (log rank, log value).
-
-    Ranks count from 1 (the most influential neuron). A neuron of rank ``r`` is in the
-    plateau when ``log r <= breakpoint_log_ranks[0]``, in the power law when it is
-    between the two breakpoints, and in the rapid decay after the second one.
-
-    Attributes:
-        breakpoint_ranks: the two breakpoints rounded to ranks, ``(r1, r2)``, r1 < r2.
-        breakpoint_log_ranks: the same breakpoints as fitted, in natural-log rank.
-        slopes: slopes of the plateau, power-law and decay segments (d log v / d log r).
-        shares: fraction of the fitted (positive) neurons in each regime; sums to 1.
-        intercept: log value of the line at log rank 0 (rank 1).
-        rss: residual sum of squares of log value.
-        n_fitted: number of positive values that were fitted.
-        n_dropped: number of zero or negative values left out (they cannot be logged).
-    """
-
-    breakpoint_ranks: tuple[int, int]
-    breakpoint_log_ranks: tuple[float, float]
-    slopes: tuple[float, float, float]
-    shares: tuple[float, float, float]
-    intercept: float
-    rss: float
-    n_fitted: int
-    n_dropped: int
-
-    def predict(self, log_rank: np.ndarray | float) -> np.ndarray:
-        """Fitted log value at the given natural-log ranks (any shape), for plotting."""
-        x = np.asarray(log_rank, dtype=float)
-        b1, b2 = self.breakpoint_log_ranks
-        s1, s2, s3 = self.slopes
-        return (self.intercept + s1 * x + (s2 - s1) * np.maximum(x - b1, 0.0)
-                + (s3 - s2) * np.maximum(x - b2, 0.0))
-
-
-def log_rank_curve(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
-    """Sort positive values descending and take logs of rank and value.
-
-    Args:
-        values: shape (n,), e.g. |influence| per neuron, in any order.
-
-    Returns:
-        ``(log_rank, log_value, n_dropped)``: two arrays of shape (n_positive,) with
-        ranks counted from 1, and how many zero or negative values were left out.
-    """
-    v = np.asarray(values, dtype=float)
-    require(v.ndim == 1, f"values must be 1-D (one per neuron), got shape {v.shape}")
-    require(bool(np.all(np.isfinite(v))), "values contain NaN or inf; drop them first")
-    positive = np.sort(v[v > 0])[::-1]
-    log_rank = np.log(np.arange(1, positive.size + 1, dtype=float))
-    return log_rank, np.log(positive), int(v.size - positive.size)
-
-
-def _design(x: np.ndarray, b1: float, b2: float) -> np.ndarray:
-    """Columns [1, x, hinge at b1, hinge at b2] of the continuous piecewise line."""
-    return np.stack([np.ones_like(x), x, np.maximum(x - b1, 0.0),
-                     np.maximum(x - b2, 0.0)], axis=1)
-
-
-def _regime_counts(x: np.ndarray, b1: float, b2: float) -> np.ndarray:
-    """Points in the plateau, power law and decay, shape (3,)."""
-    return np.array([np.sum(x <= b1), np.sum((x > b1) & (x <= b2)), np.sum(x > b2)])
-
-
-def _rss_at(x: np.ndarray, y: np.ndarray, b1: float, b2: float) -> float:
-    """Least-squares residual for given breakpoints; inf if a regime is too small."""
-    if not (b1 < b2 and np.all(_regime_counts(x, b1, b2) >= MIN_POINTS_PER_REGIME)):
-        return np.inf
-    design = _design(x, b1, b2)
-    coef, *_ = np.linalg.lstsq(design, y, rcond=None)
-    return float(np.sum((design @ coef - y) ** 2))
-
-
-def _grid_search(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    """Best pair of breakpoints among log-spaced candidate ranks.
-
-    All pairs are solved at once: the 4x4 normal equations of a pair are a sub-matrix
-    of one Gram matrix of [1, x, every candidate hinge].
-    """
-    n = x.size
-    lo, hi = MIN_POINTS_PER_REGIME, n - MIN_POINTS_PER_REGIME
-    ranks = np.unique(np.round(np.geomspace(lo, hi, _GRID_SIZE)).astype(int))
-    knots = np.log(ranks.astype(float))
-    columns = np.vstack([np.ones_like(x), x,
-                         np.maximum(x[None, :] - knots[:, None], 0.0)])  # (2 + C, n)
-    gram, moments = columns @ columns.T, columns @ y
-
-    i, j = np.triu_indices(ranks.size, k=1)
-    keep = ((ranks[j] - ranks[i] >= MIN_POINTS_PER_REGIME)
-            & (n - ranks[j] >= MIN_POINTS_PER_REGIME))
-    i, j = i[keep], j[keep]
-    require(i.size > 0, f"too few values ({n}) to place two breakpoints")
-    picked = np.stack([np.zeros_like(i), np.ones_like(i), 2 + i, 2 + j], axis=1)
-    pair_gram = gram[picked[:, :, None], picked[:, None, :]]  # (P, 4, 4)
-    pair_moments = moments[picked]  # (P, 4)
-    coef = np.linalg.solve(pair_gram, pair_moments[:, :, None])[:, :, 0]
-    rss = y @ y - np.sum(coef * pair_moments, axis=1)
-    best = int(np.argmin(rss))
-    return float(knots[i[best]]), float(knots[j[best]])
-
-
-def fit_three_regimes(values: np.ndarray) -> RegimeFit:
-    """Fit plateau, power law and rapid decay to a sorted |influence| curve.
-
-    On axes (log rank, log value) the model is a continuous line of three segments,
-    each with its own fitted slope, joined at two breakpoints ``b1 < b2``. For fixed
-    breakpoints the slopes are ordinary least squares; the breakpoints are chosen by
-    a grid search over log-spaced ranks, then refined continuously by Nelder-Mead from
-    the best grid pair. Both steps are deterministic. Every regime keeps at least
-    ``MIN_POINTS_PER_REGIME`` neurons.
-
-    Every positive value weighs the same in the fit, so the many neurons of the tail
-    dominate the residual; the plateau is still found because it bends the curve.
-
-    Args:
-        values: shape (n,), |influence| per neuron in any order. Zeros and negatives
-            are dropped (their count is kept in ``n_dropped``).
-
-    Returns:
-        The :class:`RegimeFit`.
-
-    Raises:
-        TwotowerError: fewer than ``MIN_POSITIVE_VALUES`` positive values.
-    """
-    x, y, n_dropped = log_rank_curve(values)
-    require(x.size >= MIN_POSITIVE_VALUES,
-            f"need at least {MIN_POSITIVE_VALUES} positive values to fit three "
-            f"regimes, got {x.size}; pass more neurons")
-    b1, b2 = _grid_search(x, y)
-    refined = optimize.minimize(lambda b: _rss_at(x, y, b[0], b[1]), x0=[b1, b2],
-                                method="Nelder-Mead",
-                                options={"xatol": 1e-4, "fatol": 1e-10, "maxiter": 400})
-    if np.isfinite(refined.fun) and refined.fun < _rss_at(x, y, b1, b2):
-        b1, b2 = (float(b) for b in refined.x)
-
-    design = _design(x, b1, b2)
-    coef, *_ = np.linalg.lstsq(design, y, rcond=None)
-    intercept, s1, d1, d2 = (float(c) for c in coef)
-    shares = _regime_counts(x, b1, b2) / x.size
-    return RegimeFit(
-        breakpoint_ranks=(int(round(np.exp(b1))), int(round(np.exp(b2)))),
-        breakpoint_log_ranks=(b1, b2),
-        slopes=(s1, s1 + d1, s1 + d1 + d2),
-        shares=(float(shares[0]), float(shares[1]), float(shares[2])),
-        intercept=intercept,
-        rss=float(np.sum((design @ coef - y) ** 2)),
-        n_fitted=int(x.size),
-        n_dropped=n_dropped,
-    )
 
 
 # --- Power-law tails: Hill estimator --------------------------------------------------
@@ -450,3 +289,61 @@ def empirical_p_value(observed: float, baseline: np.ndarray,
             f"alternative must be 'greater' or 'less', got {alternative!r}")
     extreme = base >= observed if alternative == "greater" else base <= observed
     return float((1 + extreme.sum()) / (1 + base.size))
+
+
+# --- Means over positions that come in clusters ---------------------------------------
+
+
+def clustered_means(values: np.ndarray, labels: np.ndarray, clusters: np.ndarray,
+                    n_labels: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean of ``values`` per label, with a covariance over clusters, not positions.
+
+    Positions of one window (a passage of text) share their context, so their values
+    are correlated and ``std / sqrt(n_positions)`` understates the standard error by
+    the square root of the design effect, about ``1 + (m - 1) * icc`` for windows of
+    ``m`` positions. The cluster-robust (sandwich) covariance sums each cluster's
+    residuals first: with ``u[l, g] = sum over the positions i of cluster g with label
+    l of (v_i - mean_l) / n_l``, ``cov[a, b] = c_a * c_b * sum_g u[a, g] u[b, g]``,
+    where ``c_l = sqrt(G_l / (G_l - 1))`` for the ``G_l`` clusters that hold label l.
+    With one position per cluster it is exactly ``std(ddof=1) ** 2 / n``. Labels that
+    share clusters (rare and common targets of one window) get their covariance, so
+    the standard error of a difference of two means is right too.
+
+    Args:
+        values: (N,) one value per position, e.g. ``ll_A - ll_B``.
+        labels: (N,) label of each position; labels outside ``[0, n_labels)`` are left
+            out (e.g. -1 for none).
+        clusters: (N,) cluster of each position, e.g. the index of its window; must
+            be >= 0 at the positions that have a label.
+        n_labels: number of labels.
+
+    Returns:
+        ``(mean, cov, count)`` of shapes (L,), (L, L) and (L,): mean is NaN for a label
+        with no position, and the rows and columns of cov are NaN for a label held by
+        fewer than two clusters.
+    """
+    v, labels = np.asarray(values, dtype=float), np.asarray(labels)
+    clusters = np.asarray(clusters)
+    require(v.ndim == 1 and labels.shape == v.shape and clusters.shape == v.shape,
+            f"values, labels and clusters must be (N,) each, got shapes {v.shape}, "
+            f"{labels.shape} and {clusters.shape}")
+    keep = (labels >= 0) & (labels < n_labels)
+    v, label, cluster = v[keep], labels[keep].astype(np.int64), clusters[keep]
+    require(bool(np.all(cluster >= 0)), "a labelled position has cluster id < 0 (its "
+                                        "window is unknown); score it again")
+    _, cluster = np.unique(cluster, return_inverse=True)
+    n_clusters = int(cluster.max()) + 1 if cluster.size else 0
+    count = np.bincount(label, minlength=n_labels).astype(float)
+    cell = label * n_clusters + cluster.ravel()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.bincount(label, weights=v, minlength=n_labels) / count
+        u = np.bincount(cell, weights=(v - mean[label]) / count[label],
+                        minlength=n_labels * n_clusters).reshape(n_labels, n_clusters)
+        held = (np.bincount(cell, minlength=n_labels * n_clusters)
+                .reshape(n_labels, n_clusters) > 0).sum(axis=1)
+        scale = np.sqrt(held / (held - 1.0))
+        cov = scale[:, None] * (u @ u.T) * scale[None, :]
+    few = held < 2
+    cov[few, :] = np.nan
+    cov[:, few] = np.nan
+    return mean, cov, count

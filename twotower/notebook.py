@@ -328,6 +328,7 @@ def ensure_run(runs_dir: str, preset: str, family: str = "causal", seed: int = 0
     import os
 
     from .config import get_preset
+    from .controls import ensure_scored
     from .pipeline import load_run, run
 
     path = run_path(runs_dir, preset, family, seed)
@@ -338,6 +339,7 @@ def ensure_run(runs_dir: str, preset: str, family: str = "causal", seed: int = 0
             train=dataclasses.replace(cfg.train, device=device),
             readout=dataclasses.replace(cfg.readout, device=device))
         run(cfg, path, callbacks=callbacks, progress=progress)
+    ensure_scored(path)
     return load_run(path)
 
 

@@ -6,7 +6,7 @@ Introduced in chapter 4 (*Three kinds of tower*).
 - ``mlm``: BERT's masking. 15% of the non-special positions are selected; of those 80%
   become ``[MASK]``, 10% a random non-special token, 10% stay; the loss is on the
   selected positions only. Special ids are never selected and never inserted (the
-  authors' code could insert them, PAPER.md section 1.4 bug 6).
+  authors' code could insert them: bug 6 of chapter 11's audit).
 - ``bilm``: the token itself (the forward stream sees the left context, the backward
   stream the right context; see :class:`twotower.towers.BiLSTMTowers`).
 
@@ -28,19 +28,25 @@ from .model import IGNORE
 
 @dataclass(frozen=True)
 class Batch:
-    """Model inputs and targets, both ``(B, T)`` int64; ``IGNORE`` marks no target."""
+    """Model inputs and targets, both ``(B, T)`` int64; ``IGNORE`` marks no target.
+
+    ``window`` (B,) is the index of each row's window in the scored text, for batches
+    built to be scored (:meth:`Objective.scoring_batches`); None for training batches.
+    """
 
     input_ids: torch.Tensor
     targets: torch.Tensor
+    window: torch.Tensor | None = None
 
     def to(self, device: torch.device) -> "Batch":
         nb = device.type == "cuda"
         return Batch(self.input_ids.to(device, non_blocking=nb),
-                     self.targets.to(device, non_blocking=nb))
+                     self.targets.to(device, non_blocking=nb), self.window)
 
     def rows(self, index) -> "Batch":
         """The same batch restricted to some rows (a slice or index)."""
-        return Batch(self.input_ids[index], self.targets[index])
+        return Batch(self.input_ids[index], self.targets[index],
+                     None if self.window is None else self.window[index])
 
     @property
     def n_targets(self) -> int:
@@ -95,6 +101,35 @@ class Objective:
         pick = torch.randint(len(allowed), ids.shape, generator=generator)
         inputs[replace] = allowed[pick[replace]]
         return Batch(inputs, targets)
+
+    def scoring_batches(self, windows: np.ndarray, first_window: int,
+                        generator: torch.Generator) -> list[Batch]:
+        """The batches that score ``windows``: every target position exactly once.
+
+        ``causal`` and ``bilm``: one batch, as in training. ``mlm``: ``round(1 /
+        mlm_probability)`` passes over the same windows; each eligible position is
+        masked in exactly one pass (drawn from ``generator``), always with ``[MASK]``.
+        Training's 80/10/10 rule would leave 10% of the scored positions showing their
+        own answer and 10% a random token, and one pass would score only ~15% of the
+        positions; scoring every position from a masked input measures what each tower
+        predicts from the context alone, on all the text.
+        """
+        ids = torch.as_tensor(np.asarray(windows, dtype=np.int64))
+        window = torch.arange(first_window, first_window + len(ids))
+        if self.family != "mlm":
+            batch = self.make_batch(windows, generator)
+            return [Batch(batch.input_ids, batch.targets, window)]
+        n_passes = max(1, round(1 / self.mlm_probability))
+        special = torch.isin(ids, torch.tensor(self.special_ids))
+        which = torch.randint(n_passes, ids.shape, generator=generator)
+        out = []
+        for k in range(n_passes):
+            selected = (which == k) & ~special
+            if selected.any():
+                inputs = torch.where(selected, torch.full_like(ids, self.mask_id), ids)
+                targets = torch.where(selected, ids, torch.full_like(ids, IGNORE))
+                out.append(Batch(inputs, targets, window))
+        return out
 
     def allowed_replacements(self) -> torch.Tensor:
         """Ids a random replacement may take: the real vocabulary minus special ids."""

@@ -48,6 +48,9 @@ from .training import WindowBatches, evaluate, train
 log = logging.getLogger(__name__)
 
 PREFERENCE_COLUMNS = ("token", "id", "count", "ll_a", "ll_b", "pref", "pref_se")
+# 2: every target position scored once (MLM: masked in one of several passes, always
+# with [MASK]), masks from a seed shared by all runs, fp32, window and article kept
+SCORING_VERSION = 2
 
 
 def resolve_config(cfg: RunConfig, data: PreparedData) -> RunConfig:
@@ -161,7 +164,7 @@ def run(cfg: RunConfig, out: str | Path, *, cache_dir: str | Path | None = None,
         return {}
 
     t = time.perf_counter()
-    scored = val_b.eval_batches(cfg.score_batches)
+    scored = val_b.score_batches(cfg.score_batches)
     results = {
         **score_and_save(out, cfg, data, model, readouts, scored),
         "data": {"corpus": data.corpus_name, "source": data.source,
@@ -189,8 +192,9 @@ def score_and_save(out: Path, cfg: RunConfig, data: PreparedData, model: nn.Modu
     """Score ``scored`` batches with each readout, write ``scores.npz`` and
     ``preference.csv`` (atomically), and return the results every run reports: family,
     seed, losses, the preference summary and its split-half reliability."""
-    scores = score_readouts(model, readouts, scored, cfg.train.device,
-                            cfg.train.precision)
+    scores = score_readouts(model, readouts, scored, cfg.train.device)  # fp32
+    if getattr(data, "val_article", None) is not None:
+        scores = dataclasses.replace(scores, article=data.val_article[scores.window])
     scores.save(out / "scores.npz")
     df = token_preference(scores, cfg.model.vocab_size, cfg.min_count,
                           id_to_token(data, cfg.model.vocab_size))
@@ -198,10 +202,38 @@ def score_and_save(out: Path, cfg: RunConfig, data: PreparedData, model: nn.Modu
         df.reset_index()[list(PREFERENCE_COLUMNS)].to_csv(tmp, index=False)
     return {
         "family": cfg.model.family, "preset": cfg.preset, "seed": cfg.train.seed,
+        "scoring": {"version": SCORING_VERSION},
         "scores": loss_summary(scores), "preference": preference_summary(df, scores),
         "split_half": dataclasses.asdict(split_half(scores, cfg.model.vocab_size,
-                                                    cfg.min_count, cfg.train.seed)),
+                                                    cfg.min_count)),
     }
+
+
+def scoring_is_current(path: str | Path) -> bool:
+    """Whether a finished run was scored the way this version scores
+    (:data:`SCORING_VERSION`); older runs are rescored by :func:`rescore`."""
+    return read_results(path).get("scoring", {}).get("version") == SCORING_VERSION
+
+
+def rescore(run: LoadedRun) -> dict:
+    """Score a finished run again with the current scoring and rewrite its
+    ``scores.npz``, ``preference.csv`` and the scoring part of ``results.json``.
+
+    Nothing is trained: the towers and readouts on disk are scored as they are, so an
+    old run gets today's instruments in seconds to minutes.
+
+    Returns:
+        The updated results.
+    """
+    cfg = run.config
+    val_b = WindowBatches(run.data.val, make_objective(cfg, run.data),
+                          cfg.train.batch_size, cfg.train.seed)
+    log.info("rescoring %s (scoring version %d)", run.path, SCORING_VERSION)
+    results = {**run.results, **score_and_save(run.path, cfg, run.data, run.model,
+                                               run.readouts,
+                                               val_b.score_batches(cfg.score_batches))}
+    save_results(run.path, results)
+    return results
 
 
 def save_results(out: Path, results: dict) -> None:

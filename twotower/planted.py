@@ -154,7 +154,7 @@ def run_planted(cfg: PlantedRunConfig, seed: int, runs_dir: str | Path, *,
         if not path.exists():  # phases 2/3, then both readouts on the same positions
             readouts, _ = train_readouts(model, batches, readout, run_dir=run_dir,
                                          phase=f"{name}_readouts", progress=progress)
-            score_readouts(model, readouts, val.eval_batches(), device).save(path)
+            score_readouts(model, readouts, val.score_batches(), device).save(path)
         return TokenScores.load(path)
 
     init_scores = None

@@ -2,7 +2,7 @@
 
 Introduced in chapter 8 (*The emerging preference*).
 
-For each vocabulary id v (PAPER.md section 1.3):
+For each vocabulary id v (the definitions of chapter 1):
 ``ll_k(v)`` = mean log-probability readout k gives to v over the positions where v is
 the target, ``n(v)`` their number, and ``pref(v) = ll_A(v) - ll_B(v)`` in nats (> 0: tower
 A predicts v better). Tokens seen fewer than ``min_count`` times get NaN, never 0 (the
@@ -93,7 +93,7 @@ def residual_preference(pref: np.ndarray, ll_a: np.ndarray, ll_b: np.ndarray,
     The residual of a least-squares fit of pref on ``[1, mean loss, log count]`` over
     the tokens where pref is finite (NaN elsewhere). A tower that is simply better
     everywhere, or hard tokens that have larger loss differences, make raw prefs
-    correlate across runs without any division of labour (PAPER.md section 1.3).
+    correlate across runs without any division of labour (chapter 9).
     """
     pref = np.asarray(pref, dtype=float)
     ok = np.isfinite(pref)
@@ -158,20 +158,68 @@ def naive_token_preference(scores: TokenScores, min_count: int = 5) -> dict[int,
 class SplitHalf:
     """Split-half reliability of ``pref``: the noise ceiling of any correlation.
 
-    ``r`` correlates pref computed on two random halves of each token's occurrences;
-    ``ceiling`` is the Spearman-Brown estimate for full-length data, ``2r / (1 + r)``.
+    ``r`` correlates pref computed on two halves of the scored text (by article, see
+    :func:`text_halves`); ``ceiling`` is the Spearman-Brown estimate for full-length
+    data, ``2r / (1 + r)``; ``unit`` says what was split (``"article"``,
+    ``"window block"`` or ``"position block"``, or ``"given"`` for halves passed in).
     """
 
     r: float
     ceiling: float
     n_tokens: int
     r_centred: float  # the same for pref with gap, difficulty, frequency regressed out
+    unit: str = "given"
+
+
+MIN_HALF_ARTICLES = 8  # fewer scored articles than this: halves of window blocks
+HALF_BLOCKS = 16  # blocks of consecutive windows (or positions) in that case
+HALF_SEED = 0  # every run of one text is split into the same halves
+
+
+def text_units(scores: TokenScores) -> tuple[np.ndarray, str]:
+    """The unit of text each scored position belongs to, for splitting into halves.
+
+    Positions of one article share its topic and its words, so a token's preference
+    in one article tells about the same token nearby: halves made of *occurrences*
+    inside the same articles agree more than the preference would on new text. The
+    units are therefore the articles when the scored text has at least
+    :data:`MIN_HALF_ARTICLES`, else :data:`HALF_BLOCKS` blocks of consecutive windows
+    (of positions, for scores that do not know their windows).
+
+    Returns:
+        ``(units, kind)``: (N,) int unit per position and ``"article"``,
+        ``"window block"`` or ``"position block"``.
+    """
+    article = scores.article
+    if article is not None and np.unique(article).size >= MIN_HALF_ARTICLES:
+        return np.asarray(article), "article"
+    window = scores.window
+    if window is not None and window.size and (np.asarray(window) >= 0).all():
+        index, kind = np.asarray(window), "window block"
+    else:
+        index, kind = np.arange(scores.target.size), "position block"
+    values, rank = np.unique(index, return_inverse=True)
+    return rank * HALF_BLOCKS // max(values.size, 1), kind
+
+
+def text_halves(scores: TokenScores, seed: int = HALF_SEED) -> tuple[np.ndarray, str]:
+    """0/1 per scored position: half of the units of :func:`text_units` (drawn with
+    ``seed``) make half 0, the others half 1. Returns ``(half, kind)``."""
+    units, kind = text_units(scores)
+    values = np.unique(units)
+    first = np.random.default_rng(seed).permutation(values)[:values.size // 2]
+    return np.where(np.isin(units, first), 0, 1).astype(np.int8), kind
 
 
 def half_assignment(ids: np.ndarray, seed: int | None = 0) -> np.ndarray:
     """0/1 per occurrence, balanced within each token: each token's occurrences, in a
     random order (``seed``) or in order of appearance (``seed=None``), alternate
-    between half 0 and half 1."""
+    between half 0 and half 1.
+
+    The simplest split (chapter 8's exercise). It overstates reliability on new text
+    when a token's occurrences cluster in articles; :func:`text_halves` is what the
+    package's statistics use.
+    """
     ids = np.asarray(ids)
     if seed is None:
         order = np.argsort(ids, kind="stable")
@@ -195,16 +243,21 @@ def pearson(x: np.ndarray, y: np.ndarray) -> float:
 
 
 def split_half(scores: TokenScores, vocab_size: int, min_count: int = 5,
-               seed: int | None = 0, half: np.ndarray | None = None) -> SplitHalf:
-    """Correlate pref between two halves of every token's occurrences.
+               seed: int = HALF_SEED, half: np.ndarray | None = None) -> SplitHalf:
+    """Correlate pref between two halves of the scored text.
 
     Args:
-        half: 0/1 per position; default :func:`half_assignment` with ``seed``.
+        seed: which units go to which half (:func:`text_halves`).
+        half: 0/1 per position, instead of :func:`text_halves`.
 
-    Only tokens with at least ``min_count`` occurrences in EACH half count.
+    Only tokens with at least ``min_count`` occurrences in EACH half count: the same
+    token set that a correlation with another run uses (twotower.stability).
     ``r_centred`` correlates the halves' :func:`residual_preference` instead.
     """
-    half = half_assignment(scores.target, seed) if half is None else np.asarray(half)
+    if half is None:
+        half, unit = text_halves(scores, seed)
+    else:
+        half, unit = np.asarray(half), "given"
     prefs, residuals = [], []
     for h in (0, 1):
         count, mean_a, mean_b = _token_means(scores.target[half == h],
@@ -218,7 +271,7 @@ def split_half(scores: TokenScores, vocab_size: int, min_count: int = 5,
     n = int((np.isfinite(prefs[0]) & np.isfinite(prefs[1])).sum())
     ceiling = 2 * r / (1 + r) if np.isfinite(r) and r > -1 else float("nan")
     return SplitHalf(r=r, ceiling=float(ceiling), n_tokens=n,
-                     r_centred=pearson(*residuals))
+                     r_centred=pearson(*residuals), unit=unit)
 
 
 def bootstrap_correlation(x: np.ndarray, y: np.ndarray, n_boot: int = 1000,

@@ -8,16 +8,17 @@ The model enters only as ``features_fn(sentences) -> list of (n_words, D) arrays
 any tower, layer or control can be probed with :func:`structural_probe`. Shapes: B
 sentences, N words (padded), D features per word, R the rank of the probe.
 
-Deviations from H&M's code, on purpose: a fixed number of epochs instead of early
-stopping and learning-rate decay on a dev set; rank 64 by default (the two-tower
-authors' probe is 64-dimensional).
+Deviations from H&M's code, on purpose: early stopping keeps the epoch of lowest loss
+on a dev set, but the learning rate is not decayed; rank 64 by default (the two-tower
+authors' probe is 64-dimensional). The trees a probe must beat (a chain, a random tree)
+are in :mod:`twotower.tower_probes`.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -59,6 +60,14 @@ def _kept(n: int, keep: np.ndarray | None) -> np.ndarray:
     require(np.shape(keep) == (n,), f"keep must be a boolean mask of shape ({n},), "
             f"got {np.shape(keep)}")
     return np.flatnonzero(np.asarray(keep, dtype=bool))
+
+
+def keep_mask(sentence: Sentence, ignore_punct: bool = True) -> np.ndarray | None:
+    """(n,) True on the words that UUAS and root accuracy score: all but PUNCT (as
+    H&M), or None (every word) when ``ignore_punct`` is False."""
+    if not ignore_punct:
+        return None
+    return np.array([u != "PUNCT" for u in sentence.upos], dtype=bool)
 
 
 def uuas_counts(
@@ -282,6 +291,20 @@ def probe_loss(probe: _Probe, batch: ProbeBatch) -> torch.Tensor:
     return error.mean()
 
 
+@dataclass(frozen=True)
+class ProbeFit:
+    """How :func:`train_probe` went: mean loss per epoch and the epoch it kept."""
+
+    train_loss: list[float]  # mean training loss of each epoch
+    dev_loss: list[float]  # mean dev loss after each epoch (empty without a dev set)
+    epochs: int  # epochs of the returned probe: argmin of dev_loss + 1, or all
+
+
+def _mean_loss(probe: _Probe, batches: Sequence[ProbeBatch]) -> float:
+    with torch.no_grad():
+        return float(np.mean([probe_loss(probe, b).item() for b in batches]))
+
+
 def train_probe(
     probe: _Probe,
     batches: Sequence[ProbeBatch],
@@ -289,17 +312,24 @@ def train_probe(
     lr: float = 1e-3,
     seed: int = 0,
     on_epoch_end: Callable[[int, float], None] | None = None,
-) -> list[float]:
+    dev_batches: Sequence[ProbeBatch] = (),
+) -> ProbeFit:
     """Fit ``probe`` in place with Adam (lr 1e-3 as H&M) on :func:`probe_loss`.
 
     Each of ``epochs`` passes visits ``batches`` in a new order drawn from ``seed``, so
     a run is deterministic. ``on_epoch_end(epoch, mean_loss)`` is called after each
-    pass (e.g. for a live plot). Returns the mean training loss of each epoch.
+    pass (e.g. for a live plot). With ``dev_batches`` (sentences not trained on), the
+    probe is scored on them after every pass and left at the epoch of lowest dev loss
+    (early stopping, as H&M); without, it keeps the last epoch.
+
+    Returns:
+        :class:`ProbeFit`: the losses and the number of epochs the probe kept.
     """
     require(len(batches) > 0, "train_probe needs at least one batch")
+    require(epochs >= 1, f"epochs must be positive, got {epochs}")
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.Adam(probe.parameters(), lr=lr)
-    history = []
+    history, dev_history, best = [], [], None
     for epoch in range(epochs):
         total = 0.0
         for index in torch.randperm(len(batches), generator=generator).tolist():
@@ -311,9 +341,17 @@ def train_probe(
         history.append(total / len(batches))
         require(np.isfinite(history[-1]), f"probe loss became {history[-1]} in epoch "
                 f"{epoch}; lower lr or check the word vectors for NaN")
+        if dev_batches:
+            dev_history.append(_mean_loss(probe, dev_batches))
+            if dev_history[-1] < min(dev_history[:-1], default=np.inf):  # first best
+                best = probe.proj.detach().clone()
         if on_epoch_end is not None:
             on_epoch_end(epoch, history[-1])
-    return history
+    if best is not None:
+        with torch.no_grad():
+            probe.proj.copy_(best)
+    kept = int(np.argmin(dev_history)) + 1 if dev_history else epochs
+    return ProbeFit(history, dev_history, kept)
 
 
 def word_vectors(subword_vectors, word_ids) -> np.ndarray | torch.Tensor:
@@ -360,6 +398,7 @@ class ProbeScores:
     root_accuracy: float  # depth probe only (else NaN): share of roots found
     spearman_by_length: dict[int, float]  # sentence length -> mean Spearman
     n_sentences: int  # test sentences scored
+    epochs: int | None = None  # epochs the probe trained (structural_probe fills it)
 
 
 def evaluate_probe(
@@ -386,8 +425,7 @@ def evaluate_probe(
             n = len(sentence)
             require(len(pred) == n, f"{len(pred)} word vectors for a sentence of {n} "
                     f"words; features_fn must return one vector per UD word")
-            keep = (np.array([u != "PUNCT" for u in sentence.upos], dtype=bool)
-                    if ignore_punct else None)
+            keep = keep_mask(sentence, ignore_punct)
             if probe.task == "distance":
                 hits, edges = uuas_counts(pred, sentence.heads, keep)
                 found, total = found + hits, total + edges
@@ -420,20 +458,28 @@ def structural_probe(
     batch_size: int = 20,
     seed: int = 0,
     on_epoch_end: Callable[[int, float], None] | None = None,
+    dev_sentences: Sequence[Sentence] = (),
 ) -> tuple[_Probe, ProbeScores]:
     """Train a ``task`` probe on some sentences; return it and its scores on others.
 
     ``features_fn`` maps sentences to one (n_words, D) array of word vectors each, e.g.
-    one tower's layer-8 outputs averaged per word by :func:`word_vectors`. The other
-    arguments are those of :class:`DistanceProbe` and :func:`train_probe`.
+    one tower's layer-8 outputs averaged per word by :func:`word_vectors`. With
+    ``dev_sentences`` the probe stops early at its best dev epoch (:func:`train_probe`;
+    the scores' ``epochs`` says which). The other arguments are those of
+    :class:`DistanceProbe` and :func:`train_probe`.
     """
     require(task in TASKS, f"unknown probe task {task!r}; choose one of "
             f"{', '.join(TASKS)}")
     require(len(train_sentences) > 0, "structural_probe needs training sentences")
-    train_vectors = features_fn(train_sentences)
-    batches = make_probe_batches(train_vectors, [s.heads for s in train_sentences],
-                                 batch_size)
+
+    def batches_of(sentences):
+        return make_probe_batches(features_fn(sentences), [s.heads for s in sentences],
+                                  batch_size) if len(sentences) else []
+
+    batches = batches_of(train_sentences)
     probe_class = DistanceProbe if task == "distance" else DepthProbe
     probe = probe_class(batches[0].features.shape[-1], rank, seed=seed)
-    train_probe(probe, batches, epochs, lr, seed, on_epoch_end)
-    return probe, evaluate_probe(probe, features_fn(test_sentences), test_sentences)
+    fit = train_probe(probe, batches, epochs, lr, seed, on_epoch_end,
+                      batches_of(dev_sentences))
+    scores = evaluate_probe(probe, features_fn(test_sentences), test_sentences)
+    return probe, replace(scores, epochs=fit.epochs)

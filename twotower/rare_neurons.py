@@ -12,8 +12,9 @@ tests check that both agree. The influence is the loss change averaged over posi
 whose target is rare (bottom half of token types by unigram frequency) or common.
 
 Also here: the group statistics against random groups, and the per-label tower gap
-that asks which tower prefers rare tokens. Shape letters: K towers, F neurons of one
-MLP layer, D width of one tower, W = K * D, V vocabulary, N positions, G groups.
+that asks which tower prefers rare tokens, with standard errors over windows (chapters
+12 and 13). Shape letters: K towers, F neurons of one MLP layer, D width of one tower,
+W = K * D, V vocabulary, N positions, G groups.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import torch.nn.functional as F
 from .errors import require
 from .model import IGNORE, TowerLM
 from .neuron_stats import (
+    clustered_means,
     coactivation,
     default_spectrum_k,
     empirical_p_value,
@@ -141,8 +143,10 @@ class NeuronInfluence:
         layer: the MLP layer (the last one unless asked otherwise).
         influence: (G, K, F), mean over the group's positions of the loss change when
             the neuron is mean-ablated (> 0: the neuron helps).
-        halves: (2, G, K, F), the same on alternate positions of each group, for a
-            split-half check of the noise.
+        halves: (2, G, K, F), the same on the positions of even and of odd windows,
+            for a split-half check of the noise (positions of one window share their
+            context, so alternate positions would make the halves look alike).
+        half_positions: (2, G), positions averaged in each half.
         n_positions: (G,), positions averaged in each group.
         base_loss: (G,), the unablated loss on those positions.
         mean_act: (K, F), the mean activation used for the ablation.
@@ -152,6 +156,7 @@ class NeuronInfluence:
     layer: int
     influence: np.ndarray
     halves: np.ndarray
+    half_positions: np.ndarray
     n_positions: np.ndarray
     base_loss: np.ndarray
     mean_act: np.ndarray
@@ -183,7 +188,8 @@ def direct_path_influence(model: TowerLM, batches: Iterable[Batch],
 
     Streams over ``batches`` until every group has ``max_positions`` positions (in
     batch order), so memory stays bounded: the head runs on at most ``max_rows``
-    (neuron, position) rows at a time.
+    (neuron, position) rows at a time. A row of a batch is a window: its index is
+    ``batch.window`` where batches carry it, else the count of rows before it.
 
     Args:
         model: a two-tower (or K-tower) transformer model.
@@ -213,13 +219,18 @@ def direct_path_influence(model: TowerLM, batches: Iterable[Batch],
     taken = np.zeros(n_groups, dtype=np.int64)
     sums = torch.zeros(2, n_groups, K, F_, dtype=torch.float64)
     base_sum = torch.zeros(n_groups, dtype=torch.float64)
+    half_n = torch.zeros(2 * n_groups, dtype=torch.float64)
+    rows_seen = 0
     for batch in batches:
         if (taken >= max_positions).all():
             break
+        window = getattr(batch, "window", None)
+        window = (torch.arange(len(batch.targets)) + rows_seen if window is None
+                  else window.cpu())
+        rows_seen += len(batch.targets)
         keep = batch.targets != IGNORE
         target = batch.targets[keep]
         group = group_of[target]
-        before = taken.copy()
         pick = _pick_positions(group, taken, max_positions)
         if not pick.any():
             continue
@@ -227,13 +238,11 @@ def direct_path_influence(model: TowerLM, batches: Iterable[Batch],
         acts = cache[name][:, keep][:, pick]  # (K, n, F)
         fused = model.fuse(cache["tower_out"][:, keep][:, pick])  # (n, W)
         target, group = target[pick], group[pick]
-        # alternate positions of each group go to half 0 and half 1
-        rank = torch.zeros_like(group)
-        for g in range(n_groups):
-            where = group == g
-            rank[where] = torch.arange(int(where.sum())) + int(before[g])
+        # positions of even windows go to half 0, of odd windows to half 1
+        half = window.long()[torch.nonzero(keep)[:, 0]][pick] % 2
         onehot = torch.zeros(group.numel(), 2 * n_groups, dtype=torch.float64)
-        onehot[torch.arange(group.numel()), (rank % 2) * n_groups + group] = 1.0
+        onehot[torch.arange(group.numel()), half * n_groups + group] = 1.0
+        half_n += onehot.sum(0)
         base = position_losses(model, fused, target)  # (n,)
         base_sum += onehot.view(-1, 2, n_groups).sum(1).T @ base.double()
         for start in range(0, group.numel(), max_rows):
@@ -254,12 +263,13 @@ def direct_path_influence(model: TowerLM, batches: Iterable[Batch],
                         2, n_groups, -1)
     model.train(was_training)
     counts = torch.as_tensor(taken, dtype=torch.float64)
-    half_counts = torch.stack([torch.ceil(counts / 2), torch.floor(counts / 2)])
+    half_counts = half_n.view(2, n_groups)
     with np.errstate(invalid="ignore", divide="ignore"):
         influence = (sums.sum(0) / counts[:, None, None]).numpy()
         halves = (sums / half_counts[:, :, None, None]).numpy()
         base_loss = (base_sum / counts).numpy()
     return NeuronInfluence(layer=layer, influence=influence, halves=halves,
+                           half_positions=half_counts.numpy().astype(np.int64),
                            n_positions=taken, base_loss=base_loss,
                            mean_act=mean_act.numpy(), group_names=tuple(group_names))
 
@@ -307,30 +317,65 @@ def tower_share(influence: np.ndarray) -> np.ndarray:
     return magnitude / magnitude.sum()
 
 
-def gap_by_label(scores: TokenScores, labels: np.ndarray,
-                 n_labels: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _clustered_gaps(scores: TokenScores, labels: np.ndarray, n_labels: int,
+                    groups: np.ndarray | None) -> tuple[np.ndarray, ...]:
+    """:func:`twotower.neuron_stats.clustered_means` of ``ll_A - ll_B`` per label."""
+    require(groups is not None,
+            "no window per scored position (groups is None): these scores were saved "
+            "by an older twotower; score the run again to get TokenScores.window")
+    labels = np.asarray(labels)
+    require(labels.shape == scores.target.shape,
+            f"{labels.size} labels for {scores.target.size} scored positions")
+    diff = scores.ll[0].astype(np.float64) - scores.ll[1]
+    return clustered_means(diff, labels, groups, n_labels)
+
+
+def gap_by_label(scores: TokenScores, labels: np.ndarray, n_labels: int,
+                 groups: np.ndarray | None
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Mean ``ll_A - ll_B`` over the scored positions of each label, with its SE.
+
+    The standard error treats each group (window) as one independent draw: positions
+    of one passage share their context, and an SE over positions would be too small
+    (:func:`twotower.neuron_stats.clustered_means`).
 
     Args:
         scores: paired per-position readout scores.
         labels: (N,) label of each scored position (-1: none), e.g. the frequency half
             of its target or the language of its text.
         n_labels: number of labels.
+        groups: (N,) window (or other cluster) of each scored position, e.g.
+            ``scores.window``.
 
     Returns:
         ``(gap, se, count)``, each (n_labels,); gap > 0 means tower A is better there.
+        The SE is NaN for a label held by fewer than two windows.
+
+    Raises:
+        TwotowerError: ``groups`` is None (scores saved before windows were kept).
     """
-    labels = np.asarray(labels)
-    require(labels.shape == scores.target.shape,
-            f"{labels.size} labels for {scores.target.size} scored positions")
-    diff = scores.ll[0].astype(np.float64) - scores.ll[1]
-    gap, se, count = (np.full(n_labels, np.nan) for _ in range(3))
-    for label in range(n_labels):
-        d = diff[labels == label]
-        count[label] = d.size
-        if d.size >= 2:
-            gap[label], se[label] = d.mean(), d.std(ddof=1) / np.sqrt(d.size)
-    return gap, se, count
+    gap, cov, count = _clustered_gaps(scores, labels, n_labels, groups)
+    return gap, np.sqrt(np.diag(cov)), count
+
+
+def gap_difference(scores: TokenScores, labels: np.ndarray, groups: np.ndarray | None,
+                   first: int = 0, second: int = 1) -> tuple[float, float]:
+    """Gap of label ``first`` minus gap of label ``second``, with its SE over windows.
+
+    Rare and common targets share windows, so their gaps are correlated; the SE comes
+    from their joint covariance over windows, not from ``hypot`` of the two SEs.
+
+    Args:
+        scores, labels, groups: as for :func:`gap_by_label`.
+        first, second: the two labels.
+
+    Returns:
+        ``(difference, se)``.
+    """
+    n_labels = max(first, second) + 1
+    gap, cov, _ = _clustered_gaps(scores, labels, n_labels, groups)
+    variance = cov[first, first] + cov[second, second] - 2 * cov[first, second]
+    return float(gap[first] - gap[second]), float(np.sqrt(variance))
 
 
 # --- the group of influential neurons against random groups --------------------------
@@ -344,7 +389,7 @@ def influential_neurons(values: np.ndarray, fit) -> np.ndarray:
 
     Args:
         values: (F,) influence of one tower's neurons.
-        fit: :class:`twotower.neuron_stats.RegimeFit` of ``abs(values)``.
+        fit: :class:`twotower.regimes.RegimeFit` of ``abs(values)``.
     """
     order = np.argsort(-np.abs(values), kind="stable")
     return order[: min(max(fit.breakpoint_ranks[1], 3), values.size // 2)]

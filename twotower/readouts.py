@@ -102,12 +102,25 @@ class TokenScores:
     """Per scored position: the target id and each predictor's log-probability of it.
 
     ``ll[k]`` is readout k's fp32 log-probability of the true token; ``joint`` the
-    fused head's. All arrays have one entry per scored position (N,).
+    fused head's. All arrays have one entry per scored position (N,). ``window`` and
+    ``article`` say where each position lies (the index of its scored window, and of
+    that window's article): statistics resample or split by them, since positions of
+    one passage are not independent. They are None in scores written by twotower
+    versions before they existed, and ``article`` for text without articles.
     """
 
     target: np.ndarray  # (N,) int32
     ll: np.ndarray  # (K, N) float32
     joint: np.ndarray  # (N,) float32
+    window: np.ndarray | None = None  # (N,) int32
+    article: np.ndarray | None = None  # (N,) int32
+
+    def subset(self, keep: np.ndarray) -> "TokenScores":
+        """The positions where ``keep`` (a boolean mask or an index) selects."""
+        def part(a):
+            return None if a is None else a[keep]
+        return TokenScores(self.target[keep], self.ll[:, keep], self.joint[keep],
+                           part(self.window), part(self.article))
 
     @property
     def ll_a(self) -> np.ndarray:
@@ -119,13 +132,18 @@ class TokenScores:
 
     def save(self, path: Path) -> None:
         """Write ``path`` (``.npz``) atomically: a crash leaves the old file or none."""
+        where = {name: value for name in ("window", "article")
+                 if (value := getattr(self, name)) is not None}
         with atomic.replacing(path) as tmp, open(tmp, "wb") as f:
-            np.savez_compressed(f, target=self.target, ll=self.ll, joint=self.joint)
+            np.savez_compressed(f, target=self.target, ll=self.ll, joint=self.joint,
+                                **where)
 
     @classmethod
     def load(cls, path: Path) -> "TokenScores":
         with np.load(path) as z:
-            return cls(z["target"], z["ll"], z["joint"])
+            return cls(z["target"], z["ll"], z["joint"],
+                       *(z[name] if name in z.files else None
+                         for name in ("window", "article")))
 
 
 def _true_logprob(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -134,19 +152,27 @@ def _true_logprob(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def score_readouts(model: TowerLM, readouts: TowerReadouts, batches: Iterable[Batch],
-                   device: str | torch.device = "auto", precision: str = "auto"
+                   device: str | torch.device = "auto", precision: str = "fp32"
                    ) -> TokenScores:
     """Score every readout and the fused head on the SAME positions and masks.
 
-    Streams over ``batches``; memory grows by 16 bytes per scored position.
+    In fp32 by default: the score of a token is a difference of log-probabilities, and
+    bf16 logits round them to about 2 decimal digits. Streams over ``batches``;
+    memory grows by 20 bytes per scored position. Batches that carry their window
+    index (:meth:`twotower.training.WindowBatches.score_batches`) give each position
+    its window; others give -1.
     """
     device = resolve_device(device)
     dtype = resolve_precision(precision, device)
     model.to(device).eval()
     readouts.to(device).eval()
-    targets, lls, joints = [], [], []
+    targets, lls, joints, windows = [], [], [], []
     with autocast(device, dtype):
         for batch in batches:
+            rows = batch.window if batch.window is not None else \
+                torch.full((len(batch.input_ids),), -1)
+            keep_cpu = batch.targets != IGNORE
+            windows.append(rows[:, None].expand_as(keep_cpu)[keep_cpu].to(torch.int32))
             batch = batch.to(device)
             features = model.features(batch.input_ids)  # (K, B, T, D)
             keep = batch.targets != IGNORE
@@ -157,7 +183,7 @@ def score_readouts(model: TowerLM, readouts: TowerReadouts, batches: Iterable[Ba
                                     for k, r in enumerate(readouts.readouts)]).cpu())
             targets.append(target.to(torch.int32).cpu())
     return TokenScores(torch.cat(targets).numpy(), torch.cat(lls, 1).numpy(),
-                       torch.cat(joints).numpy())
+                       torch.cat(joints).numpy(), torch.cat(windows).numpy())
 
 
 def loss_summary(scores: TokenScores) -> dict:

@@ -37,6 +37,7 @@ def ensure_width_run(runs_dir: str, preset: str, family: str, seed: int,
                      factor: float, *, device: str = "auto",
                      progress: bool = True) -> RunPreference:
     """The run of :func:`width_variant` (variant ``width{factor}``), trained once."""
+    from .controls import ensure_scored
     from .notebook import run_path
     from .pipeline import run
 
@@ -47,6 +48,7 @@ def ensure_width_run(runs_dir: str, preset: str, family: str, seed: int,
             cfg, train=dataclasses.replace(cfg.train, device=device),
             readout=dataclasses.replace(cfg.readout, device=device))
         run(cfg, path, progress=progress)
+    ensure_scored(path)
     return load_preference_run(path)
 
 
@@ -68,22 +70,27 @@ def part2_plan(quick: bool, seed: int = 0) -> dict:
     """Which runs chapters 9-11 compare: keyword arguments of
     :func:`ensure_replication_runs` and :func:`replication_flops`.
 
-    ``quick`` (CPU-scale presets, see :func:`is_cpu_scale`): 2 seeds per family, one
-    seed per control except the untrained one (2 seeds: it trains only readouts).
-    Otherwise 3 seeds per family and 2 per control. Both add towers half as wide (first seed), and readouts retrained
-    with another seed on the towers of the first seed (the ``reseeded`` control).
+    Seeds are the unit of "stable across seeds", so the conditions that claim 2 is
+    tested on get at least :data:`twotower.across_seeds.MIN_SEEDS` seeds: the causal
+    two-tower model, the independent-towers control run at as many seeds (claim 2's
+    primary test) and the untrained control (readouts only, cheap). ``quick``
+    (CPU-scale presets, see :func:`is_cpu_scale`): 3 seeds of causal and mlm, 2 of
+    bilm (the slowest family on a CPU), one seed of the split control. Otherwise 3
+    seeds of every family and 2 of the split control. Both add towers half as wide
+    (first seed), and readouts retrained with another seed on the towers of the first
+    seed (the ``reseeded`` control).
     """
-    seeds = [seed + i for i in range(2 if quick else 3)]
-    control_seeds = {name: seeds[:2] for name in CONTROLS}
-    control_seeds["reseeded"] = seeds[:1]
+    three = [seed + i for i in range(3)]
+    seeds = {family: three for family in FAMILIES}
+    control_seeds = {"split": three[:1 if quick else 2], "independent": three,
+                     "untrained": three, "reseeded": three[:1]}
     if quick:
-        control_seeds.update(split=seeds[:1], independent=seeds[:1])
-    return dict(families=list(FAMILIES), seeds=seeds, control_seeds=control_seeds,
-                widths=[0.5])
+        seeds["bilm"] = three[:2]
+    return dict(seeds=seeds, control_seeds=control_seeds, widths=[0.5])
 
 
-def ensure_replication_runs(runs_dir: str, preset: str, *, families: Sequence[str],
-                            seeds: Sequence[int],
+def ensure_replication_runs(runs_dir: str, preset: str, *,
+                            seeds: dict[str, Sequence[int]],
                             control_seeds: dict[str, Sequence[int]],
                             widths: Sequence[float] = (), device: str = "auto",
                             progress: bool = False) -> list[RunPreference]:
@@ -91,29 +98,30 @@ def ensure_replication_runs(runs_dir: str, preset: str, *, families: Sequence[st
 
     The causal run of the first seed is the one of chapter 6, with its single-tower
     baseline (the split control of that seed reuses it). Controls and width variants
-    are causal; width variants use the first seed.
+    are causal; width variants use the first causal seed.
 
     Args:
+        seeds: family -> seeds of its two-tower runs, e.g. ``{"causal": [0, 1, 2]}``.
         control_seeds: control name -> seeds, e.g. ``{"untrained": [0, 1]}``.
         widths: width factors of the size variants.
 
     Returns:
         Main runs (by family, then seed), then controls, then width variants.
     """
-    from .controls import ensure_control
+    from .controls import ensure_control, ensure_scored
     from .notebook import ensure_run, run_path
 
     def missing(path: str) -> bool:  # finished runs are read, not loaded as models
         return not (Path(path) / "results.json").exists()
 
-    paths = []
-    for family in families:
-        for seed in seeds:
+    paths, first = [], seeds["causal"][0]
+    for family, chosen in seeds.items():
+        for seed in chosen:
             paths.append(run_path(runs_dir, preset, family, seed))
             if missing(paths[-1]):
                 ensure_run(runs_dir, preset, family, seed, device=device,
                            progress=progress,
-                           baseline=(family, seed) == ("causal", seeds[0]))
+                           baseline=(family, seed) == ("causal", first))
     for control, chosen in control_seeds.items():
         for seed in chosen:
             paths.append(run_path(runs_dir, preset, "causal", seed, variant=control))
@@ -121,12 +129,14 @@ def ensure_replication_runs(runs_dir: str, preset: str, *, families: Sequence[st
                 ensure_control(runs_dir, preset, control, seed, device=device,
                                progress=progress)
     for factor in widths:
-        paths.append(ensure_width_run(runs_dir, preset, "causal", seeds[0], factor,
+        paths.append(ensure_width_run(runs_dir, preset, "causal", first, factor,
                                       device=device, progress=progress).path)
+    for path in paths:  # runs an older version scored get today's scores
+        ensure_scored(path)
     return [load_preference_run(p) for p in paths]
 
 
-def replication_flops(preset: str, *, families: Sequence[str], seeds: Sequence[int],
+def replication_flops(preset: str, *, seeds: dict[str, Sequence[int]],
                       control_seeds: dict[str, Sequence[int]],
                       widths: Sequence[float] = ()) -> float:
     """Approximate training FLOPs of :func:`ensure_replication_runs` for ``preset``.
@@ -141,7 +151,9 @@ def replication_flops(preset: str, *, families: Sequence[str], seeds: Sequence[i
     def cost(cfg: RunConfig) -> float:
         return preset_cost(cfg, 1.0).total_flops
 
-    total = sum(len(seeds) * cost(get_preset(preset, f)) for f in families)
+    total = sum(len(chosen) * cost(get_preset(preset, family))
+                for family, chosen in seeds.items())
+    main_seeds = seeds["causal"]
     causal = get_preset(preset, "causal")
     readouts_only = cost(dataclasses.replace(
         causal, train=dataclasses.replace(causal.train, steps=0)))
@@ -152,13 +164,36 @@ def replication_flops(preset: str, *, families: Sequence[str], seeds: Sequence[i
             if control == "independent":
                 total += cost(causal)
             elif control == "split":  # the first seed's baseline is reused
-                total += readouts_only + (phase1 if seed != seeds[0] else 0.0)
+                total += readouts_only + (phase1 if seed != main_seeds[0] else 0.0)
             elif control == "reseeded":  # the main run's phase 1 is reused
-                total += readouts_only + (phase1 if seed not in seeds else 0.0)
+                total += readouts_only + (phase1 if seed not in main_seeds else 0.0)
             else:
                 total += readouts_only
     total += sum(cost(width_variant(causal, f)) for f in widths)
     return float(total)
+
+
+def run_commands(preset: str, plan: dict, runs_dir: str = "_build/runs") -> list[str]:
+    """The shell commands that train the runs of ``plan`` at ``preset`` (say on a GPU
+    machine), one per run, into the folders chapters 9-11 look in; the width variants
+    are left to the chapter (it trains them itself)."""
+    from .notebook import run_path
+
+    folder = f"{runs_dir}/{preset}"
+    first = plan["seeds"]["causal"][0]
+    lines = []
+    for family, seeds in plan["seeds"].items():
+        for seed in seeds:
+            extra = " --baseline" if (family, seed) == ("causal", first) else ""
+            lines.append(f"python -m twotower run --preset {preset} --family {family} "
+                         f"--seed {seed}{extra} --out "
+                         f"{run_path(folder, preset, family, seed)}")
+    for control, seeds in plan["control_seeds"].items():
+        for seed in seeds:
+            lines.append(f"python -m twotower run --preset {preset} --control "
+                         f"{control} --seed {seed} --out "
+                         f"{run_path(folder, preset, 'causal', seed, control)}")
+    return lines
 
 
 # --- figure ---------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Where every corpus comes from: the copy bundled in the package, or its official source.
+"""Where every corpus comes from: the copy in the package, or its official source.
 
 Introduced in chapter 3 (*Data and tokens*); chapters 10, 13 and 14 read the bundled
 treebank and captions through it.
@@ -16,7 +16,8 @@ caught before anything trains:
 
 Each corpus has one loader that chooses among these sources and then reads every copy
 with the same code: :func:`twotower.corpus.load_corpus` (WikiText),
-:func:`twotower.pos.ud_english_ewt_paths` (UD) and :func:`twotower.bilingual.load_multi30k`.
+:func:`twotower.pos.ud_english_ewt_paths` (UD) and
+:func:`twotower.bilingual.load_multi30k`.
 A ``source`` is one of :data:`SOURCES`: ``"bundled"``; ``"online"`` (the corpus's
 official source: the Hugging Face Hub through ``datasets``, or the project's release);
 ``"local"`` (a copy of your own); or ``"auto"``, which is the bundled copy for a bundled
@@ -87,7 +88,7 @@ CORPORA: dict[str, BundledCorpus] = {corpus.name: corpus for corpus in (
                 "e266e515a0a7547657ed3d90d9ba46487d6bd251f27ad4269d4e8a427c8555cd")}),
     BundledCorpus(
         "multi30k",
-        "Multi30k task 1 captions in English, German and French (train, val, test 2016)",
+        "Multi30k task 1 captions, English, German and French (train, val, test 2016)",
         "research use (Flickr30K terms); cite Elliott et al. 2016 and 2017",
         "github.com/multi30k/dataset; English and German also on the Hugging Face "
         "Hub: bentrevett/multi30k"),

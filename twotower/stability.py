@@ -34,7 +34,7 @@ import pandas as pd
 from .config import RunConfig, read_run_config
 from .errors import require
 from .pipeline import read_results
-from .preference import centred_preference, half_assignment, token_preference
+from .preference import HALF_SEED, centred_preference, text_halves, token_preference
 from .readouts import TokenScores
 
 ALIGNMENTS = ("r", "gap", "none")
@@ -172,21 +172,20 @@ def preference_values(df: pd.DataFrame, centred: bool) -> pd.Series:
     return values.dropna()
 
 
-def half_preferences(run: RunPreference, centred: bool = True, seed: int = 0
+def half_preferences(run: RunPreference, centred: bool = True, seed: int = HALF_SEED
                      ) -> pd.DataFrame:
-    """``pref`` measured on each half of every token's occurrences.
+    """``pref`` measured on each half of the scored text (:func:`text_halves`: whole
+    articles go to one half, the same halves for every run of one text).
 
     Returns:
         DataFrame indexed by id with columns ``half0``, ``half1``: only tokens with
         at least ``min_count`` occurrences in both halves.
     """
     scores, vocab = run.scores, run.config.model.vocab_size
-    half = half_assignment(scores.target.astype(np.int64), seed)
+    half, _ = text_halves(scores, seed)
     columns = {}
     for h in (0, 1):
-        keep = half == h
-        part = TokenScores(scores.target[keep], scores.ll[:, keep], scores.joint[keep])
-        df = token_preference(part, vocab, run.config.min_count)
+        df = token_preference(scores.subset(half == h), vocab, run.config.min_count)
         columns[f"half{h}"] = preference_values(df, centred)
     return pd.DataFrame(columns).dropna()
 
@@ -260,67 +259,97 @@ def compare_spread(a: RunPreference, b: RunPreference, centred: bool = True,
 
 @dataclass(frozen=True)
 class Comparison:
-    """Correlation of two runs' preferences over their shared tokens."""
+    """How far two runs agree on which tower predicts which token.
+
+    Both runs are measured on the same two halves of the text (:func:`text_halves`)
+    and on the tokens that reach ``min_count`` in both halves of both runs. The cross
+    correlations ``r(a0, b1)`` and ``r(a1, b0)`` pair halves with *different* text,
+    so no position's noise is shared between the two sides, and dividing their mean by
+    ``sqrt(r(a0, a1) * r(b0, b1))`` (each run's own split-half r on the same tokens)
+    estimates the correlation of the two runs' noise-free preferences (``r_x``,
+    Spearman's disattenuation). 1 means the same preference up to noise, 0 none.
+    """
 
     a: str
     b: str
     centred: bool
     align: str
     flipped: bool  # the second run's sign was flipped before correlating
-    r: float
-    low: float
+    r_x: float  # the disattenuated cross-run correlation
+    low: float  # token-bootstrap interval of r_x (conditional on these two runs)
     high: float
+    r_cross: float  # mean of r(a0, b1) and r(a1, b0), before disattenuation
+    r_aa: float  # split-half r of run a on the same tokens
+    r_bb: float
     n_tokens: int
-    ceiling: float  # sqrt(rel_a * rel_b), NaN if either reliability is not positive
-    null95: float  # 95th percentile of |r| with tokens shuffled
-
-    @property
-    def r_over_ceiling(self) -> float:
-        """r as a share of the best it could be (the disattenuated correlation)."""
-        return self.r / self.ceiling if self.ceiling > 0 else float("nan")
+    null95: float  # 95th percentile of |r_x| with one run's tokens shuffled
 
 
-def paired_values(a: RunPreference, b: RunPreference, centred: bool = True,
+def paired_halves(a: RunPreference, b: RunPreference, centred: bool = True,
                   key: str = "id") -> pd.DataFrame:
-    """Both runs' preferences on their shared tokens: columns ``a``, ``b``.
+    """Both runs' half preferences on the tokens both measure in both halves:
+    columns ``a0``, ``a1``, ``b0``, ``b1``.
 
     ``key="token"`` joins on the token string instead of the id (runs with different
     tokenizers, e.g. two presets).
     """
-    series = []
-    for run in (a, b):
-        values = preference_values(run.preference, centred)
+    frames = []
+    for name, run in (("a", a), ("b", b)):
+        halves = half_preferences(run, centred)
         if key == "token":
-            values.index = run.preference.loc[values.index, "token"].to_numpy()
-            values = values[~values.index.duplicated()]
-        series.append(values)
-    return pd.DataFrame({"a": series[0], "b": series[1]}).dropna()
+            halves.index = run.preference.loc[halves.index, "token"].to_numpy()
+            halves = halves[~halves.index.duplicated()]
+        frames.append(halves.rename(columns={"half0": f"{name}0", "half1": f"{name}1"}))
+    return pd.concat(frames, axis=1, join="inner")
+
+
+def disattenuated(h: np.ndarray) -> np.ndarray:
+    """r_x of (S, 4, T) arrays of halves ``a0, a1, b0, b1`` (vectorised over S)."""
+    cross = (_row_r(h[:, 0], h[:, 3]) + _row_r(h[:, 1], h[:, 2])) / 2
+    r_aa, r_bb = _row_r(h[:, 0], h[:, 1]), _row_r(h[:, 2], h[:, 3])
+    ok = (r_aa > 0) & (r_bb > 0)  # a run with no reliable preference: no r_x
+    with np.errstate(invalid="ignore"):
+        return np.where(ok, cross / np.sqrt(np.where(ok, r_aa * r_bb, 1.0)), np.nan)
 
 
 def compare_runs(a: RunPreference, b: RunPreference, *, centred: bool = True,
                  align: str = "r", key: str = "id", n_boot: int = 1000,
-                 seed: int = 0) -> Comparison:
-    """Sign-aligned correlation of two runs' preferences, with interval, ceiling, null.
+                 seed: int = 0, n_perm: int = 500) -> Comparison:
+    """The :class:`Comparison` of two runs, with a token interval and a null.
 
     Args:
-        align: ``"r"`` (flip b when r < 0: reports ``|r|``), ``"gap"`` (flip b when its
-            global gap has the other sign than a's) or ``"none"``.
-        key: ``"id"`` or ``"token"`` (see :func:`paired_values`).
+        align: ``"r"`` (flip b when the cross correlation is negative: reports
+            ``|r_x|``), ``"gap"`` (flip b when its global gap has the other sign than
+            a's) or ``"none"``.
+        key: ``"id"`` or ``"token"`` (see :func:`paired_halves`).
+        n_boot, n_perm: token resamples for the interval and shuffles for the null.
     """
     require(align in ALIGNMENTS, f"align must be one of {ALIGNMENTS}, got {align!r}")
-    both = paired_values(a, b, centred, key)
-    x, y = both["a"].to_numpy(), both["b"].to_numpy()
-    n = x.size
-    r = float(_row_r(x[None], y[None])[0]) if n >= 3 else float("nan")
-    flip = (align == "r" and r < 0) or \
+    h = paired_halves(a, b, centred, key).to_numpy().T[None]  # (1, 4, T)
+    n = h.shape[-1]
+    if n < 3:
+        return Comparison(a.label, b.label, centred, align, False, *[np.nan] * 6, n,
+                          np.nan)
+    cross = float((_row_r(h[:, 0], h[:, 3]) + _row_r(h[:, 1], h[:, 2]))[0] / 2)
+    flip = (align == "r" and cross < 0) or \
         (align == "gap" and np.sign(a.global_gap) != np.sign(b.global_gap))
     if flip:
-        y, r = -y, -r
-    lo, hi = bootstrap_interval(n, lambda i: _row_r(x[i], y[i]), n_boot, seed)
-    rel = [reliability(run, centred, seed, n_boot=0).ceiling for run in (a, b)]
-    ceiling = float(np.sqrt(rel[0] * rel[1])) if min(rel) > 0 else float("nan")
-    return Comparison(a.label, b.label, centred, align, bool(flip), r, lo, hi, n,
-                      ceiling, null_abs_r(x, y, seed=seed))
+        h = h * np.array([1, 1, -1, -1])[None, :, None]
+    r_x = float(disattenuated(h)[0])
+    def resampled(i: np.ndarray) -> np.ndarray:  # (S, N) token indices -> (S,) r_x
+        return disattenuated(h[0][:, i].transpose(1, 0, 2))
+
+    lo, hi = bootstrap_interval(n, resampled, n_boot, seed)
+    null = np.array([np.nan])
+    if n_perm:
+        rng = np.random.default_rng(seed)
+        shuffled = np.stack([np.concatenate([h[0, :2], h[0, 2:][:, rng.permutation(n)]])
+                             for _ in range(n_perm)])  # b's tokens shuffled
+        null = np.abs(disattenuated(shuffled))
+    null95 = float(np.nanquantile(null, 0.95)) if np.isfinite(null).any() else np.nan
+    return Comparison(a.label, b.label, centred, align, bool(flip), r_x, lo, hi,
+                      abs(cross), float(_row_r(h[:, 0], h[:, 1])[0]),
+                      float(_row_r(h[:, 2], h[:, 3])[0]), n, null95)
 
 
 def comparison_table(pairs: Sequence[tuple[str, RunPreference, RunPreference]], *,
@@ -333,7 +362,7 @@ def comparison_table(pairs: Sequence[tuple[str, RunPreference, RunPreference]], 
     for (kind, a, b), c in itertools.product(pairs, centred):
         cmp_ = compare_runs(a, b, centred=c, **kwargs)
         rows.append({"kind": kind, "pref": "centred" if c else "raw",
-                     **dataclasses.asdict(cmp_), "r / ceiling": cmp_.r_over_ceiling})
+                     **dataclasses.asdict(cmp_)})
     return pd.DataFrame(rows)
 
 
@@ -341,12 +370,19 @@ def seed_pairs(runs: Sequence[RunPreference], variant: str = ""
                ) -> list[tuple[str, RunPreference, RunPreference]]:
     """Every pair of seeds within each family (runs of one ``variant``)."""
     out = []
-    chosen = [r for r in runs if r.variant == variant]
-    for family in dict.fromkeys(r.family for r in chosen):
-        same = sorted((r for r in chosen if r.family == family), key=lambda r: r.seed)
+    for family, same in seed_groups(runs, variant).items():
         label = f"seeds ({family}{', ' + variant if variant else ''})"
         out += [(label, a, b) for a, b in itertools.combinations(same, 2)]
     return out
+
+
+def seed_groups(runs: Sequence[RunPreference], variant: str = ""
+                ) -> dict[str, list[RunPreference]]:
+    """The runs of one ``variant`` by family, each list ordered by seed."""
+    chosen = [r for r in runs if r.variant == variant]
+    return {family: sorted((r for r in chosen if r.family == family),
+                           key=lambda r: r.seed)
+            for family in dict.fromkeys(r.family for r in chosen)}
 
 
 def family_pairs(runs: Sequence[RunPreference], seed: int = 0
@@ -362,32 +398,3 @@ def family_pairs(runs: Sequence[RunPreference], seed: int = 0
     second = {r.family: r for r in runs if r.variant == "" and r.seed == seed + 1}
     return [(f"families ({a.family}/{b.family})", a, second[b.family])
             for a, b in itertools.combinations(first, 2) if b.family in second]
-
-
-def compare_stability(pair: tuple[RunPreference, RunPreference],
-                      control: tuple[RunPreference, RunPreference], *,
-                      centred: bool = True, n_boot: int = 1000, seed: int = 0
-                      ) -> tuple[float, float, float]:
-    """Aligned cross-run r of ``pair`` minus that of the ``control`` pair.
-
-    Both correlations are taken on the tokens all four runs measure, each sign-aligned
-    on the full data (``align="r"``), and the interval resamples those tokens jointly.
-
-    Returns:
-        ``(difference, low, high)``.
-    """
-    frames = [paired_values(*pair, centred), paired_values(*control, centred)]
-    shared = frames[0].index.intersection(frames[1].index)
-    (xa, ya), (xb, yb) = [(f.loc[shared, "a"].to_numpy(), f.loc[shared, "b"].to_numpy())
-                          for f in frames]
-    whole = np.arange(shared.size)[None]
-    sign_a = np.sign(_row_r(xa[whole], ya[whole])[0]) or 1.0
-    sign_b = np.sign(_row_r(xb[whole], yb[whole])[0]) or 1.0
-
-    def diff(i: np.ndarray) -> np.ndarray:
-        return sign_a * _row_r(xa[i], ya[i]) - sign_b * _row_r(xb[i], yb[i])
-
-    if shared.size < 3:
-        return float("nan"), float("nan"), float("nan")
-    lo, hi = bootstrap_interval(shared.size, diff, n_boot, seed)
-    return float(diff(whole)[0]), lo, hi

@@ -10,29 +10,42 @@ Two questions, two instruments:
   classes' ``pref`` are compared by Cohen's d and the rank-biserial correlation, with a
   permutation test; and again *within frequency bins*, because function words are
   frequent and frequency alone moves ``pref``.
-* Does one tower hold more of the parse tree? Word vectors per tower and per layer come
-  from :meth:`~twotower.hooks.HookedModule.run_with_cache` on UD sentences (subwords
-  averaged per word), and :mod:`twotower.probes` fits a distance and a depth probe on
-  each (Hewitt & Manning 2019); an untrained model of the same shape is the baseline.
+* Does one tower hold more of the parse tree? That half lives in
+  :mod:`twotower.tower_probes` (structural probes per tower and layer, chosen on a dev
+  split, against a chain and a random tree); its names are re-exported here, so
+  ``syntax.probe_towers`` and ``syntax.probe_summary`` keep working.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 from scipy.stats import mannwhitneyu
 
 from .errors import require
-from .pos import Sentence, word_class
-from .probes import structural_probe, uuas_counts, word_vectors
-
-PROBE_REPORT = "probes.json"  # written into a run directory by chapter 10
+from .pos import word_class
+from .tower_probes import (  # noqa: F401  (chapter 10 and the scorecard call syntax.*)
+    PROBE_REPORT,
+    TOWER_INPUT,
+    ProbeResult,
+    choose_layer,
+    describe_probe_summary,
+    encode_sentences,
+    load_probe_report,
+    micro_uuas,
+    probe_layers,
+    probe_summary,
+    probe_towers,
+    probe_uuas_table,
+    save_probe_report,
+    sentence_uuas_counts,
+    split_probe_train,
+    tower_layer_vectors,
+    tree_baselines,
+    uuas_difference,
+)
 
 
 # --- part of speech ---------------------------------------------------------------
@@ -224,222 +237,91 @@ def binned_effects(table: pd.DataFrame, n_bins: int = 5) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-# --- features per tower and layer for the probes --------------------------------------
-
-
-def probe_layers(model) -> dict[int, str]:
-    """Layer number -> hook point of each tower's output at that layer.
-
-    Transformers: the residual stream after each block (1..L). The biLM exposes only
-    the output of its LSTM stacks (layer L).
-    """
-    if model.cfg.family == "bilm":
-        return {model.cfg.n_layers: "tower_out"}
-    return {i + 1: f"towers.blocks.{i}.resid_post" for i in range(model.cfg.n_layers)}
-
-
-def encode_sentences(sentences: Sequence[Sentence], tokenizer, max_len: int
-                     ) -> tuple[list[Sentence], list[np.ndarray], list[list]]:
-    """Tokenize UD words with the run's tokenizer ([CLS] ... [SEP] as in training).
-
-    Sentences longer than ``max_len`` subwords, or with a word that yields no subword,
-    are left out.
-
-    Returns:
-        ``(kept sentences, their (T,) id arrays, their word ids per subword)``.
-    """
-    encodings = tokenizer.encode_batch([list(s.words) for s in sentences],
-                                       is_pretokenized=True)
-    kept, ids, word_ids = [], [], []
-    for sentence, enc in zip(sentences, encodings):
-        words = {w for w in enc.word_ids if w is not None}
-        if len(enc.ids) <= max_len and words == set(range(len(sentence))):
-            kept.append(sentence)
-            ids.append(np.asarray(enc.ids, dtype=np.int64))
-            word_ids.append(list(enc.word_ids))
-    return kept, ids, word_ids
-
-
-@torch.no_grad()
-def tower_layer_vectors(model, tokenizer, sentences: Sequence[Sentence], *,
-                        batch_size: int = 32
-                        ) -> tuple[list[Sentence], dict[tuple[str, int], list]]:
-    """Word vectors of every sentence for every tower and probed layer.
-
-    Returns:
-        ``(kept sentences, {(tower "A"/"B", layer): [(n_words, D) arrays]})``, one
-        array per kept sentence (see :func:`encode_sentences`).
-    """
-    model.eval()
-    kept, ids, word_ids = encode_sentences(sentences, tokenizer, model.cfg.max_len)
-    layers = probe_layers(model)
-    towers = "AB"[:model.n_towers]
-    out = {(t, layer): [] for t in towers for layer in layers}
-    for start in range(0, len(kept), batch_size):
-        chunk = ids[start:start + batch_size]
-        batch = torch.full((len(chunk), max(map(len, chunk))), model.cfg.pad_id,
-                           dtype=torch.long)
-        for b, row in enumerate(chunk):
-            batch[b, :len(row)] = torch.as_tensor(row)
-        _, cache = model.run_with_cache(batch.to(model.device),
-                                        names=list(layers.values()))
-        for b, row in enumerate(chunk):
-            for layer, name in layers.items():
-                for k, tower in enumerate(towers):
-                    h = cache[name][k, b, :len(row)].float().cpu()  # (T, D)
-                    out[tower, layer].append(
-                        word_vectors(h, word_ids[start + b]).numpy())
-    return kept, out
-
-
-# --- probes per tower and layer -------------------------------------------------------
-
-
-def probe_towers(vectors: dict[tuple[str, int], list], sentences: Sequence[Sentence],
-                 n_train: int, *, tasks: Sequence[str] = ("distance", "depth"),
-                 rank: int = 64, epochs: int = 30, lr: float = 1e-3, seed: int = 0
-                 ) -> tuple[pd.DataFrame, dict[tuple[str, int], np.ndarray]]:
-    """Fit a probe per tower, layer and task; the first ``n_train`` sentences train it.
-
-    The probes' matrices are tiny, so they train on one CPU thread (on a busy machine
-    more threads only wait for each other).
-
-    Returns:
-        ``(table, uuas_counts)``: the table has one row per (tower, layer, task) with
-        ``spearman`` (averaged over sentence lengths 5-50), ``uuas`` and
-        ``root_accuracy``; ``uuas_counts[(tower, layer)]`` is an (n_test, 2) array of
-        gold edges found and gold edges per test sentence (distance probe), for
-        :func:`uuas_difference`.
-    """
-    train_s, test_s = list(sentences[:n_train]), list(sentences[n_train:])
-    require(train_s and test_s, "probe_towers needs training and test sentences")
-    position = {id(s): i for i, s in enumerate(sentences)}
-    rows, counts = [], {}
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        for (tower, layer), vecs in vectors.items():
-            def features(batch, vecs=vecs):
-                return [vecs[position[id(s)]] for s in batch]
-
-            for task in tasks:
-                probe, scores = structural_probe(
-                    features, train_s, test_s, task=task, lr=lr, seed=seed,
-                    rank=min(rank, vecs[0].shape[1]), epochs=epochs)
-                rows.append({"tower": tower, "layer": layer, "task": task,
-                             "spearman": scores.spearman, "uuas": scores.uuas,
-                             "root_accuracy": scores.root_accuracy})
-                if task == "distance":
-                    counts[tower, layer] = sentence_uuas_counts(
-                        probe, features(test_s), test_s)
-    finally:
-        torch.set_num_threads(threads)
-    return pd.DataFrame(rows), counts
-
-
-@torch.no_grad()
-def sentence_uuas_counts(probe, vectors: Sequence[np.ndarray],
-                         sentences: Sequence[Sentence]) -> np.ndarray:
-    """(n, 2): gold edges found by ``probe`` and gold edges, per sentence (no PUNCT)."""
-    out = []
-    for v, sentence in zip(vectors, sentences):
-        pred = probe(torch.as_tensor(np.asarray(v), dtype=torch.float32)[None])[0]
-        keep = np.array([u != "PUNCT" for u in sentence.upos])
-        out.append(uuas_counts(pred.double().numpy(), sentence.heads, keep))
-    return np.asarray(out, dtype=np.int64).reshape(-1, 2)
-
-
-def uuas_difference(counts_a: np.ndarray, counts_b: np.ndarray, n_boot: int = 1000,
-                    seed: int = 0) -> tuple[float, float, float]:
-    """UUAS of A minus UUAS of B (micro averages), with a paired bootstrap over
-    sentences. Returns ``(difference, low, high)``."""
-    a, b = np.asarray(counts_a, float), np.asarray(counts_b, float)
-    require(a.shape == b.shape, "both towers must be scored on the same sentences")
-
-    def micro(c, idx):
-        return c[idx, 0].sum(-1) / np.maximum(c[idx, 1].sum(-1), 1)
-
-    diff = float(micro(a, np.arange(len(a))) - micro(b, np.arange(len(b))))
-    idx = np.random.default_rng(seed).integers(0, len(a), size=(n_boot, len(a)))
-    lo, hi = np.quantile(micro(a, idx) - micro(b, idx), [0.025, 0.975])
-    return diff, float(lo), float(hi)
-
-
-# --- the report a run keeps -----------------------------------------------------------
-
-
-ProbeResult = tuple[pd.DataFrame, dict[tuple[str, int], np.ndarray]]  # probe_towers
-
-
-def save_probe_report(run_dir: str | Path, trained: ProbeResult,
-                      untrained: ProbeResult | None = None, **extra) -> Path:
-    """Write chapter 10's probe results next to the run (``probes.json``).
-
-    Args:
-        trained: :func:`probe_towers` of the trained model.
-        untrained: the same for the untrained model of the same shape.
-        extra: other JSON-able facts (e.g. the number of sentences).
-    """
-    def encode(result):
-        if result is None:
-            return None
-        table, counts = result
-        return {"table": table.to_dict("records"),
-                "uuas_counts": {f"{t}:{layer}": c.tolist()
-                                for (t, layer), c in counts.items()}}
-
-    report = {"trained": encode(trained), "untrained": encode(untrained), **extra}
-    path = Path(run_dir) / PROBE_REPORT
-    path.write_text(json.dumps(report, indent=1, default=float), encoding="utf-8")
-    return path
-
-
-def load_probe_report(run_dir: str | Path) -> dict | None:
-    """The report of :func:`save_probe_report` (results as :data:`ProbeResult`), or
-    None if chapter 10 has not run on this run directory."""
-    path = Path(run_dir) / PROBE_REPORT
-    if not path.exists():
-        return None
-    report = json.loads(path.read_text(encoding="utf-8"))
-
-    def decode(result):
-        if result is None:
-            return None
-        counts = {(k.split(":")[0], int(k.split(":")[1])):
-                  np.asarray(v, dtype=np.int64).reshape(-1, 2)
-                  for k, v in result["uuas_counts"].items()}
-        return pd.DataFrame(result["table"]), counts
-
-    report["trained"] = decode(report["trained"])
-    report["untrained"] = decode(report["untrained"])
-    return report
-
-
-def probe_summary(trained: ProbeResult, untrained: ProbeResult | None = None,
-                  n_boot: int = 1000, seed: int = 0) -> dict:
-    """Which tower holds more of the tree, at the layer where the towers hold most.
-
-    Returns:
-        ``best_layer`` (highest mean UUAS of the two towers), ``uuas_a``, ``uuas_b``,
-        ``diff``/``low``/``high`` (:func:`uuas_difference` of A and B there) and, with
-        ``untrained``, ``vs_untrained``/``vs_low``/``vs_high``: UUAS of both towers
-        together minus the untrained model's at the same layer.
-    """
-    table, counts = trained
-    dist = table[table["task"] == "distance"]
-    best = int(dist.groupby("layer")["uuas"].mean().idxmax())
-    uuas = dist[dist["layer"] == best].set_index("tower")["uuas"]
-    diff, lo, hi = uuas_difference(counts["A", best], counts["B", best], n_boot, seed)
-    out = {"best_layer": best, "uuas_a": float(uuas["A"]), "uuas_b": float(uuas["B"]),
-           "diff": diff, "low": lo, "high": hi}
-    if untrained is not None:
-        both = counts["A", best] + counts["B", best]
-        base = untrained[1]["A", best] + untrained[1]["B", best]
-        out["vs_untrained"], out["vs_low"], out["vs_high"] = uuas_difference(
-            both, base, n_boot, seed)
-    return out
-
-
 def class_effect_dict(effect: ClassEffect) -> dict:
     """A :class:`ClassEffect` as plain JSON-able numbers."""
     return {**asdict(effect), "function_tower": effect.function_tower}
+
+
+# --- the pre-registered test of claim 4 -----------------------------------------------
+
+
+@dataclass(frozen=True)
+class PosTest:
+    """Chapter 10's pre-registered part-of-speech test on one run.
+
+    Function against content words, on the *centred* preference (global gap,
+    difficulty and log frequency regressed out,
+    :func:`twotower.preference.centred_preference`), over word-initial pieces only
+    (a ``##`` continuation inherits its word's tag without being that word), compared
+    within strata of frequency x difficulty (quantile bins of log count and of mean
+    loss), with the labels permuted within strata. ``diff`` > 0: function words have
+    the higher centred pref (they lean to tower A).
+    """
+
+    n_function: int
+    n_content: int
+    diff: float  # stratified mean difference (nats)
+    d: float  # diff / pooled standard deviation
+    p_value: float
+    n_strata: int
+
+
+def pos_test(preference: pd.DataFrame, upos: dict[int, tuple[str, float, int]],
+             n_perm: int = 2000, n_bins: int = 5, n_difficulty: int = 3,
+             seed: int = 0) -> PosTest:
+    """:class:`PosTest` of one run's ``preference.csv`` (indexed by id)."""
+    from .preference import centred_preference
+
+    table = pos_table(preference, upos, values=centred_preference(preference))
+    if "token" in table:
+        table = table[~table["token"].astype(str).str.startswith("##")]
+    sub = _function_content(table)
+    values = sub["pref"].to_numpy(float)
+    is_function = (sub["word_class"] == "function").to_numpy()
+    require(is_function.sum() >= 2 and (~is_function).sum() >= 2, "the test needs "
+            "function and content words; is the UD tokenizer the run's tokenizer?")
+    loss = -(preference.loc[sub.index, "ll_a"] + preference.loc[sub.index, "ll_b"]) / 2
+    strata = frequency_bins(sub["log_count"].to_numpy(), n_bins) * n_difficulty + \
+        frequency_bins(loss.to_numpy(float), n_difficulty)
+    diff = float(class_difference(values, is_function, strata))
+    pooled = pooled_sd(values[is_function], values[~is_function])
+    return PosTest(int(is_function.sum()), int((~is_function).sum()), diff,
+                   diff / pooled if pooled else float("nan"),
+                   permutation_p(values, is_function, strata, n_perm, seed),
+                   int(np.unique(strata).size))
+
+
+@dataclass(frozen=True)
+class PosVerdict:
+    """The pre-registered test over the seeds of one condition.
+
+    It *holds* when every seed's :class:`PosTest` has p < ``alpha`` and the difference
+    points the same way in every seed once the seeds' tower labels are aligned by
+    their preferences (:func:`twotower.across_seeds.seed_stability`). ``p_value`` is
+    the largest seed's p (an intersection-union test: all must reject); ``value`` the
+    mean aligned d, ``low``/``high`` the smallest and largest aligned d.
+    """
+
+    seeds: tuple[int, ...]
+    tests: tuple[PosTest, ...]
+    signs: tuple[float, ...]
+    value: float
+    low: float
+    high: float
+    p_value: float
+    holds: bool
+
+
+def pos_verdict(runs, upos: dict[int, tuple[str, float, int]], n_perm: int = 2000,
+                seed: int = 0, alpha: float = 0.05) -> PosVerdict:
+    """:class:`PosVerdict` of ``runs`` (RunPreference, one per seed)."""
+    from .across_seeds import seed_stability
+
+    signs = seed_stability(runs, n_perm=0).signs if len(runs) > 1 else np.ones(1)
+    tests = tuple(pos_test(run.preference, upos, n_perm, seed=seed) for run in runs)
+    aligned = np.array([s * t.d for s, t in zip(signs, tests)])
+    p = max(t.p_value for t in tests)
+    same_way = bool(np.all(aligned > 0) or np.all(aligned < 0))
+    return PosVerdict(tuple(r.seed for r in runs), tests, tuple(map(float, signs)),
+                      float(aligned.mean()), float(aligned.min()),
+                      float(aligned.max()), float(p), bool(p < alpha and same_way))

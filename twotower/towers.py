@@ -11,7 +11,7 @@ check that both agree.
 
 The LSTM towers (family ``bilm``) use ``nn.LSTM`` per tower and direction (cuDNN on a
 GPU); their backward stream really runs backwards in time (the authors' code multiplied it
-by an all-zero matrix, PAPER.md section 1.4 bug 1).
+by an all-zero matrix: bug 1 of chapter 11's audit).
 """
 
 from __future__ import annotations

@@ -38,6 +38,9 @@ from .runtime import autocast, resolve_device, resolve_precision
 LossFn = Callable[[Batch], torch.Tensor]
 
 
+SCORE_SEED = 0  # the masks of every scored MLM batch, whatever the run's seed
+
+
 @dataclass(frozen=True)
 class WindowBatches:
     """Training and evaluation batches of one objective over a window array.
@@ -66,6 +69,22 @@ class WindowBatches:
             if limit and i >= limit:
                 break
             out.append(self.objective.make_batch(rows, step_generator(self.seed, i, 1)))
+        return out
+
+    def score_batches(self, limit: int = 0) -> list[Batch]:
+        """What a run scores: the first ``limit`` batches of windows in order (0 =
+        all), every target position once (:meth:`Objective.scoring_batches`).
+
+        The masks come from :data:`SCORE_SEED`, never from the run's seed, so that
+        every run of one text is scored on the same positions with the same masks.
+        """
+        out = []
+        size = self.batch_size
+        for i, rows in enumerate(iter_batches(self.windows, size)):
+            if limit and i >= limit:
+                break
+            out += self.objective.scoring_batches(
+                rows, i * size, step_generator(SCORE_SEED, i, 2))
         return out
 
 
