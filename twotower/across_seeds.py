@@ -105,8 +105,10 @@ class SeedStability:
         matrix: (R, R) signed r_x of every pair (NaN diagonal).
         signs: +1/-1 per run (the alignment).
         mean: mean aligned r_x over pairs.
-        se, low, high: jackknife standard error over seeds and the t interval (NaN
-            with fewer than :data:`MIN_SEEDS` runs).
+        se: jackknife standard error over seeds (NaN with fewer than
+            :data:`MIN_SEEDS` runs).
+        low: lower end of the t interval over seeds (NaN likewise).
+        high: upper end of that interval.
         p_value: share of shuffled repeats of the procedure at least as large.
         n_tokens: tokens all runs measure in both halves.
     """

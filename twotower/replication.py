@@ -71,7 +71,7 @@ def part2_plan(quick: bool, seed: int = 0) -> dict:
     :func:`ensure_replication_runs` and :func:`replication_flops`.
 
     Seeds are the unit of "stable across seeds", so the conditions that claim 2 is
-    tested on get at least :data:`twotower.across_seeds.MIN_SEEDS` seeds: the causal
+    tested on get at least ``twotower.across_seeds.MIN_SEEDS`` seeds: the causal
     two-tower model, the independent-towers control run at as many seeds (claim 2's
     primary test) and the untrained control (readouts only, cheap). ``quick``
     (CPU-scale presets, see :func:`is_cpu_scale`): 3 seeds of causal and mlm, 2 of

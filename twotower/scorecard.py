@@ -15,7 +15,7 @@ changes. The verdict rules are fixed in advance:
   :func:`twotower.stability.compare_runs`) holds when its interval lies above the 95th
   percentile of ``|r_x|`` with shuffled tokens;
 * stability across seeds (:mod:`twotower.across_seeds`; seeds are the unit, at least
-  :data:`twotower.across_seeds.MIN_SEEDS` of them) and the two-tower model's lead over
+  ``twotower.across_seeds.MIN_SEEDS`` of them) and the two-tower model's lead over
   a control across seeds hold when their interval over seeds lies above 0; with fewer
   seeds the row says so instead of a verdict;
 * the part-of-speech test holds as its pre-registered rule says (chapter 10);
