@@ -362,6 +362,9 @@ def test_collect_runs_reads_run_directories_and_their_variants(tmp_path, shared)
     write_run(tmp_path / "smoke-causal-seed0-split", planted_scores(shared, seed=2), 0)
     write_run(tmp_path / "small-causal-seed0", planted_scores(shared, seed=3), 0)
     (tmp_path / "smoke-mlm-seed0").mkdir()  # unfinished: no results.json
+    other = tmp_path / "smoke-causal-seed0-multi30k-en-de"  # chapter 13's kind of run
+    other.mkdir()
+    (other / "results.json").write_text("{}")
     runs = stability.collect_runs(tmp_path, "smoke")
     assert [(r.seed, r.variant) for r in runs] == [(0, ""), (1, ""), (0, "split")]
     table = stability.run_table(runs)

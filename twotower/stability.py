@@ -95,10 +95,12 @@ def load_preference_run(path: str | Path) -> RunPreference:
 def collect_runs(runs_dir: str | Path, preset: str) -> list[RunPreference]:
     """Every finished run of ``preset`` in ``runs_dir`` (by variant, family, seed).
 
-    Relies on the naming of :func:`twotower.notebook.run_path`.
+    Relies on the naming of :func:`twotower.notebook.run_path`. Folders of other kinds
+    that share the naming (chapter 13's bilingual run, chapter 12's checkpoints) have
+    no ``config.json`` of a :class:`~twotower.config.RunConfig` and are left out.
     """
     found = [load_preference_run(p) for p in sorted(Path(runs_dir).glob(f"{preset}-*"))
-             if (p / "results.json").exists()]
+             if (p / "results.json").exists() and (p / "config.json").exists()]
     return sorted(found, key=lambda r: (r.variant, r.family, r.seed))
 
 
