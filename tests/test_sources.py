@@ -8,7 +8,6 @@ damaged bundled file is one line naming the file. Nothing reads a ``shared/`` fo
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import hashlib
 import lzma
@@ -240,19 +239,6 @@ def test_nothing_in_the_package_tests_or_docs_looks_for_a_shared_folder():
             found += [f"{path.relative_to(ROOT)}: {m.group(0)}"
                       for m in LOOKS_FOR_SHARED.finditer(text)]
     assert found == []
-
-
-def test_the_bootstrap_script_needs_only_the_standard_library():
-    tree = ast.parse((ROOT / "tasks.py").read_text(encoding="utf-8"))
-    modules = {alias.name.split(".")[0] for node in ast.walk(tree)
-               if isinstance(node, ast.Import) for alias in node.names}
-    modules |= {node.module.split(".")[0] for node in ast.walk(tree)
-                if isinstance(node, ast.ImportFrom) and node.module}
-    assert modules - {"__future__"} <= set(sys.stdlib_module_names)
-    done = subprocess.run([sys.executable, "-I", str(ROOT / "tasks.py"), "--help"],
-                          capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    assert "{setup,book,smoke-book,test,pytest,browser,student,lab}" in done.stdout
 
 
 def test_bundled_loaders_agree_with_the_shipped_text():
