@@ -13,8 +13,6 @@ import hashlib
 import lzma
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
