@@ -126,6 +126,8 @@ def test_plateau_test_finds_no_plateau_in_half_normal_values(seed):
     # the sorted curve of |N(0, 1)| bends down at its top: the three-regime fit finds
     # a first segment much flatter than the second, which is no plateau
     values = np.abs(np.random.default_rng(seed).standard_normal(512))
+    flat, steep, _ = fit_three_regimes(values).slopes
+    assert abs(flat) < abs(steep) / 2  # chapter 12's old criterion saw a plateau here
     test = plateau_test(values)
     assert not test.has_plateau
     assert test.excess < 0  # the top lies below the power law's extrapolation
