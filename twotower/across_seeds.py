@@ -32,7 +32,7 @@ import pandas as pd
 from scipy import stats
 
 from .errors import require
-from .stability import RunPreference, half_preferences
+from .stability import RunPreference, disattenuated, half_preferences
 
 MIN_SEEDS = 3  # fewer: no interval over seeds (a pair is one draw)
 
@@ -48,24 +48,12 @@ def half_stack(runs: Sequence[RunPreference], centred: bool = True
     return stack, tokens
 
 
-def _r(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Pearson r over the last axis, broadcasting the others."""
-    x = x - x.mean(-1, keepdims=True)
-    y = y - y.mean(-1, keepdims=True)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return (x * y).sum(-1) / np.sqrt((x * x).sum(-1) * (y * y).sum(-1))
-
-
 def rx_matrix(halves: np.ndarray) -> np.ndarray:
-    """Signed r_x of every pair of runs from (R, 2, T) halves; NaN on the diagonal
-    and where a run's split-half r is not positive."""
-    a0, a1 = halves[:, None, 0], halves[:, None, 1]
-    b0, b1 = halves[None, :, 0], halves[None, :, 1]
-    cross = (_r(a0, b1) + _r(a1, b0)) / 2
-    rel = _r(halves[:, 0], halves[:, 1])
-    scale = np.sqrt(np.outer(np.clip(rel, 0, None), np.clip(rel, 0, None)))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out = np.where(scale > 0, cross / np.where(scale > 0, scale, 1.0), np.nan)
+    """Signed r_x (:func:`twotower.stability.disattenuated`) of every pair of runs
+    from (R, 2, T) halves; NaN on the diagonal and where a run's split-half r is not
+    positive."""
+    out = disattenuated(halves[:, None, 0], halves[:, None, 1],
+                        halves[None, :, 0], halves[None, :, 1])
     np.fill_diagonal(out, np.nan)
     return out
 

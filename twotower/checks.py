@@ -1359,8 +1359,7 @@ def check_aligned_correlation(aligned_correlation: Callable) -> None:
 def _disattenuated_correlation(a0, a1, b0, b1):
     from .stability import disattenuated
 
-    halves = np.stack([np.asarray(h, np.float64) for h in (a0, a1, b0, b1)])[None]
-    return float(disattenuated(halves)[0])
+    return float(disattenuated(*(np.asarray(h, np.float64) for h in (a0, a1, b0, b1))))
 
 
 @_exercise(_disattenuated_correlation)

@@ -193,7 +193,7 @@ def score_and_save(out: Path, cfg: RunConfig, data: PreparedData, model: nn.Modu
     ``preference.csv`` (atomically), and return the results every run reports: family,
     seed, losses, the preference summary and its split-half reliability."""
     scores = score_readouts(model, readouts, scored, cfg.train.device)  # fp32
-    if getattr(data, "val_article", None) is not None:
+    if data.val_article is not None:
         scores = dataclasses.replace(scores, article=data.val_article[scores.window])
     scores.save(out / "scores.npz")
     df = token_preference(scores, cfg.model.vocab_size, cfg.min_count,

@@ -224,9 +224,8 @@ def direct_path_influence(model: TowerLM, batches: Iterable[Batch],
     for batch in batches:
         if (taken >= max_positions).all():
             break
-        window = getattr(batch, "window", None)
-        window = (torch.arange(len(batch.targets)) + rows_seen if window is None
-                  else window.cpu())
+        window = (torch.arange(len(batch.targets)) + rows_seen if batch.window is None
+                  else batch.window.cpu())
         rows_seen += len(batch.targets)
         keep = batch.targets != IGNORE
         target = batch.targets[keep]

@@ -108,6 +108,12 @@ def _rss_at(x: np.ndarray, y: np.ndarray, b1: float, b2: float) -> float:
     return float(np.sum((design @ coef - y) ** 2))
 
 
+def _candidate_ranks(n: int) -> np.ndarray:
+    """Log-spaced ranks where a grid search tries a breakpoint, for ``n`` points."""
+    lo, hi = MIN_POINTS_PER_REGIME, n - MIN_POINTS_PER_REGIME
+    return np.unique(np.round(np.geomspace(lo, hi, _GRID_SIZE)).astype(int))
+
+
 def _grid_search(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     """Best pair of breakpoints among log-spaced candidate ranks.
 
@@ -115,8 +121,7 @@ def _grid_search(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     of one Gram matrix of [1, x, every candidate hinge].
     """
     n = x.size
-    lo, hi = MIN_POINTS_PER_REGIME, n - MIN_POINTS_PER_REGIME
-    ranks = np.unique(np.round(np.geomspace(lo, hi, _GRID_SIZE)).astype(int))
+    ranks = _candidate_ranks(n)
     knots = np.log(ranks.astype(float))
     columns = np.vstack([np.ones_like(x), x,
                          np.maximum(x[None, :] - knots[:, None], 0.0)])  # (2 + C, n)
@@ -309,10 +314,13 @@ def _fit_tail(x: np.ndarray, y: np.ndarray, start: int, knots: np.ndarray,
     refined continuously between its neighbours on the grid."""
     xt, yt = x[start:], y[start:]
 
-    def rss(b: float) -> float:
+    def line(b: float) -> tuple[np.ndarray, float]:  # coefficients and RSS at knot b
         design = np.stack([np.ones_like(xt), xt, np.maximum(xt - b, 0.0)], axis=1)
         coef, *_ = np.linalg.lstsq(design, yt, rcond=None)
-        return float(np.sum((design @ coef - yt) ** 2))
+        return coef, float(np.sum((design @ coef - yt) ** 2))
+
+    def rss(b: float) -> float:
+        return line(b)[1]
 
     lo = max(knots[max(best - 1, 0)], xt[MIN_POINTS_PER_REGIME - 1])
     hi = min(knots[min(best + 1, knots.size - 1)], xt[-MIN_POINTS_PER_REGIME - 1])
@@ -322,13 +330,11 @@ def _fit_tail(x: np.ndarray, y: np.ndarray, start: int, knots: np.ndarray,
                                            options={"xatol": 1e-5})
         if refined.fun < rss(knot):
             knot = float(refined.x)
-    design = np.stack([np.ones_like(xt), xt, np.maximum(xt - knot, 0.0)], axis=1)
-    coef, *_ = np.linalg.lstsq(design, yt, rcond=None)
+    coef, tail_rss = line(knot)
     return TailFit(first_rank=start + 1, breakpoint_rank=int(round(np.exp(knot))),
                    breakpoint_log_rank=knot,
                    slopes=(float(coef[1]), float(coef[1] + coef[2])),
-                   intercept=float(coef[0]),
-                   rss=float(np.sum((design @ coef - yt) ** 2)))
+                   intercept=float(coef[0]), rss=tail_rss)
 
 
 def _bic(rss: float, n: int, n_parameters: int) -> float:
@@ -341,8 +347,7 @@ def _compare(x: np.ndarray, y: np.ndarray) -> tuple:
     delta_bic, excess)`` (see :class:`PlateauTest`)."""
     n = x.size
     y0 = y - y.mean()  # the fits have intercepts; centring keeps the sums small
-    lo, hi = MIN_POINTS_PER_REGIME, n - MIN_POINTS_PER_REGIME
-    knots = np.log(np.unique(np.round(np.geomspace(lo, hi, _GRID_SIZE))))
+    knots = np.log(_candidate_ranks(n).astype(float))
     tail_rss = _tail_rss_table(x, y0, knots)  # (n, C)
     intercept, slope, head_rss = _line_rss_prefix(x, y0)
     total = head_rss[:n, None] + tail_rss

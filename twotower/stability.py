@@ -305,10 +305,20 @@ def paired_halves(a: RunPreference, b: RunPreference, centred: bool = True,
     return pd.concat(frames, axis=1, join="inner")
 
 
-def disattenuated(h: np.ndarray) -> np.ndarray:
-    """r_x of (S, 4, T) arrays of halves ``a0, a1, b0, b1`` (vectorised over S)."""
-    cross = (_row_r(h[:, 0], h[:, 3]) + _row_r(h[:, 1], h[:, 2])) / 2
-    r_aa, r_bb = _row_r(h[:, 0], h[:, 1]), _row_r(h[:, 2], h[:, 3])
+def half_correlations(a0: np.ndarray, a1: np.ndarray, b0: np.ndarray, b1: np.ndarray
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(cross, r_aa, r_bb)`` of two runs' half preferences, over the last axis and
+    broadcasting the others: the mean of ``r(a0, b1)`` and ``r(a1, b0)`` (halves of
+    different text) and each run's split-half r."""
+    return ((_row_r(a0, b1) + _row_r(a1, b0)) / 2, _row_r(a0, a1), _row_r(b0, b1))
+
+
+def disattenuated(a0: np.ndarray, a1: np.ndarray, b0: np.ndarray, b1: np.ndarray
+                  ) -> np.ndarray:
+    """r_x of two runs from their half preferences (:func:`half_correlations`, over
+    the last axis and broadcasting the others); NaN where a split-half r is not
+    positive."""
+    cross, r_aa, r_bb = half_correlations(a0, a1, b0, b1)
     ok = (r_aa > 0) & (r_bb > 0)  # a run with no reliable preference: no r_x
     with np.errstate(invalid="ignore"):
         return np.where(ok, cross / np.sqrt(np.where(ok, r_aa * r_bb, 1.0)), np.nan)
@@ -327,31 +337,30 @@ def compare_runs(a: RunPreference, b: RunPreference, *, centred: bool = True,
         n_boot, n_perm: token resamples for the interval and shuffles for the null.
     """
     require(align in ALIGNMENTS, f"align must be one of {ALIGNMENTS}, got {align!r}")
-    h = paired_halves(a, b, centred, key).to_numpy().T[None]  # (1, 4, T)
+    h = paired_halves(a, b, centred, key).to_numpy().T  # (4, T): a0, a1, b0, b1
     n = h.shape[-1]
     if n < 3:
         return Comparison(a.label, b.label, centred, align, False, *[np.nan] * 6, n,
                           np.nan)
-    cross = float((_row_r(h[:, 0], h[:, 3]) + _row_r(h[:, 1], h[:, 2]))[0] / 2)
+    cross, r_aa, r_bb = (float(v) for v in half_correlations(*h))
     flip = (align == "r" and cross < 0) or \
         (align == "gap" and np.sign(a.global_gap) != np.sign(b.global_gap))
     if flip:
-        h = h * np.array([1, 1, -1, -1])[None, :, None]
-    r_x = float(disattenuated(h)[0])
+        h = h * np.array([1, 1, -1, -1])[:, None]
+    r_x = float(disattenuated(*h))
+
     def resampled(i: np.ndarray) -> np.ndarray:  # (S, N) token indices -> (S,) r_x
-        return disattenuated(h[0][:, i].transpose(1, 0, 2))
+        return disattenuated(*h[:, i])
 
     lo, hi = bootstrap_interval(n, resampled, n_boot, seed)
     null = np.array([np.nan])
     if n_perm:
         rng = np.random.default_rng(seed)
-        shuffled = np.stack([np.concatenate([h[0, :2], h[0, 2:][:, rng.permutation(n)]])
-                             for _ in range(n_perm)])  # b's tokens shuffled
-        null = np.abs(disattenuated(shuffled))
+        order = np.stack([rng.permutation(n) for _ in range(n_perm)])  # b's tokens
+        null = np.abs(disattenuated(h[0], h[1], h[2][order], h[3][order]))
     null95 = float(np.nanquantile(null, 0.95)) if np.isfinite(null).any() else np.nan
     return Comparison(a.label, b.label, centred, align, bool(flip), r_x, lo, hi,
-                      abs(cross), float(_row_r(h[:, 0], h[:, 1])[0]),
-                      float(_row_r(h[:, 2], h[:, 3])[0]), n, null95)
+                      abs(cross), r_aa, r_bb, n, null95)
 
 
 def comparison_table(pairs: Sequence[tuple[str, RunPreference, RunPreference]], *,

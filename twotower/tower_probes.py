@@ -212,10 +212,15 @@ def sentence_uuas_counts(probe, vectors: Sequence[np.ndarray],
     return np.asarray(out, dtype=np.int64).reshape(-1, 2)
 
 
+def _micro(counts: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """Micro UUAS of the sentences ``index`` picks: (..., n) indices -> (...)."""
+    return counts[index, 0].sum(-1) / np.maximum(counts[index, 1].sum(-1), 1)
+
+
 def micro_uuas(counts: np.ndarray) -> float:
     """Gold edges found over gold edges, summed over the sentences of (n, 2) counts."""
     counts = np.asarray(counts, float)
-    return float(counts[:, 0].sum() / max(counts[:, 1].sum(), 1))
+    return float(_micro(counts, np.arange(len(counts))))
 
 
 def uuas_difference(counts_a: np.ndarray, counts_b: np.ndarray, n_boot: int = 1000,
@@ -225,13 +230,9 @@ def uuas_difference(counts_a: np.ndarray, counts_b: np.ndarray, n_boot: int = 10
     a, b = np.asarray(counts_a, float), np.asarray(counts_b, float)
     require(a.shape == b.shape, f"counts of shapes {a.shape} and {b.shape}: score "
             "both on the same test sentences (one row per sentence)")
-
-    def micro(c, idx):
-        return c[idx, 0].sum(-1) / np.maximum(c[idx, 1].sum(-1), 1)
-
-    diff = float(micro(a, np.arange(len(a))) - micro(b, np.arange(len(b))))
+    diff = micro_uuas(a) - micro_uuas(b)
     idx = np.random.default_rng(seed).integers(0, len(a), size=(n_boot, len(a)))
-    lo, hi = np.quantile(micro(a, idx) - micro(b, idx), [0.025, 0.975])
+    lo, hi = np.quantile(_micro(a, idx) - _micro(b, idx), [0.025, 0.975])
     return diff, float(lo), float(hi)
 
 
