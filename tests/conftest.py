@@ -30,6 +30,9 @@ SPECIAL = SpecialIds(pad=0, unk=1, cls=2, sep=3, mask=4)
 def pytest_configure(config):
     config.addinivalue_line(
         "markers", "slow: end-to-end runs that take seconds (still run by default)")
+    config.addinivalue_line(
+        "markers", "gpu: needs a CUDA GPU (skipped without one; run by python -m "
+        "twotower gpucheck)")
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -28,7 +28,7 @@ from torch import nn
 
 from .config import FAMILIES, RunConfig, get_preset
 from .flops import train_flops_per_token
-from .model import TwoTowerLM
+from .model import TwoTowerLM, select_targets
 from .objectives import Objective, step_generator
 from .runtime import autocast, resolve_device, resolve_precision
 
@@ -38,6 +38,9 @@ SPECIAL = (0, 1, 2, 3, 4)
 def matmul_peak(dtype: torch.dtype, device: torch.device, seconds: float = 1.0) -> float:
     """Sustained FLOP/s of a square matmul (size adapted so slow dtypes finish)."""
     n = 256
+    for _ in range(3):  # the first products pay for library start-up (cuBLAS, oneDNN)
+        b = torch.randn(n, n, device=device).to(dtype)
+        b @ b
     while True:
         a = torch.randn(n, n, device=device).to(dtype)
         _sync(device)
@@ -45,7 +48,7 @@ def matmul_peak(dtype: torch.dtype, device: torch.device, seconds: float = 1.0) 
         a @ a
         _sync(device)
         took = time.perf_counter() - t
-        if took > 0.05 or n >= 4096:
+        if took > 0.05 or n >= (8192 if device.type == "cuda" else 4096):
             break
         n *= 2
     reps = max(1, int(seconds / max(took, 1e-6)))
@@ -98,9 +101,15 @@ def _peak_memory(device: torch.device) -> float:
 
 
 def bench_training(cfg: RunConfig, model: nn.Module, loss_fn, steps: int, warmup: int,
-                   device: torch.device, dtype, frac: float, n_towers: int = 2) -> dict:
-    """Tokens/s of full training steps (forward, backward, clip, AdamW)."""
+                   device: torch.device, dtype, frac: float, n_towers: int = 2,
+                   compile_: bool | str = False) -> dict:
+    """Tokens/s of full training steps (forward, backward, clip, AdamW); with
+    ``compile_`` the forward pass and loss go through ``torch.compile`` (the warm-up
+    steps then include compiling)."""
     model.to(device).train()
+    if compile_:  # True, or a torch.compile mode such as "reduce-overhead"
+        loss_fn = torch.compile(loss_fn,
+                                mode=compile_ if isinstance(compile_, str) else None)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.98),
                             fused=device.type == "cuda" or None,
                             foreach=None if device.type == "cuda" else True)
@@ -155,8 +164,11 @@ def reference_two_tower(cfg: RunConfig) -> nn.Module:
 
 
 def run_case(case: str, preset: str, family: str, steps: int, warmup: int,
-             device: str, precision: str) -> dict:
-    """One measurement (in this process)."""
+             device: str, precision: str, compile_: bool | str = False,
+             plain_ce: bool = False) -> dict:
+    """One measurement (in this process). ``plain_ce``: the loss through a full fp32
+    copy of the logits (``F.cross_entropy(logits.float())``, as before the chunked
+    cross-entropy), to measure what that costs in memory and time."""
     torch.manual_seed(0)
     cfg = get_preset(preset, family)
     dev = resolve_device(device)
@@ -166,8 +178,14 @@ def run_case(case: str, preset: str, family: str, steps: int, warmup: int,
            "precision": str(dtype).replace("torch.", "") if dtype else "float32"}
     if case == "train":
         model = TwoTowerLM(cfg.model)
-        out.update(bench_training(cfg, model, lambda b: model.loss(b.input_ids, b.targets),
-                                  steps, warmup, dev, dtype, frac))
+        loss_fn = model.batch_loss
+        if plain_ce:
+            def loss_fn(b):
+                fused = model.fuse(model.features(b.input_ids))
+                hidden, target = select_targets(fused, b.targets, b.positions)
+                return F.cross_entropy(model.head_logits(hidden).float(), target)
+        out.update(bench_training(cfg, model, loss_fn, steps, warmup, dev, dtype, frac,
+                                  compile_=compile_))
     elif case == "reference":
         model = reference_two_tower(cfg)
         out.update(bench_training(cfg, model, model.loss, steps, warmup, dev, dtype,

@@ -391,7 +391,7 @@ def ensure_bilingual_run(run_dir: str | Path, cfg: RunConfig, data: BilingualDat
     if "joint" in results:
         ckpt.load_weights(ckpt.latest_checkpoint(run_dir / "joint"), model)
     else:
-        results["joint"] = train(model, lambda b: model.loss(b.input_ids, b.targets),
+        results["joint"] = train(model, model.batch_loss,
                                  train_b, cfg.train, phase="joint", run_dir=run_dir,
                                  progress=progress)
         results["loss_per_char"] = {lang: loss_per_character(

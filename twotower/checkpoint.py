@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from . import atomic
@@ -53,7 +53,7 @@ def save_checkpoint(directory: Path, step: int, module: nn.Module, state: dict,
         directory.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
-        save_model(module, str(tmp / WEIGHTS))
+        save_file(_weights(module), str(tmp / WEIGHTS), metadata={"format": "pt"})
         torch.save(state, tmp / STATE)
         (tmp / META).write_text(json.dumps({**meta, "step": step}, indent=1))
         for name in (WEIGHTS, STATE, META):
@@ -153,11 +153,29 @@ def load_weights(path: Path, module: nn.Module) -> None:
         raise TwotowerError(f"{file} does not fit this model ({detail}); it was saved "
                             "with another config: load it with its own config.json")
     try:
-        load_model(module, str(file), strict=True, device="cpu")
+        weights = load_file(str(file), device="cpu")
+        for name in expected:  # a tied tensor stored once under another name
+            if name not in weights:
+                weights[name] = next(weights[a] for a in aliases[name] if a in weights)
+        module.load_state_dict(weights, strict=True)  # copied into the module's tensors
     except (SafetensorError, OSError, ValueError, RuntimeError) as err:
         raise TwotowerError(f"cannot read {file} ({str(err).splitlines()[0][:160]}); "
                             "it is truncated or damaged: use an earlier checkpoint"
                             ) from None
+
+
+def _weights(module: nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict as CPU copies, each tied tensor once (under its first name).
+
+    Not safetensors' ``save_model``: on a GPU, cuDNN keeps an LSTM's weights as views
+    of one flat buffer, which its shared-tensor check refuses to save (and its
+    ``load_model`` to load).
+    """
+    aliases, out = _aliases(module), {}
+    for name, t in module.state_dict().items():
+        if not any(a in out for a in aliases.get(name, ())):
+            out[name] = t.detach().to("cpu", copy=True).contiguous()
+    return out
 
 
 def _aliases(module: nn.Module) -> dict[str, tuple[str, ...]]:

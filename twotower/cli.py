@@ -1,4 +1,4 @@
-"""Command line: ``python -m twotower run|presets|data ...``.
+"""Command line: ``python -m twotower run|presets|data|bench|gpucheck ...``.
 
 Every mistake a user can make ends in one line on stderr, ``error: ...`` naming the fix,
 and exit status 2; never a traceback from inside the library.
@@ -94,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("data", help="list the bundled corpora, check them, and say where "
                    "each comes from online")
     sub.add_parser("bench", help="speed figures (see python -m twotower bench --help)")
+    sub.add_parser("gpucheck", help="CUDA tests, speed and one colab-sized run on a GPU, "
+                   "as one JSON report (see python -m twotower gpucheck --help)")
     return parser
 
 
@@ -175,6 +177,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["bench"]:  # its own parser: python -m twotower bench --help
         from .bench import main as bench_main
         return bench_main(argv[1:])
+    if argv[:1] == ["gpucheck"]:  # its own parser too
+        from .gpucheck import main as gpucheck_main
+        return gpucheck_main(argv[1:])
     args = build_parser().parse_args(argv)
     # Under torchrun only rank 0 reports; the others print warnings and errors only.
     main_rank = os.environ.get("RANK", "0") == "0"

@@ -108,14 +108,19 @@ class IndependentTowersLM(HookedModule):
         """``(B, T) -> (B, T, V)`` ensemble log-probabilities."""
         return self.head_logits(self.fuse(self.features(input_ids)))
 
-    def tower_losses(self, input_ids: torch.Tensor, targets: torch.Tensor
-                     ) -> torch.Tensor:
+    def tower_losses(self, input_ids: torch.Tensor, targets: torch.Tensor,
+                     positions: torch.Tensor | None = None) -> torch.Tensor:
         """``(2,)``: each tower's own head's mean cross-entropy."""
-        return torch.stack([m.loss(input_ids, targets) for m in self.models])
+        return torch.stack([m.loss(input_ids, targets, positions) for m in self.models])
 
-    def loss(self, input_ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def loss(self, input_ids: torch.Tensor, targets: torch.Tensor,
+             positions: torch.Tensor | None = None) -> torch.Tensor:
         """``loss_A + loss_B``: the gradient of each term reaches its own tower only."""
-        return self.tower_losses(input_ids, targets).sum()
+        return self.tower_losses(input_ids, targets, positions).sum()
+
+    def batch_loss(self, batch) -> torch.Tensor:
+        """:meth:`loss` of a :class:`twotower.objectives.Batch`."""
+        return self.loss(batch.input_ids, batch.targets, batch.positions)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -130,7 +135,7 @@ def train_independent(model: IndependentTowersLM, batches: WindowBatches, cfg,
     other's step). ``cfg`` is a :class:`~twotower.config.TrainConfig`; other keyword
     arguments go to :func:`twotower.training.train`.
     """
-    return train(model, lambda b: model.loss(b.input_ids, b.targets), batches, cfg,
+    return train(model, model.batch_loss, batches, cfg,
                  phase="independent", meta={"n_towers": 2},
                  clip_groups=[list(m.parameters()) for m in model.models],
                  **train_kwargs)
@@ -234,7 +239,7 @@ def _trained_or_reused(model: nn.Module, phase: str, cfg: RunConfig, out: Path,
     same settings (it is the same computation), else train it into ``out``."""
     found = _finished_phase(source, cfg, phase) if source is not None else None
     if found is None:
-        return train(model, lambda b: model.loss(b.input_ids, b.targets),
+        return train(model, model.batch_loss,
                      cfg=cfg.train, phase=phase, run_dir=out, **train_kwargs)
     ckpt.load_weights(found, model)
     # relative to this run, so that a copied runs directory still finds it

@@ -93,6 +93,14 @@ def all_sum(value: float, device: torch.device, d: Dist) -> float:
     return float(t.item())
 
 
+def all_sum_tensor(value: torch.Tensor, d: Dist) -> torch.Tensor:
+    """Sum of a tensor over all processes, left on the device (no wait for it)."""
+    if d.active:
+        value = value.clone()
+        dist.all_reduce(value)
+    return value
+
+
 def global_count(n_local: int, device: torch.device, d: Dist) -> int:
     """Sum of ``n_local`` over all processes."""
     return int(round(all_sum(float(n_local), device, d)))

@@ -83,7 +83,7 @@ def ensure_checkpoint_run(run_dir: str | Path, cfg, *, n_checkpoints: int = 6,
     atomic.write_text(run_dir / "model.json", json.dumps(dataclasses.asdict(cfg.model)))
     if not (run_dir / "init").exists():  # not in joint/: training would resume it
         ckpt.save_checkpoint(run_dir / "init", 0, model, {}, {"phase": "init"})
-    summary = train(model, lambda b: model.loss(b.input_ids, b.targets), batches,
+    summary = train(model, model.batch_loss, batches,
                     train_cfg, phase="joint", run_dir=run_dir, progress=progress)
     atomic.write_text(run_dir / "done.json", json.dumps(summary))
     return run_dir

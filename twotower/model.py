@@ -31,18 +31,82 @@ from .towers import StackedLinear, build_towers
 IGNORE = -100  # target id that takes no part in a loss (as in F.cross_entropy)
 
 
+CE_CHUNK_BYTES = 256 * 2**20  # fp32 working memory of one chunk of rows
+
+
+class _ChunkedCrossEntropy(torch.autograd.Function):
+    """Mean cross-entropy of half-precision ``logits (N, V)``, in fp32, chunk by chunk.
+
+    ``F.cross_entropy(logits.float(), ...)`` keeps an fp32 copy of all N x V logits
+    and its fp32 log-softmax for the backward pass (at the ``colab`` preset about 2 GB
+    per head). Here only rows of one chunk are ever in fp32: the forward pass keeps the
+    half-precision logits and each row's fp32 log-sum-exp; the backward pass rebuilds
+    each chunk's softmax from them. The arithmetic per row is the same as autocast's
+    (cast to fp32, log-softmax), so losses agree to fp32 rounding and gradients to the
+    half-precision rounding of the gradient that autocast also applies.
+    """
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        n, v = logits.shape
+        chunk = max(1, CE_CHUNK_BYTES // (4 * v))
+        lse = torch.empty(n, dtype=torch.float32, device=logits.device)
+        picked = torch.empty(n, dtype=torch.float32, device=logits.device)
+        for s in range(0, n, chunk):
+            part = logits[s:s + chunk].float()
+            lse[s:s + chunk] = torch.logsumexp(part, -1)
+            picked[s:s + chunk] = part.gather(1, targets[s:s + chunk, None])[:, 0]
+        ctx.save_for_backward(logits, targets, lse)
+        ctx.chunk = chunk
+        return (lse - picked).mean()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        logits, targets, lse = ctx.saved_tensors
+        n, chunk = logits.shape[0], ctx.chunk
+        out = torch.empty_like(logits)
+        scale = grad.float() / n
+        for s in range(0, n, chunk):
+            p = (logits[s:s + chunk].float() - lse[s:s + chunk, None]).exp_()
+            p.scatter_add_(1, targets[s:s + chunk, None],
+                           torch.full_like(p[:, :1], -1.0))
+            out[s:s + chunk] = p.mul_(scale)
+        return out, None
+
+
 def mean_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy in fp32 of ``logits (N, V)`` against ``targets (N,)``.
 
-    A batch can hold no target at all (a masked LM's short window where no position
-    was drawn, or under torchrun a process whose rows are all padding). Then the loss
-    is 0 with zero gradients, still connected to the parameters so that
-    DistributedDataParallel's gradient exchange happens; ``F.cross_entropy`` would
-    return NaN and stop the run.
+    Half-precision logits go through :class:`_ChunkedCrossEntropy` (no full fp32 copy;
+    under ``torch.compile`` the compiler fuses the cast itself, so plain
+    ``F.cross_entropy`` there). A batch can hold no target at all (a masked LM's short
+    window where no position was drawn, or under torchrun a process whose rows are all
+    padding). Then the loss is 0 with zero gradients, still connected to the
+    parameters so that DistributedDataParallel's gradient exchange happens;
+    ``F.cross_entropy`` would return NaN and stop the run.
     """
     if targets.numel() == 0:
         return logits.float().sum() * 0.0
+    if logits.dtype in (torch.float16, torch.bfloat16) and \
+            not torch.compiler.is_compiling():
+        return _ChunkedCrossEntropy.apply(logits, targets)
     return F.cross_entropy(logits.float(), targets)
+
+
+def select_targets(hidden: torch.Tensor, targets: torch.Tensor,
+                   positions: torch.Tensor | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rows of ``hidden (B, T, ...)`` and ``targets (B, T)`` that have a target.
+
+    With ``positions`` (flat indices from :meth:`twotower.objectives.Batch.to`) the
+    selection is an index, whose size the host already knows; without, a boolean mask
+    (the same rows in the same order; on a GPU the host waits to learn their number).
+    """
+    if positions is None:
+        keep = targets != IGNORE
+        return hidden[keep], targets[keep]
+    return (hidden.flatten(0, 1).index_select(0, positions),
+            targets.reshape(-1).index_select(0, positions))
 
 
 class FusedHead(nn.Module):
@@ -108,10 +172,15 @@ class TowerLM(HookedModule):
 
         Causal attention never looks right, and padding only ever sits at the right
         end of a window, so the causal family skips the mask (and keeps the fast path).
+        On the CPU a window without padding skips it too; on a GPU, asking whether any
+        padding is there would make the host wait, so the mask (all False or not) is
+        always passed: the same result either way.
         """
         if self.cfg.family == "causal":
             return None
         pad = input_ids == self.cfg.pad_id
+        if input_ids.device.type != "cpu":
+            return pad
         return pad if bool(pad.any()) else None
 
     def features(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -141,16 +210,20 @@ class TowerLM(HookedModule):
         """Fused-head logits. ``(B, T) -> (B, T, V)``."""
         return self.head_logits(self.fuse(self.features(input_ids)))
 
-    def loss(self, input_ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def loss(self, input_ids: torch.Tensor, targets: torch.Tensor,
+             positions: torch.Tensor | None = None) -> torch.Tensor:
         """Mean cross-entropy (fp32) over positions whose target is not ``IGNORE``.
 
         The head runs only at those positions: for the masked LM that is 15% of the
-        work of :meth:`forward`.
+        work of :meth:`forward`. ``positions``: see :func:`select_targets`.
         """
         fused = self.fuse(self.features(input_ids))  # (B, T, W)
-        keep = targets != IGNORE
-        logits = self.head_logits(fused[keep])  # (N, V)
-        return mean_cross_entropy(logits, targets[keep])
+        hidden, target = select_targets(fused, targets, positions)
+        return mean_cross_entropy(self.head_logits(hidden), target)  # (N, V) logits
+
+    def batch_loss(self, batch) -> torch.Tensor:
+        """:meth:`loss` of a :class:`twotower.objectives.Batch` (what ``train`` takes)."""
+        return self.loss(batch.input_ids, batch.targets, batch.positions)
 
     def num_parameters(self) -> int:
         """Trainable parameters, the tied decoder counted once."""

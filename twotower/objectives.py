@@ -32,16 +32,25 @@ class Batch:
 
     ``window`` (B,) is the index of each row's window in the scored text, for batches
     built to be scored (:meth:`Objective.scoring_batches`); None for training batches.
+    ``positions`` (N,) are the flat indices ``b * T + t`` of the target positions,
+    found on the CPU by :meth:`to` before the batch moves: a GPU then never has to
+    tell the host how many targets a batch holds (a boolean mask would make it wait).
     """
 
     input_ids: torch.Tensor
     targets: torch.Tensor
     window: torch.Tensor | None = None
+    positions: torch.Tensor | None = None
 
     def to(self, device: torch.device) -> "Batch":
+        """The batch on ``device``, with :attr:`positions` found first on the CPU."""
+        positions = self.positions
+        if positions is None and self.targets.device.type == "cpu":
+            positions = (self.targets.reshape(-1) != IGNORE).nonzero()[:, 0]
         nb = device.type == "cuda"
         return Batch(self.input_ids.to(device, non_blocking=nb),
-                     self.targets.to(device, non_blocking=nb), self.window)
+                     self.targets.to(device, non_blocking=nb), self.window,
+                     None if positions is None else positions.to(device, non_blocking=nb))
 
     def rows(self, index) -> "Batch":
         """The same batch restricted to some rows (a slice or index)."""
@@ -50,6 +59,9 @@ class Batch:
 
     @property
     def n_targets(self) -> int:
+        """Positions with a target (read from :attr:`positions` when known: no wait)."""
+        if self.positions is not None:
+            return int(self.positions.numel())
         return int((self.targets != IGNORE).sum())
 
 

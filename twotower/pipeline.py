@@ -137,7 +137,7 @@ def run(cfg: RunConfig, out: str | Path, *, cache_dir: str | Path | None = None,
     t = time.perf_counter()
     seed_everything(cfg.train.seed)
     model = TwoTowerLM(cfg.model)
-    joint = train(model, lambda b: model.loss(b.input_ids, b.targets), train_b,
+    joint = train(model, model.batch_loss, train_b,
                   cfg.train, phase="joint", val=val_b, run_dir=out, callbacks=callbacks,
                   meta={"n_towers": 2}, progress=progress)
     timings["joint"] = time.perf_counter() - t
@@ -155,7 +155,7 @@ def run(cfg: RunConfig, out: str | Path, *, cache_dir: str | Path | None = None,
         t = time.perf_counter()
         seed_everything(cfg.train.seed)
         base = SingleTowerLM(matched_single_tower_config(cfg.model))
-        base_summary = train(base, lambda b: base.loss(b.input_ids, b.targets), train_b,
+        base_summary = train(base, base.batch_loss, train_b,
                              cfg.train, phase="baseline", val=val_b, run_dir=out,
                              callbacks=callbacks, meta={"n_towers": 1},
                              progress=progress)
@@ -175,7 +175,7 @@ def run(cfg: RunConfig, out: str | Path, *, cache_dir: str | Path | None = None,
     }
     if base is not None:  # the baseline's loss on exactly the scored positions
         device = resolve_device(cfg.train.device)
-        same = evaluate(lambda b: base.loss(b.input_ids, b.targets), base, scored,
+        same = evaluate(base.batch_loss, base, scored,
                         device, resolve_precision(cfg.train.precision, device))
         results["baseline"] = {**base_summary, "scored_loss": same["val_loss"],
                                "scored_ppl": same["val_ppl"], "d_model": base.cfg.d_model}

@@ -164,7 +164,7 @@ def run_planted(cfg: PlantedRunConfig, seed: int, runs_dir: str | Path, *,
     torch.manual_seed(seed)
     model = TwoTowerLM(cfg.resolved_model(V))
     if not (run_dir / "scores.npz").exists():  # phase 1 (resumes from a checkpoint)
-        train(model, lambda b: model.loss(b.input_ids, b.targets), batches, joint,
+        train(model, model.batch_loss, batches, joint,
               val=val, run_dir=run_dir, callbacks=callbacks, progress=progress)
     scores = read(model, "scores")
     prefs = [None if s is None else token_preference(s, V, cfg.min_count)

@@ -89,7 +89,7 @@ def adaptation_curve(cfg: RunConfig, data: BilingualData, *, source: str = "en",
         t = dataclasses.replace(cfg.train, steps=steps, checkpoint_every=0,
                                 warmup_steps=max(1, steps // 10))
         batches = WindowBatches(windows, objective, t.batch_size, t.seed)
-        train(model, lambda b: model.loss(b.input_ids, b.targets), batches, t,
+        train(model, model.batch_loss, batches, t,
               phase="adapt", callbacks=callbacks, progress=progress)
 
     phase(data.train.of(data.languages.index(source)).windows, pretrain_steps)

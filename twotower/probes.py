@@ -27,6 +27,7 @@ from scipy.stats import rankdata
 from torch import nn
 
 from .errors import require
+from .runtime import resolve_device
 from .pos import Sentence, tree_depths, tree_distances
 
 TASKS = ("distance", "depth")
@@ -232,6 +233,12 @@ class ProbeBatch:
     mask: torch.Tensor  # (B, N) bool, True on real words
     lengths: torch.Tensor  # (B,) int64 words per sentence
 
+    def to(self, device: torch.device | str) -> "ProbeBatch":
+        """The same batch on ``device``."""
+        return ProbeBatch(*(t.to(device) for t in (self.features, self.distances,
+                                                   self.depths, self.mask,
+                                                   self.lengths)))
+
 
 def pad_probe_batch(
     vectors: Sequence[np.ndarray],
@@ -301,8 +308,8 @@ class ProbeFit:
 
 
 def _mean_loss(probe: _Probe, batches: Sequence[ProbeBatch]) -> float:
-    with torch.no_grad():
-        return float(np.mean([probe_loss(probe, b).item() for b in batches]))
+    with torch.no_grad():  # summed on the probe's device: one read, not one per batch
+        return float(torch.stack([probe_loss(probe, b) for b in batches]).double().mean())
 
 
 def train_probe(
@@ -329,16 +336,20 @@ def train_probe(
     require(epochs >= 1, f"epochs must be positive, got {epochs}")
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.Adam(probe.parameters(), lr=lr)
+    device = probe.proj.device  # the batches go where the probe is; losses stay there
+    batches = [b.to(device) for b in batches]
+    dev_batches = [b.to(device) for b in dev_batches]
     history, dev_history, best = [], [], None
     for epoch in range(epochs):
-        total = 0.0
+        total = torch.zeros((), device=device,
+                            dtype=torch.float32 if device.type == "mps" else torch.float64)
         for index in torch.randperm(len(batches), generator=generator).tolist():
             loss = probe_loss(probe, batches[index])
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            total += loss.item()
-        history.append(total / len(batches))
+            total += loss.detach()
+        history.append(float(total) / len(batches))  # one read per epoch
         require(np.isfinite(history[-1]), f"probe loss became {history[-1]} in epoch "
                 f"{epoch}; lower lr or check the word vectors for NaN")
         if dev_batches:
@@ -420,8 +431,9 @@ def evaluate_probe(
     roots, by_length = [], defaultdict(list)
     with torch.no_grad():
         for v, sentence in zip(vectors, sentences):
-            h = torch.as_tensor(np.asarray(v), dtype=torch.float32)[None]  # (1, n, D)
-            pred = probe(h)[0].double().numpy()
+            h = torch.as_tensor(np.asarray(v), dtype=torch.float32,
+                                device=probe.proj.device)[None]  # (1, n, D)
+            pred = probe(h)[0].double().cpu().numpy()
             n = len(sentence)
             require(len(pred) == n, f"{len(pred)} word vectors for a sentence of {n} "
                     f"words; features_fn must return one vector per UD word")
@@ -459,6 +471,7 @@ def structural_probe(
     seed: int = 0,
     on_epoch_end: Callable[[int, float], None] | None = None,
     dev_sentences: Sequence[Sentence] = (),
+    device: str | torch.device = "auto",
 ) -> tuple[_Probe, ProbeScores]:
     """Train a ``task`` probe on some sentences; return it and its scores on others.
 
@@ -466,7 +479,8 @@ def structural_probe(
     one tower's layer-8 outputs averaged per word by :func:`word_vectors`. With
     ``dev_sentences`` the probe stops early at its best dev epoch (:func:`train_probe`;
     the scores' ``epochs`` says which). The other arguments are those of
-    :class:`DistanceProbe` and :func:`train_probe`.
+    :class:`DistanceProbe` and :func:`train_probe`; ``device`` is where the probe
+    trains (``auto``: a GPU when there is one).
     """
     require(task in TASKS, f"unknown probe task {task!r}; choose one of "
             f"{', '.join(TASKS)}")
@@ -478,7 +492,8 @@ def structural_probe(
 
     batches = batches_of(train_sentences)
     probe_class = DistanceProbe if task == "distance" else DepthProbe
-    probe = probe_class(batches[0].features.shape[-1], rank, seed=seed)
+    probe = probe_class(batches[0].features.shape[-1], rank, seed=seed).to(
+        resolve_device(device))
     fit = train_probe(probe, batches, epochs, lr, seed, on_epoch_end,
                       batches_of(dev_sentences))
     scores = evaluate_probe(probe, features_fn(test_sentences), test_sentences)

@@ -25,7 +25,7 @@ from torch import nn
 
 from . import atomic
 from .config import TrainConfig
-from .model import IGNORE, TowerLM, mean_cross_entropy
+from .model import IGNORE, TowerLM, mean_cross_entropy, select_targets
 from .objectives import Batch
 from .runtime import autocast, resolve_device, resolve_precision
 from .training import WindowBatches, train
@@ -63,10 +63,10 @@ class TowerReadouts(nn.Module):
         """
         with torch.no_grad():
             features = model.features(batch.input_ids)  # (K, B, T, D)
-        keep = batch.targets != IGNORE
-        target = batch.targets[keep]
-        losses = [mean_cross_entropy(r(features[k][keep]), target)
-                  for k, r in enumerate(self.readouts)]
+        losses = []
+        for k, readout in enumerate(self.readouts):
+            hidden, target = select_targets(features[k], batch.targets, batch.positions)
+            losses.append(mean_cross_entropy(readout(hidden), target))
         return torch.stack(losses).mean()
 
 
@@ -175,15 +175,17 @@ def score_readouts(model: TowerLM, readouts: TowerReadouts, batches: Iterable[Ba
             windows.append(rows[:, None].expand_as(keep_cpu)[keep_cpu].to(torch.int32))
             batch = batch.to(device)
             features = model.features(batch.input_ids)  # (K, B, T, D)
-            keep = batch.targets != IGNORE
-            target = batch.targets[keep]
-            joint = model.head_logits(model.fuse(features)[keep])
-            joints.append(_true_logprob(joint, target).cpu())
-            lls.append(torch.stack([_true_logprob(r(features[k][keep]), target)
-                                    for k, r in enumerate(readouts.readouts)]).cpu())
-            targets.append(target.to(torch.int32).cpu())
-    return TokenScores(torch.cat(targets).numpy(), torch.cat(lls, 1).numpy(),
-                       torch.cat(joints).numpy(), torch.cat(windows).numpy())
+            fused, target = select_targets(model.fuse(features), batch.targets,
+                                           batch.positions)
+            joints.append(_true_logprob(model.head_logits(fused), target))
+            lls.append(torch.stack([
+                _true_logprob(r(select_targets(features[k], batch.targets,
+                                               batch.positions)[0]), target)
+                for k, r in enumerate(readouts.readouts)]))
+            targets.append(target.to(torch.int32))
+    # kept on the device until the end: one transfer, no wait per batch
+    return TokenScores(torch.cat(targets).cpu().numpy(), torch.cat(lls, 1).cpu().numpy(),
+                       torch.cat(joints).cpu().numpy(), torch.cat(windows).numpy())
 
 
 def loss_summary(scores: TokenScores) -> dict:

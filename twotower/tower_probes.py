@@ -26,6 +26,7 @@ import pandas as pd
 import torch
 
 from .errors import require
+from .runtime import resolve_device
 from .pos import Sentence
 from .probes import (
     evaluate_probe,
@@ -118,10 +119,11 @@ def tower_layer_vectors(model, tokenizer, sentences: Sequence[Sentence], *,
         for b, row in enumerate(chunk):
             batch[b, :len(row)] = torch.as_tensor(row)
         cache = _cache_with_tower_input(model, batch.to(model.device), names)
+        cache = {name: cache[name].float().cpu() for name in layers.values()}  # 1 copy
         for b, row in enumerate(chunk):
             for layer, name in layers.items():
                 for k, tower in enumerate(towers):
-                    h = cache[name][k, b, :len(row)].float().cpu()  # (T, D)
+                    h = cache[name][k, b, :len(row)]  # (T, D)
                     out[tower, layer].append(
                         word_vectors(h, word_ids[start + b]).numpy())
     return kept, out
@@ -149,14 +151,15 @@ def split_probe_train(n_train: int, dev_share: float = 0.2, seed: int = 0
 def probe_towers(vectors: dict[tuple[str, int], list], sentences: Sequence[Sentence],
                  n_train: int, *, tasks: Sequence[str] = ("distance", "depth"),
                  rank: int = 64, epochs: int = 30, lr: float = 1e-3, seed: int = 0,
-                 dev_share: float = 0.2
+                 dev_share: float = 0.2, device: str | torch.device = "auto"
                  ) -> tuple[pd.DataFrame, dict[tuple[str, int], np.ndarray]]:
     """Fit a probe per tower, layer and task on the first ``n_train`` sentences.
 
     Those are split by :func:`split_probe_train` (``dev_share``, ``seed``): probes
     train on probe-train and keep their epoch of lowest probe-dev loss; the other
-    sentences are the test set. The probes' matrices are tiny, so they train on one
-    CPU thread (on a busy machine more threads only wait for each other).
+    sentences are the test set. The probes train on ``device`` (``auto``: a GPU when
+    there is one); on a CPU their matrices are tiny, so they use one thread (on a busy
+    machine more threads only wait for each other).
 
     Returns:
         ``(table, uuas_counts)``: the table has one row per (tower, layer, task) with
@@ -173,8 +176,10 @@ def probe_towers(vectors: dict[tuple[str, int], list], sentences: Sequence[Sente
     require(test_s, "probe_towers needs test sentences after the n_train first")
     position = {id(s): i for i, s in enumerate(sentences)}
     rows, counts = [], {}
+    device = resolve_device(device)
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    if device.type == "cpu":
+        torch.set_num_threads(1)
     try:
         for (tower, layer), vecs in vectors.items():
             def features(batch, vecs=vecs):
@@ -184,7 +189,7 @@ def probe_towers(vectors: dict[tuple[str, int], list], sentences: Sequence[Sente
                 probe, scores = structural_probe(
                     features, train_s, test_s, task=task, lr=lr, seed=seed,
                     rank=min(rank, vecs[0].shape[1]), epochs=epochs,
-                    dev_sentences=dev_s)
+                    dev_sentences=dev_s, device=device)
                 dev = evaluate_probe(probe, features(dev_s), dev_s)
                 rows.append({"tower": tower, "layer": layer, "task": task,
                              "epochs": scores.epochs, "dev_spearman": dev.spearman,
@@ -206,8 +211,9 @@ def sentence_uuas_counts(probe, vectors: Sequence[np.ndarray],
     """(n, 2): gold edges found by ``probe`` and gold edges, per sentence (no PUNCT)."""
     out = []
     for v, sentence in zip(vectors, sentences):
-        pred = probe(torch.as_tensor(np.asarray(v), dtype=torch.float32)[None])[0]
-        out.append(uuas_counts(pred.double().numpy(), sentence.heads,
+        pred = probe(torch.as_tensor(np.asarray(v), dtype=torch.float32,
+                                     device=probe.proj.device)[None])[0]
+        out.append(uuas_counts(pred.double().cpu().numpy(), sentence.heads,
                                keep_mask(sentence)))
     return np.asarray(out, dtype=np.int64).reshape(-1, 2)
 

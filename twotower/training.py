@@ -100,12 +100,23 @@ def param_groups(module: nn.Module, weight_decay: float) -> list[dict]:
             {"params": no_decay, "weight_decay": 0.0}]
 
 
+def sum_dtype(device: torch.device) -> torch.dtype:
+    """Sums of losses kept on the device: fp64 (as Python floats), fp32 on MPS."""
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
+def fused_optimizer(device: torch.device) -> bool:
+    """Fused AdamW on CUDA (one kernel; it can skip a step on the GPU's own word, see
+    :class:`StepGuard`); foreach AdamW elsewhere."""
+    return device.type == "cuda"
+
+
 def make_optimizer(module: nn.Module, cfg: TrainConfig, device: torch.device):
-    """AdamW (fused on CUDA, foreach elsewhere) and its warm-up/decay schedule."""
+    """AdamW (:func:`fused_optimizer`) and its warm-up/decay schedule."""
     groups = param_groups(module, cfg.weight_decay)
     if not any(g["params"] for g in groups):
         raise TwotowerError("nothing to train: every parameter is frozen")
-    fused = device.type == "cuda"
+    fused = fused_optimizer(device)
     opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, fused=fused or None,
                             foreach=None if fused else True)
     warmup = max(1, min(cfg.warmup_steps, cfg.steps - 1))
@@ -122,15 +133,16 @@ def evaluate(loss_fn: LossFn, module: nn.Module, batches: Sequence[Batch],
     """Token-weighted mean loss and perplexity over ``batches``."""
     was_training = module.training
     module.eval()
-    total, count = 0.0, 0
+    total, count = torch.zeros((), dtype=sum_dtype(device), device=device), 0
     with torch.no_grad(), autocast(device, dtype):
         for batch in batches:
-            n = batch.n_targets
+            batch = batch.to(device)
+            n = batch.n_targets  # known on the host: no wait
             if n:
-                total += float(loss_fn(batch.to(device))) * n
+                total += loss_fn(batch).to(total.dtype) * n
                 count += n
     module.train(was_training)
-    loss = total / max(count, 1)
+    loss = float(total) / max(count, 1)  # the one wait for the device
     return {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0)), "val_tokens": count}
 
 
@@ -166,8 +178,9 @@ class _LossModule(nn.Module):
         super().__init__()
         self.module, self.loss_fn = module, loss_fn
 
-    def forward(self, input_ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return self.loss_fn(Batch(input_ids, targets))
+    def forward(self, input_ids: torch.Tensor, targets: torch.Tensor,
+                positions: torch.Tensor | None = None) -> torch.Tensor:
+        return self.loss_fn(Batch(input_ids, targets, positions=positions))
 
 
 def _call(callbacks: Iterable, name: str, state: dict) -> None:
@@ -238,6 +251,68 @@ def _resume(last: Path, module: nn.Module, opt, sched, scaler, steps: int,
     return step, loss_sum, window_steps
 
 
+class StepGuard:
+    """Stops a run at a non-finite loss or gradient norm, before the weights change.
+
+    On the CPU each step is checked at once: reading a number there costs nothing, and
+    a fault raises before the optimiser moves. On a GPU, reading a number makes the
+    host wait for the device every step, so the checks stay on the device: the first
+    bad step is recorded there, and fused AdamW is told through its ``found_inf``
+    tensor to skip its update from that step on (the flag latches), so the weights stay
+    those of the last good step. The fault is raised at the next :meth:`check` (a log
+    line, an evaluation, a checkpoint, the end), naming the step where it happened.
+    With fp16's grad scaler, non-finite gradients are the scaler's business (it skips
+    those steps by design); a non-finite loss is still a fault.
+    """
+
+    def __init__(self, opt, scaler, device: torch.device, seed: int, phase: str,
+                 ckpt_dir: Path | None):
+        self.opt, self.scaler = opt, scaler
+        self.deferred = bool(opt.defaults.get("fused")) and not scaler.is_enabled()
+        self.where = (seed, phase, ckpt_dir)
+        # first bad step, what went bad (0 loss, 1 gradient norm) and its value
+        self.step = torch.full((), -1, dtype=torch.long, device=device)
+        self.kind = torch.zeros((), dtype=torch.long, device=device)
+        self.value = torch.zeros((), dtype=torch.float32, device=device)
+
+    def _fault(self, step: int, kind: int, value: float) -> TwotowerError:
+        what = "loss" if kind == 0 else "gradient norm"
+        return _numerical_fault(f"{what} became {value}", step, *self.where)
+
+    def loss(self, step: int, value: torch.Tensor) -> None:
+        """After the forward pass: the step's (global mean) loss."""
+        if not self.deferred:
+            if not math.isfinite(v := float(value)):
+                raise self._fault(step, 0, v)
+            return
+        self._note(step, ~torch.isfinite(value), 0, value)
+
+    def norms(self, step: int, norms: Sequence[torch.Tensor]) -> None:
+        """After clipping: each group's gradient norm; then arms the optimiser."""
+        if self.scaler.is_enabled():
+            return
+        if not self.deferred:
+            for norm in norms:
+                if not math.isfinite(v := float(norm)):
+                    raise self._fault(step, 1, v)
+            return
+        total = torch.stack([n.float() for n in norms])
+        bad = ~torch.isfinite(total)
+        self._note(step, bad.any(), 1, total[bad.int().argmax()])
+        self.opt.found_inf = (self.step >= 0).float()  # latches: skip from then on
+
+    def _note(self, step: int, bad: torch.Tensor, kind: int, value) -> None:
+        first = bad & (self.step < 0)
+        self.step = torch.where(first, step, self.step)
+        self.kind = torch.where(first, kind, self.kind)
+        self.value = torch.where(first, value.float(), self.value)
+
+    def check(self) -> None:
+        """Raise the first fault recorded on the device, if any (one wait)."""
+        if self.deferred and (step := int(self.step)) >= 0:
+            raise self._fault(step, int(self.kind), float(self.value))
+
+
 def train(
     module: nn.Module,
     loss_fn: LossFn,
@@ -284,29 +359,35 @@ def train(
     ckpt_dir = run_dir / phase if run_dir is not None else None
     meta = {"phase": phase, "train_config": config_to_dict(cfg), **(meta or {})}
 
-    start, window_loss, window_steps = 0, 0.0, 0
+    start, loss_sum, window_steps = 0, 0.0, 0
     last = ckpt.latest_checkpoint(ckpt_dir) if ckpt_dir is not None else None
     if last is not None:
-        start, window_loss, window_steps = _resume(last, module, opt, sched, scaler,
-                                                   cfg.steps, world)
+        start, loss_sum, window_steps = _resume(last, module, opt, sched, scaler,
+                                                cfg.steps, world)
+    # the sum of the losses since the last log line, kept on the device
+    window_loss = torch.tensor(loss_sum, dtype=sum_dtype(device), device=device)
     log = MetricsLog(run_dir / "metrics.jsonl" if run_dir and world.is_main else None,
                      phase, start)
-    step_loss = _LossModule(module, torch.compile(loss_fn) if cfg.compile else loss_fn)
+    step_loss = _LossModule(module, loss_fn)
     if world.active:
         step_loss = nn.parallel.DistributedDataParallel(
             step_loss, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.compile:  # forward and loss as one graph (AOTAutograd compiles backward)
+        step_loss = torch.compile(step_loss)
     groups = clip_groups or [[p for p in module.parameters() if p.requires_grad]]
     val_batches = val.eval_batches(cfg.eval_batches) if val is not None else []
 
     def save(step: int) -> None:
         if ckpt_dir is None:
             return
+        guard.check()  # never a checkpoint of weights after a fault
         # Every process's random state (its own dropout masks), gathered on rank 0.
         rngs = dist_.gather_objects(_rng_state(), world)
         if world.is_main:
             state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                      "scaler": scaler.state_dict(), "rng_ranks": rngs,
-                     "log_window": {"loss_sum": window_loss, "steps": window_steps}}
+                     "log_window": {"loss_sum": float(window_loss),
+                                    "steps": window_steps}}
             ckpt.save_checkpoint(ckpt_dir, step, module, state, meta,
                                  keep=cfg.keep_checkpoints)
         dist_.barrier(world)
@@ -317,12 +398,15 @@ def train(
                dynamic_ncols=True)
     window_tokens, t0 = 0, time.perf_counter()
     first_step_time = t0
-    def take_step(step: int) -> float | None:
-        """One optimiser step on batch ``step``; the global batch's mean loss, or None
-        when the global batch holds no target at all (a masked LM's short window where
-        no position was drawn): then the weights stay as they are."""
-        batch = batches.train_batch(step)
-        batch = batch.rows(slice(world.rank, None, world.world)).to(device)
+    guard = StepGuard(opt, scaler, device, batches.seed, phase, ckpt_dir)
+
+    def take_step(step: int) -> torch.Tensor | None:
+        """One optimiser step on batch ``step``; the global batch's mean loss (a tensor
+        on the device: reading it would make the host wait), or None when the global
+        batch holds no target at all (a masked LM's short window where no position was
+        drawn): then the weights stay as they are."""
+        batch = batches.train_batch(step).rows(slice(world.rank, None, world.world))
+        batch = batch.to(device)  # its target positions are found on the CPU first
         n_local = batch.n_targets
         n_global = dist_.global_count(n_local, device, world)
         if n_global == 0:
@@ -331,12 +415,11 @@ def train(
         # batch's mean loss (processes may hold different target counts).
         share = n_local * world.world / n_global
         with autocast(device, dtype):
-            loss = step_loss(batch.input_ids, batch.targets)
+            loss = step_loss(batch.input_ids, batch.targets, batch.positions)
         # The global batch's mean loss: the sum of every process's share.
-        value = dist_.all_sum(float(loss.detach()) * share / world.world, device, world)
-        if not math.isfinite(value):
-            raise _numerical_fault(f"loss became {value}", step, batches.seed, phase,
-                                   ckpt_dir)
+        value = dist_.all_sum_tensor(
+            loss.detach().to(window_loss.dtype) * (share / world.world), world)
+        guard.loss(step, value)
         opt.zero_grad(set_to_none=True)
         try:
             scaler.scale(loss * share).backward()
@@ -347,13 +430,10 @@ def train(
             raise _numerical_fault(f"anomaly detection: {str(err).splitlines()[0]}",
                                    step, batches.seed, phase, ckpt_dir) from None
         scaler.unscale_(opt)
-        for params in groups:
-            norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            # fp16's scaler skips steps with inf gradients by design; elsewhere a
-            # non-finite gradient would poison the weights and the optimiser state.
-            if not scaler.is_enabled() and not torch.isfinite(norm):
-                raise _numerical_fault(f"gradient norm became {float(norm)}", step,
-                                       batches.seed, phase, ckpt_dir)
+        # fp16's scaler skips steps with inf gradients by design; elsewhere a
+        # non-finite gradient would poison the weights and the optimiser state.
+        guard.norms(step, [torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                           for params in groups])
         scaler.step(opt)
         scaler.update()
         return value
@@ -372,23 +452,27 @@ def train(
                 window_loss += value
                 window_steps += 1
             done = step + 1
-            state = {"phase": phase, "step": done, "steps": cfg.steps,
-                     "loss": float("nan") if value is None else value,
-                     "lr": sched.get_last_lr()[0]}
-            _call(callbacks, "on_step_end", state)
+            if callbacks:  # a callback reads the loss: on a GPU, a wait per step
+                state = {"phase": phase, "step": done, "steps": cfg.steps,
+                         "loss": float("nan") if value is None else float(value),
+                         "lr": sched.get_last_lr()[0]}
+                _call(callbacks, "on_step_end", state)
             bar.update(1)
             if done % cfg.log_every == 0 or done == cfg.steps:
+                guard.check()
                 now = time.perf_counter()
-                mean = window_loss / window_steps if window_steps else None
-                rec = {"step": done, "loss": mean, "lr": state["lr"],
+                mean = float(window_loss) / window_steps if window_steps else None
+                rec = {"step": done, "loss": mean, "lr": sched.get_last_lr()[0],
                        "tokens_per_s": window_tokens / (now - t0)}
                 log.write(rec)
                 if mean is not None:
                     bar.set_postfix(loss=f"{mean:.3f}")
                     summary["train_loss"] = mean
-                window_loss, window_tokens, window_steps, t0 = 0.0, 0, 0, now
+                window_loss.zero_()
+                window_tokens, window_steps, t0 = 0, 0, now
             if val_batches and (done == cfg.steps or
                                 (cfg.eval_every and done % cfg.eval_every == 0)):
+                guard.check()
                 ev = evaluate(loss_fn, module, val_batches, device, dtype)
                 log.write({"step": done, **ev})
                 summary.update(ev)
@@ -396,6 +480,7 @@ def train(
             if done == cfg.steps or (cfg.checkpoint_every and
                                      done % cfg.checkpoint_every == 0):
                 save(done)
+    guard.check()
     elapsed = time.perf_counter() - first_step_time
     trained = cfg.steps - start
     summary["seconds"] = elapsed
