@@ -400,14 +400,17 @@ def test_unknown_alignment_is_refused(shared):
 
 def test_part2_plan_scales_with_the_preset_and_counts_its_cost():
     quick, full = replication.part2_plan(True, 0), replication.part2_plan(False, 3)
-    assert quick["seeds"] == {"causal": [0, 1, 2], "mlm": [0, 1, 2], "bilm": [0, 1]}
-    assert full["seeds"] == dict.fromkeys(("causal", "mlm", "bilm"), [3, 4, 5])
-    assert quick["control_seeds"] == {"split": [0], "independent": [0, 1, 2],
+    assert quick["seeds"] == {"causal": [0, 1, 2, 3, 4], "mlm": [0, 1, 2],
+                              "bilm": [0, 1]}
+    assert full["seeds"] == {"causal": [3, 4, 5, 6, 7], "mlm": [3, 4, 5],
+                             "bilm": [3, 4, 5]}
+    assert quick["control_seeds"] == {"split": [0], "independent": [0, 1, 2, 3, 4],
                                       "untrained": [0, 1, 2], "reseeded": [0]}
-    assert full["control_seeds"] == {"split": [3, 4], "independent": [3, 4, 5],
+    assert full["control_seeds"] == {"split": [3, 4], "independent": [3, 4, 5, 6, 7],
                                      "untrained": [3, 4, 5], "reseeded": [3]}
     for plan in (quick, full):  # claim 2's primary test has seeds enough
-        assert len(plan["seeds"]["causal"]) >= across_seeds.MIN_SEEDS
+        assert len(plan["seeds"]["causal"]) >= replication.PRIMARY_SEEDS >= 5
+        assert len(plan["control_seeds"]["untrained"]) >= across_seeds.MIN_SEEDS
         assert len(plan["control_seeds"]["independent"]) == len(plan["seeds"]["causal"])
     smoke = replication.replication_flops("smoke", **quick)
     assert smoke < replication.replication_flops("smoke", **full) < \

@@ -50,11 +50,14 @@ class Sentence:
         upos: universal part-of-speech tag of each word, ``n`` of them.
         heads: (n,) int array; 1-based index of each word's head, 0 for the root
             (the CoNLL-U convention).
+        deprel: the universal dependency relation of each word to its head (``root``
+            for the root; subtypes such as ``nmod:poss`` kept), or None where unknown.
     """
 
     words: list[str]
     upos: list[str]
     heads: np.ndarray
+    deprel: list[str] | None = None
 
     def __len__(self) -> int:
         return len(self.words)
@@ -170,6 +173,7 @@ def _to_sentence(token_list: conllu.TokenList) -> Sentence:
         words=[token["form"] for token in tokens],
         upos=[token["upos"] for token in tokens],
         heads=np.asarray(heads, dtype=np.int64),
+        deprel=[str(token["deprel"]) for token in tokens],
     )
 
 

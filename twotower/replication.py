@@ -66,23 +66,27 @@ def is_cpu_scale(preset: str) -> bool:
     return preset_cost(cfg, 1.0).total_flops < CPU_SCALE_FLOPS
 
 
+PRIMARY_SEEDS = 5  # seeds of each side of claim 2's primary test
+
+
 def part2_plan(quick: bool, seed: int = 0) -> dict:
     """Which runs chapters 9-11 compare: keyword arguments of
     :func:`ensure_replication_runs` and :func:`replication_flops`.
 
-    Seeds are the unit of "stable across seeds", so the conditions that claim 2 is
-    tested on get at least ``twotower.across_seeds.MIN_SEEDS`` seeds: the causal
-    two-tower model, the independent-towers control run at as many seeds (claim 2's
-    primary test) and the untrained control (readouts only, cheap). ``quick``
-    (CPU-scale presets, see :func:`is_cpu_scale`): 3 seeds of causal and mlm, 2 of
-    bilm (the slowest family on a CPU), one seed of the split control. Otherwise 3
-    seeds of every family and 2 of the split control. Both add towers half as wide
-    (first seed), and readouts retrained with another seed on the towers of the first
-    seed (the ``reseeded`` control).
+    Seeds are the unit of "stable across seeds", so claim 2's primary test (the causal
+    two-tower model against the independent-towers control) gets :data:`PRIMARY_SEEDS`
+    seeds on each side, and the untrained control (readouts only, cheap) at least
+    ``twotower.across_seeds.MIN_SEEDS``. ``quick`` (CPU-scale presets, see
+    :func:`is_cpu_scale`): 3 seeds of mlm, 2 of bilm (the slowest family on a CPU), one
+    seed of the split control. Otherwise 3 seeds of mlm and bilm and 2 of the split
+    control. Both add towers half as wide (first seed), and readouts retrained with
+    another seed on the towers of the first seed (the ``reseeded`` control).
     """
     three = [seed + i for i in range(3)]
+    primary = [seed + i for i in range(PRIMARY_SEEDS)]
     seeds = {family: three for family in FAMILIES}
-    control_seeds = {"split": three[:1 if quick else 2], "independent": three,
+    seeds["causal"] = primary
+    control_seeds = {"split": three[:1 if quick else 2], "independent": primary,
                      "untrained": three, "reseeded": three[:1]}
     if quick:
         seeds["bilm"] = three[:2]
