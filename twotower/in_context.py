@@ -46,9 +46,10 @@ def score_sentences(model, readouts, tokenizer, objective: Objective,
                     device: str = "auto") -> pd.DataFrame:
     """Both readouts' log-probability of every subword target of gold sentences.
 
-    The sentences are tokenized as in training (:func:`twotower.tower_probes.
-    encode_sentences`; longer than the window: left out) and scored as a run is
-    (:meth:`Objective.scoring_batches`: every target once, fixed masks).
+    The sentences are tokenized as in training
+    (:func:`twotower.tower_probes.encode_sentences`; longer than the window: left out)
+    and scored as a run is (:meth:`twotower.objectives.Objective.scoring_batches`:
+    every target once, fixed masks).
 
     Returns:
         One row per scored subword whose word is a UD word: ``sentence`` (index among
