@@ -78,7 +78,7 @@ def test_under_the_null_the_permutation_p_is_calibrated():
     assert np.mean(ps) == pytest.approx(0.5, abs=0.15)
 
 
-def test_agreement_is_high_for_a_shared_effect_whatever_the_tower_labels():
+def test_agreement_is_high_for_a_common_effect_whatever_the_tower_labels():
     frames = [synthetic_frame(200, 1.0, 7) for _ in range(4)]
     rng = np.random.default_rng(3)
     fits = []
@@ -88,7 +88,7 @@ def test_agreement_is_high_for_a_shared_effect_whatever_the_tower_labels():
         if k % 2:
             frame["diff"] *= -1  # towers labelled the other way round
         fits.append(context_regression(frame, n_perm=20))
-    agreement = context_agreement(fits, "shared")
+    agreement = context_agreement(fits, "common")
     assert agreement.mean > 0.7 and agreement.low > 0.5
     unrelated = []
     for k in range(4):  # the same positions, differences of noise only
@@ -96,9 +96,9 @@ def test_agreement_is_high_for_a_shared_effect_whatever_the_tower_labels():
         frame["diff"] = np.random.default_rng(20 + k).normal(0, 1, len(frame))
         unrelated.append(context_regression(frame, n_perm=20))
     assert context_agreement(unrelated).mean < agreement.mean
-    by_seed = agreement_table({("shared", k): fit for k, fit in enumerate(fits)}
+    by_seed = agreement_table({("common", k): fit for k, fit in enumerate(fits)}
                               | {("alone", 0): unrelated[0]})
-    assert list(by_seed["condition"]) == ["shared"]  # one seed: no agreement
+    assert list(by_seed["condition"]) == ["common"]  # one seed: no agreement
     assert by_seed["agreement"].iloc[0] == pytest.approx(agreement.mean)
     table = context_table({"a": fits[0], "b": fits[1]})
     assert list(table.columns) == ["positions", "types", "R²",

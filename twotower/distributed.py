@@ -88,15 +88,14 @@ def all_sum(value: float, device: torch.device, d: Dist) -> float:
     """Sum of ``value`` over all processes (fp64)."""
     if not d.active:
         return value
-    t = torch.tensor([value], device=device, dtype=torch.float64)
-    dist.all_reduce(t)
-    return float(t.item())
+    return float(all_sum_tensor(torch.tensor([value], device=device,
+                                             dtype=torch.float64), d).item())
 
 
 def all_sum_tensor(value: torch.Tensor, d: Dist) -> torch.Tensor:
     """Sum of a tensor over all processes, left on the device (no wait for it)."""
     if d.active:
-        value = value.clone()
+        value = value.clone()  # all_reduce works in place
         dist.all_reduce(value)
     return value
 

@@ -58,6 +58,14 @@ def measured_reports() -> list[dict]:
     return sorted(found, key=lambda r: r["environment"]["date"], reverse=True)
 
 
+def case_mode(row: dict) -> str:
+    """How a bench case ran: ``eager``, ``compiled`` or a compile mode, and whether
+    its loss made a full fp32 copy of the logits."""
+    mode = row["compile"] if isinstance(row["compile"], str) else \
+        ("compiled" if row["compile"] else "eager")
+    return mode + (", fp32 logits" if row.get("plain_ce") else "")
+
+
 def bench_table(report: dict):
     """One report's bench rows as a table: what ran, speed, MFU, peak memory."""
     import pandas as pd
@@ -66,10 +74,8 @@ def bench_table(report: dict):
     for row in report.get("bench", []):
         if "tokens_per_s" not in row:
             continue
-        mode = row["compile"] if isinstance(row["compile"], str) else \
-            ("compiled" if row["compile"] else "eager")
         rows.append({"size": row["preset"], "family": row["family"],
-                     "mode": mode + (", fp32 logits" if row["plain_ce"] else ""),
+                     "mode": case_mode(row),
                      "tokens/s": row["tokens_per_s"],
                      "TFLOP/s": row["flops_per_s"] / 1e12,
                      "MFU (datasheet)": row.get("mfu_datasheet", float("nan")),
@@ -279,10 +285,7 @@ def print_summary(data: dict) -> None:
     elif tests:
         print(f"CUDA tests: {tests.get('error')}")
     for row in data.get("bench", []) if isinstance(data.get("bench"), list) else []:
-        name = (f"{row.get('preset')}/{row.get('family')}"
-                f"{' compiled' if row.get('compile') is True else ''}"
-                f"{' ' + row['compile'] if isinstance(row.get('compile'), str) else ''}"
-                f"{' fp32-logits' if row.get('plain_ce') else ''}")
+        name = f"{row.get('preset')}/{row.get('family')} {case_mode(row)}"
         if "error" in row:
             print(f"  {name}: {row['error']}")
             continue

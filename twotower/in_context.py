@@ -57,16 +57,14 @@ def score_sentences(model, readouts, tokenizer, objective: Objective,
         ``diff`` (``ll_a - ll_b``), the word's ``upos``, ``deprel`` (subtype dropped),
         ``arc`` (``|head - position|``, 0 at the root) and ``depth``.
     """
-    from .tower_probes import encode_sentences
+    from .tower_probes import encode_sentences, pad_sentences
 
     kept, ids, word_ids = encode_sentences(sentences, tokenizer, model.cfg.max_len)
     require(kept, "no sentence fits the model's window; use shorter sentences")
     batches, where = [], []  # where: (sentence, token) of each target, in score order
     for start in range(0, len(kept), batch_size):
         chunk = ids[start:start + batch_size]
-        rows = np.full((len(chunk), max(map(len, chunk))), model.cfg.pad_id, np.int64)
-        for b, row in enumerate(chunk):
-            rows[b, :len(row)] = row
+        rows = pad_sentences(chunk, model.cfg.pad_id)
         for batch in objective.scoring_batches(rows, start,
                                                step_generator(SCORE_SEED, start, 3)):
             batches.append(Batch(batch.input_ids, batch.targets))

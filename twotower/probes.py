@@ -27,8 +27,8 @@ from scipy.stats import rankdata
 from torch import nn
 
 from .errors import require
-from .runtime import resolve_device
 from .pos import Sentence, tree_depths, tree_distances
+from .runtime import resolve_device, sum_dtype
 
 TASKS = ("distance", "depth")
 
@@ -341,8 +341,7 @@ def train_probe(
     dev_batches = [b.to(device) for b in dev_batches]
     history, dev_history, best = [], [], None
     for epoch in range(epochs):
-        total = torch.zeros((), device=device,
-                            dtype=torch.float32 if device.type == "mps" else torch.float64)
+        total = torch.zeros((), device=device, dtype=sum_dtype(device))
         for index in torch.randperm(len(batches), generator=generator).tolist():
             loss = probe_loss(probe, batches[index])
             optimizer.zero_grad()

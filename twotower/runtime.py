@@ -87,6 +87,12 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device.type, dtype=dtype)
 
 
+def sum_dtype(device: torch.device) -> torch.dtype:
+    """Sums of losses kept on the device: fp64 (as Python floats), fp32 on MPS (which
+    has no fp64)."""
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch (all devices)."""
     random.seed(seed)

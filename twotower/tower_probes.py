@@ -26,7 +26,6 @@ import pandas as pd
 import torch
 
 from .errors import require
-from .runtime import resolve_device
 from .pos import Sentence
 from .probes import (
     evaluate_probe,
@@ -35,6 +34,7 @@ from .probes import (
     uuas_counts,
     word_vectors,
 )
+from .runtime import resolve_device
 
 PROBE_REPORT = "probes.json"  # written into a run directory by chapter 10
 BASELINES = ("chain", "random")  # trees of :func:`baseline_uuas_counts`
@@ -81,6 +81,15 @@ def encode_sentences(sentences: Sequence[Sentence], tokenizer, max_len: int
     return kept, ids, word_ids
 
 
+def pad_sentences(ids: Sequence[np.ndarray], pad_id: int) -> np.ndarray:
+    """``(B, T)`` int64: the id arrays of :func:`encode_sentences`, padded at the right
+    to the longest."""
+    rows = np.full((len(ids), max(map(len, ids))), pad_id, np.int64)
+    for b, row in enumerate(ids):
+        rows[b, :len(row)] = row
+    return rows
+
+
 def _cache_with_tower_input(model, batch: torch.Tensor, names: list[str]) -> dict:
     """``run_with_cache`` of the hook points ``names``, plus the towers' input."""
     stored = {}
@@ -114,10 +123,7 @@ def tower_layer_vectors(model, tokenizer, sentences: Sequence[Sentence], *,
     names = [name for name in layers.values() if name != TOWER_INPUT]
     for start in range(0, len(kept), batch_size):
         chunk = ids[start:start + batch_size]
-        batch = torch.full((len(chunk), max(map(len, chunk))), model.cfg.pad_id,
-                           dtype=torch.long)
-        for b, row in enumerate(chunk):
-            batch[b, :len(row)] = torch.as_tensor(row)
+        batch = torch.as_tensor(pad_sentences(chunk, model.cfg.pad_id))
         cache = _cache_with_tower_input(model, batch.to(model.device), names)
         cache = {name: cache[name].float().cpu() for name in layers.values()}  # 1 copy
         for b, row in enumerate(chunk):

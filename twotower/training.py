@@ -33,7 +33,7 @@ from .config import TrainConfig, config_to_dict
 from .data import batch_windows, iter_batches
 from .errors import TwotowerError
 from .objectives import Batch, Objective, step_generator
-from .runtime import autocast, resolve_device, resolve_precision
+from .runtime import autocast, resolve_device, resolve_precision, sum_dtype
 
 LossFn = Callable[[Batch], torch.Tensor]
 
@@ -98,11 +98,6 @@ def param_groups(module: nn.Module, weight_decay: float) -> list[dict]:
         (no_decay if p.ndim < 2 or name.endswith("bias") or is_norm else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay},
             {"params": no_decay, "weight_decay": 0.0}]
-
-
-def sum_dtype(device: torch.device) -> torch.dtype:
-    """Sums of losses kept on the device: fp64 (as Python floats), fp32 on MPS."""
-    return torch.float32 if device.type == "mps" else torch.float64
 
 
 def fused_optimizer(device: torch.device) -> bool:
@@ -279,12 +274,15 @@ class StepGuard:
         what = "loss" if kind == 0 else "gradient norm"
         return _numerical_fault(f"{what} became {value}", step, *self.where)
 
+    def _at_once(self, step: int, kind: int, values: Sequence[torch.Tensor]) -> None:
+        for value in values:
+            if not math.isfinite(v := float(value)):
+                raise self._fault(step, kind, v)
+
     def loss(self, step: int, value: torch.Tensor) -> None:
         """After the forward pass: the step's (global mean) loss."""
         if not self.deferred:
-            if not math.isfinite(v := float(value)):
-                raise self._fault(step, 0, v)
-            return
+            return self._at_once(step, 0, [value])
         self._note(step, ~torch.isfinite(value), 0, value)
 
     def norms(self, step: int, norms: Sequence[torch.Tensor]) -> None:
@@ -292,10 +290,7 @@ class StepGuard:
         if self.scaler.is_enabled():
             return
         if not self.deferred:
-            for norm in norms:
-                if not math.isfinite(v := float(norm)):
-                    raise self._fault(step, 1, v)
-            return
+            return self._at_once(step, 1, norms)
         total = torch.stack([n.float() for n in norms])
         bad = ~torch.isfinite(total)
         self._note(step, bad.any(), 1, total[bad.int().argmax()])
