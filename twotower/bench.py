@@ -257,10 +257,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default="auto")
     p.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    p.add_argument("--stacked", type=int, default=0, metavar="SEEDS",
+                   help="instead: chapter 2's planted model, SEEDS seeds trained "
+                   "one after another and then as one stacked computation")
     p.add_argument("--one", nargs=3, metavar=("CASE", "PRESET", "FAMILY"),
                    help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     common = [str(args.steps), str(args.warmup), args.device, args.precision]
+    if args.stacked:
+        figures = stacked_seeds(args.stacked, args.steps, args.preset)
+        print(json.dumps(figures, indent=1) if args.json else
+              f"{figures['seeds']} seeds x {figures['steps']} steps of chapter 2's "
+              f"planted model ({figures['preset']}): separate "
+              f"{figures['separate_s']:.1f} s, stacked {figures['stacked_s']:.1f} s, "
+              f"{figures['speedup']:.2f}x; largest weight difference "
+              f"{figures['max_abs_diff']:.1e}")
+        return 0
     if args.one:
         case, preset, family = args.one
         print(json.dumps(run_case(case, preset, family, args.steps, args.warmup,
@@ -294,6 +306,47 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print_table(results)
     return 0
+
+
+def stacked_seeds(seeds: int, steps: int, preset: str = "small") -> dict:
+    """Seconds for ``seeds`` seeds of chapter 2's planted model (``preset``'s planted
+    config, ``steps`` steps each) trained one after another with
+    :func:`twotower.training.train`, then as one stacked computation
+    (:func:`twotower.stacked.train_stacked`), in one process; and how far the weights
+    of the two ways differ."""
+    import dataclasses
+
+    from .planted import PLANTED_PRESETS, _windows
+    from .stacked import train_stacked
+    from .synthetic import CLS_ID, SPECIAL_IDS, PlantedLanguage
+    from .training import WindowBatches, train
+
+    cfg = PLANTED_PRESETS.get(preset, PLANTED_PRESETS["small"])
+    joint = dataclasses.replace(cfg.joint, steps=steps, checkpoint_every=0)
+    language = PlantedLanguage(cfg.language)
+    objective = Objective("causal", SPECIAL_IDS, pad_id=0, cls_id=CLS_ID, mask_id=4,
+                          n_tokens=language.vocab_size)
+    batches = [WindowBatches(_windows(cfg, language, s)[0], objective,
+                             joint.batch_size, s) for s in range(seeds)]
+
+    def model(seed: int) -> TwoTowerLM:
+        torch.manual_seed(seed)
+        return TwoTowerLM(cfg.resolved_model(language.vocab_size))
+    start, separate = time.perf_counter(), []
+    for seed, b in enumerate(batches):
+        separate.append(model(seed))
+        train(separate[-1], separate[-1].batch_loss, b, joint, progress=False)
+    separate_s = time.perf_counter() - start
+    stacked = [model(s) for s in range(seeds)]
+    start = time.perf_counter()
+    train_stacked(stacked, batches, joint)
+    stacked_s = time.perf_counter() - start
+    with torch.no_grad():
+        diff = max(float((p - q).abs().max()) for a, b in zip(separate, stacked)
+                   for p, q in zip(a.parameters(), b.parameters()))
+    return {"preset": preset, "seeds": seeds, "steps": steps, "separate_s": separate_s,
+            "stacked_s": stacked_s, "speedup": separate_s / stacked_s,
+            "max_abs_diff": diff, "threads": torch.get_num_threads()}
 
 
 def _flags(common: list[str]) -> list[str]:

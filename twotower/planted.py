@@ -56,6 +56,9 @@ class PlantedRunConfig:
     n_train: int = 2000  # training windows
     n_val: int = 256  # validation windows (scored for pref)
     min_count: int = 20  # tokens seen fewer times as targets get pref = NaN
+    # a division planted in phase 1 (0: none): the probability that a position's loss
+    # reaches only the tower that owns its target's process (see routed_loss)
+    division: float = 0.0
 
     def resolved_model(self, vocab_size: int) -> ModelConfig:
         """The model config with the language's vocabulary and window filled in."""
@@ -63,8 +66,13 @@ class PlantedRunConfig:
                                    max_len=self.language.window)
 
     def key(self) -> str:
-        """Eight hex digits that change whenever anything in the config changes."""
-        text = json.dumps(config_to_dict(self), sort_keys=True)
+        """Eight hex digits that change whenever anything in the config changes
+        (``division`` counts only when set, so runs made before it existed keep their
+        folders)."""
+        fields = config_to_dict(self)
+        if not self.division:
+            fields.pop("division")
+        text = json.dumps(fields, sort_keys=True)
         return hashlib.sha1(text.encode()).hexdigest()[:8]
 
 
@@ -112,11 +120,50 @@ class PlantedRun:
         return pd.DataFrame([r for r in rows if r.get("phase") == "joint"])
 
 
+def owners(language: PlantedLanguage, seed: int) -> torch.Tensor:
+    """``(V,)`` the tower that owns each id under a planted division: local ids go to
+    tower ``seed % 2``, topic ids to the other, special ids to none (-1)."""
+    first = seed % 2
+    owner = np.full(language.vocab_size, -1)
+    owner[language.labels == "local"] = first
+    owner[language.labels == "topic"] = 1 - first
+    return torch.as_tensor(owner)
+
+
+def routed_loss(model: TwoTowerLM, batch, owner: torch.Tensor, strength: float
+                ) -> torch.Tensor:
+    """The fused head's loss with a division of labour planted by gradient routing.
+
+    At each position whose target has an owner, with probability ``strength`` the
+    other tower's features enter the head detached: the prediction is unchanged (no
+    information leaks to the head) but that loss trains only the owning tower.
+    ``strength`` 0 is :meth:`TwoTowerLM.batch_loss`; 1 routes every position.
+    """
+    from .model import mean_cross_entropy, select_targets
+
+    features = model.features(batch.input_ids)  # (2, B, T, D)
+    target_owner = owner.to(batch.targets.device)[batch.targets.clamp(min=0)]
+    target_owner = torch.where(batch.targets < 0, -1, target_owner)
+    routed = (target_owner >= 0) & (torch.rand(batch.targets.shape,
+                                               device=batch.targets.device) < strength)
+    features = torch.stack([
+        torch.where((routed & (target_owner == 1 - k))[..., None],
+                    features[k].detach(), features[k]) for k in range(2)])
+    hidden, target = select_targets(model.fuse(features), batch.targets,
+                                    batch.positions)
+    return mean_cross_entropy(model.head_logits(hidden), target)
+
+
 def _windows(cfg: PlantedRunConfig, language: PlantedLanguage, seed: int):
     """Training windows depend on the seed; validation windows are the same for all."""
     train_windows = language.sample(cfg.n_train, seed=1 + seed).windows
     val_windows = language.sample(cfg.n_val, seed=10_000).windows
     return train_windows, val_windows
+
+
+def run_directory(cfg: PlantedRunConfig, seed: int, runs_dir: str | Path) -> Path:
+    """Where :func:`run_planted` keeps the run of ``cfg`` and ``seed``."""
+    return Path(runs_dir) / f"planted-{cfg.key()}" / f"seed{seed}"
 
 
 def run_planted(cfg: PlantedRunConfig, seed: int, runs_dir: str | Path, *,
@@ -138,7 +185,7 @@ def run_planted(cfg: PlantedRunConfig, seed: int, runs_dir: str | Path, *,
     start = time.perf_counter()
     language = PlantedLanguage(cfg.language)
     V = language.vocab_size
-    run_dir = Path(runs_dir) / f"planted-{cfg.key()}" / f"seed{seed}"
+    run_dir = run_directory(cfg, seed, runs_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic.write_text(run_dir / "config.json", json.dumps(config_to_dict(cfg), indent=1))
     joint = dataclasses.replace(cfg.joint, seed=seed, device=device)
@@ -163,14 +210,55 @@ def run_planted(cfg: PlantedRunConfig, seed: int, runs_dir: str | Path, *,
         init_scores = read(TwoTowerLM(cfg.resolved_model(V)), "init_scores")
     torch.manual_seed(seed)
     model = TwoTowerLM(cfg.resolved_model(V))
+    loss = model.batch_loss
+    if cfg.division:
+        owner = owners(language, seed)
+        loss = lambda batch: routed_loss(model, batch, owner, cfg.division)  # noqa: E731
     if not (run_dir / "scores.npz").exists():  # phase 1 (resumes from a checkpoint)
-        train(model, model.batch_loss, batches, joint,
+        train(model, loss, batches, joint,
               val=val, run_dir=run_dir, callbacks=callbacks, progress=progress)
     scores = read(model, "scores")
     prefs = [None if s is None else token_preference(s, V, cfg.min_count)
              for s in (scores, init_scores)]
     return PlantedRun(cfg, seed, language, run_dir, scores, prefs[0], init_scores,
                       prefs[1], time.perf_counter() - start)
+
+
+def run_planted_seeds(cfg: PlantedRunConfig, seeds: Iterable[int],
+                      runs_dir: str | Path, *, device: str = "auto",
+                      control: bool = True, progress: bool = True,
+                      stacked: bool = True) -> list[PlantedRun]:
+    """:func:`run_planted` for every seed. With ``stacked``, phase 1 of the seeds not
+    yet started is trained for all of them as one computation
+    (:func:`twotower.stacked.train_stacked`: the same weights up to rounding, in a
+    fraction of the time for a model this small) and saved as each seed's finished
+    phase 1; a planted division (``cfg.division``) or dropout trains them one by one.
+    """
+    from . import checkpoint as ckpt
+    from .stacked import save_each, train_stacked
+
+    seeds = list(seeds)
+    language = PlantedLanguage(cfg.language)
+    dirs = {s: run_directory(cfg, s, runs_dir) for s in seeds}
+    todo = [s for s in seeds if not (dirs[s] / "scores.npz").exists()
+            and ckpt.latest_checkpoint(dirs[s] / "joint") is None]
+    if stacked and len(todo) > 1 and not cfg.division and cfg.model.dropout == 0:
+        objective = Objective("causal", SPECIAL_IDS, pad_id=0, cls_id=CLS_ID,
+                              mask_id=4, n_tokens=language.vocab_size)
+        models, batches = [], []
+        for s in todo:
+            torch.manual_seed(s)  # as run_planted initialises the seed's model
+            models.append(TwoTowerLM(cfg.resolved_model(language.vocab_size)))
+            batches.append(WindowBatches(_windows(cfg, language, s)[0], objective,
+                                         cfg.joint.batch_size, s))
+            dirs[s].mkdir(parents=True, exist_ok=True)
+        joint = dataclasses.replace(cfg.joint, device=device)
+        out = train_stacked(models, batches, joint, run_dirs=[dirs[s] for s in todo],
+                            progress=progress)
+        save_each(models, out["optimizers"], joint, [dirs[s] for s in todo],
+                  meta={"n_towers": 2})
+    return [run_planted(cfg, s, runs_dir, device=device, control=control,
+                        progress=progress) for s in seeds]
 
 
 def process_losses(scores: TokenScores, labels: np.ndarray) -> pd.DataFrame:

@@ -111,16 +111,25 @@ def make_optimizer(module: nn.Module, cfg: TrainConfig, device: torch.device):
     groups = param_groups(module, cfg.weight_decay)
     if not any(g["params"] for g in groups):
         raise TwotowerError("nothing to train: every parameter is frozen")
+    opt = adamw(groups, cfg, device)
+    return opt, make_schedule(opt, cfg)
+
+
+def adamw(groups: list[dict], cfg: TrainConfig, device: torch.device):
+    """AdamW over parameter ``groups`` with ``cfg``'s settings (:func:`fused_optimizer`)."""
     fused = fused_optimizer(device)
-    opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, fused=fused or None,
-                            foreach=None if fused else True)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, fused=fused or None,
+                             foreach=None if fused else True)
+
+
+def make_schedule(opt, cfg: TrainConfig):
+    """Linear warm-up from ~0 over ``cfg.warmup_steps``, then linear decay to 0."""
     warmup = max(1, min(cfg.warmup_steps, cfg.steps - 1))
-    sched = torch.optim.lr_scheduler.SequentialLR(opt, [
+    return torch.optim.lr_scheduler.SequentialLR(opt, [
         torch.optim.lr_scheduler.LinearLR(opt, 1.0 / warmup, 1.0, total_iters=warmup),
         torch.optim.lr_scheduler.LinearLR(opt, 1.0, 0.0,
                                           total_iters=max(1, cfg.steps - warmup)),
     ], milestones=[warmup])
-    return opt, sched
 
 
 def evaluate(loss_fn: LossFn, module: nn.Module, batches: Sequence[Batch],
@@ -321,6 +330,7 @@ def train(
     clip_groups: Sequence[Sequence[nn.Parameter]] | None = None,
     meta: dict | None = None,
     progress: bool = True,
+    until: int | None = None,
 ) -> dict:
     """Train ``module`` by minimising ``loss_fn`` for ``cfg.steps`` steps (or resume).
 
@@ -337,6 +347,9 @@ def train(
         clip_groups: clip each group's gradient norm separately (one per readout);
             default: one global norm.
         meta: extra JSON saved in every checkpoint's ``meta.json``.
+        until: stop after this step, with a checkpoint, on the schedule of
+            ``cfg.steps`` (the same weights the full run passes through: a learning
+            curve's snapshot, see :mod:`twotower.learning_curve`).
 
     Returns:
         Summary dict: steps, final train loss, val loss/perplexity, tokens per second.
@@ -387,8 +400,9 @@ def train(
                                  keep=cfg.keep_checkpoints)
         dist_.barrier(world)
 
-    summary = {"phase": phase, "steps": cfg.steps, "resumed_from": start}
-    bar = tqdm(total=cfg.steps, initial=start, desc=phase,
+    stop = cfg.steps if until is None else min(int(until), cfg.steps)
+    summary = {"phase": phase, "steps": stop, "resumed_from": start}
+    bar = tqdm(total=stop, initial=start, desc=phase,
                disable=not (progress and world.is_main), mininterval=1.0,
                dynamic_ncols=True)
     window_tokens, t0 = 0, time.perf_counter()
@@ -436,7 +450,7 @@ def train(
     # closing(bar): however the loop ends (an error included), the bar is closed
     # first, so an error line is not printed into the middle of it.
     with torch.autograd.set_detect_anomaly(cfg.detect_anomaly), contextlib.closing(bar):
-        for step in range(start, cfg.steps):
+        for step in range(start, stop):
             value = take_step(step)
             with warnings.catch_warnings():  # a skipped step keeps the schedule going;
                 # torch would warn that the optimiser has not stepped yet
@@ -472,12 +486,12 @@ def train(
                 log.write({"step": done, **ev})
                 summary.update(ev)
                 _call(callbacks, "on_eval", {"phase": phase, "step": done, **ev})
-            if done == cfg.steps or (cfg.checkpoint_every and
-                                     done % cfg.checkpoint_every == 0):
+            if done in (stop, cfg.steps) or (cfg.checkpoint_every and
+                                             done % cfg.checkpoint_every == 0):
                 save(done)
     guard.check()
     elapsed = time.perf_counter() - first_step_time
-    trained = cfg.steps - start
+    trained = max(0, stop - start)
     summary["seconds"] = elapsed
     if trained:
         summary["tokens_per_s"] = trained * batches.batch_size * batches.windows.shape[1] \
