@@ -56,3 +56,20 @@ def test_claim_four_holds_only_when_every_measured_test_holds(tmp_path):
     empty = _card().iloc[:3]
     assert answers.claim_answers(empty, tmp_path, "smoke")["answer"].iloc[3] == \
         NOT_MEASURED
+
+
+def test_the_power_note_names_the_weakest_division_detected(tmp_path, monkeypatch):
+    from twotower import power
+
+    table = pd.DataFrame({"strength": [0.0, 0.01, 0.05], "|gap|": [0.5, 0.1, 2.4],
+                          "detected": [False, False, True], "seeds": [3, 3, 3]},
+                         index=["none", "weak", "medium"])
+    monkeypatch.setattr(power, "pending_flops", lambda *a, **k: 0.0)
+    monkeypatch.setattr(power, "ensure_power_runs", lambda *a, **k: {})
+    monkeypatch.setattr(power, "power_table", lambda *a, **k: table)
+    note = answers.power_note(tmp_path, "small")
+    assert "from 'medium' (gap 2.40 nats) at 3 seeds" in note
+    assert "misses the towers' own division (|gap| 0.50 nats)" in note
+    table["detected"] = False
+    assert "detects none of the planted divisions" in answers.power_note(tmp_path,
+                                                                          "small")

@@ -101,6 +101,7 @@ def test_the_power_table_tells_a_planted_division_from_none(tmp_path, monkeypatc
     table = power.power_table(runs, centred=False, n_perm=100)
     assert list(table.index) == ["none", "strong"]
     assert table.loc["strong", "gap"] > table.loc["none", "gap"] + 0.1
+    assert (table["|gap|"] >= table["gap"].abs() - 1e-12).all()
     assert table["planted |r|"].between(0, 1).all()
     assert table["detected"].dtype == bool and (table["seeds"] == 3).all()
     assert np.isfinite(table.loc["strong", ["mean r_x", "low", "high"]]).all()

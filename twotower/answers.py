@@ -94,12 +94,18 @@ def power_note(runs_dir: str | Path, preset: str, n_perm: int = 1000) -> str:
     weakest = power.smallest_detected(table)
     seeds = int(table["seeds"].iloc[0])
     if weakest is None:
-        return (f"the instrument detects none of the planted divisions at {seeds} "
-                f"seeds (up to a gap of {table['gap'].max():.2f} nats): this null "
-                "rules out nothing")
-    return (f"the instrument detects a planted division from {weakest!r} (gap "
-            f"{table.loc[weakest, 'gap']:.2f} nats) at {seeds} seeds; weaker ones "
-            "would go unseen")
+        found = (f"the instrument detects none of the planted divisions at {seeds} "
+                 f"seeds (up to a gap of {table['|gap|'].max():.2f} nats): this null "
+                 "rules out nothing")
+    else:
+        found = (f"the instrument detects a planted division from {weakest!r} (gap "
+                 f"{table.loc[weakest, '|gap|']:.2f} nats) at {seeds} seeds; weaker "
+                 "ones would go unseen")
+    if "none" in table.index and power.STRENGTHS.get("none") == 0.0:
+        seen = "detects" if table.loc["none", "detected"] else "misses"
+        found += (f"; with nothing planted it {seen} the towers' own division "
+                  f"(|gap| {table.loc['none', '|gap|']:.2f} nats)")
+    return found
 
 
 def trend_note(runs_dir: str | Path, preset: str, seed: int = 0,

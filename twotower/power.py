@@ -133,7 +133,9 @@ def power_table(runs: dict[str, list[PlantedRun]], *, centred: bool = True,
     out of every preference first; a division that follows them is removed with them.
 
     Columns: ``instrument``; ``strength``; ``gap`` (nats, :func:`division_gap`, mean
-    over seeds); ``mean r_x``, ``low``, ``high``, ``p`` (cross-seed, interval over
+    over seeds: whether the planted direction won); ``|gap|`` (mean of its size,
+    whichever tower won: also the size of a division the towers made themselves);
+    ``mean r_x``, ``low``, ``high``, ``p`` (cross-seed, interval over
     seeds);
     ``detected`` (``low > 0`` and ``p < alpha``); ``planted |r|`` (mean over seeds of
     chapter 2's score against the planted labels); ``seeds``.
@@ -143,12 +145,14 @@ def power_table(runs: dict[str, list[PlantedRun]], *, centred: bool = True,
         s = seed_stability([_as_run(r) for r in group], name, centred=centred,
                            n_perm=n_perm)
         labels = group[0].language.labels
+        gaps = [division_gap(r) for r in group]
         planted = [planted_split_score(r.pref, labels, n_boot=200, n_perm=200,
                                        seed=r.seed).r for r in group]
         rows.append({"planted": name,
                      "instrument": "r_x centred" if centred else "r_x raw",
                      "strength": group[0].cfg.division,
-                     "gap": float(np.mean([division_gap(r) for r in group])),
+                     "gap": float(np.mean(gaps)),
+                     "|gap|": float(np.mean(np.abs(gaps))),
                      "mean r_x": s.mean, "low": s.low, "high": s.high,
                      "p": s.p_value,
                      "detected": bool(s.low > 0 and s.p_value < alpha),
