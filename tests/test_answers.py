@@ -73,3 +73,21 @@ def test_the_power_note_names_the_weakest_division_detected(tmp_path, monkeypatc
     table["detected"] = False
     assert "detects none of the planted divisions" in answers.power_note(tmp_path,
                                                                           "small")
+
+
+def test_chapter_11_states_the_answers_before_anything_else():
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "book" / "11_replication_scorecard.ipynb"
+    cells = [("".join(c["source"]), c["cell_type"], c["metadata"].get("tags", []))
+             for c in json.loads(path.read_text())["cells"]]
+    answer = next(i for i, (src, *_) in enumerate(cells)
+                  if "answers.claim_answers(" in src)
+    objectives = next(i for i, (src, *_) in enumerate(cells)
+                      if "Learning objectives" in src)
+    assert answer < objectives
+    shown_before = [src for src, kind, tags in cells[1:answer] if kind == "markdown"
+                    or not {"remove-cell", "hide-input", "parameters"} & set(tags)]
+    assert all(":class: tip dropdown" in src for src in shown_before)  # folded only
+    assert cells[answer][2] == ["hide-input"]

@@ -79,6 +79,8 @@ def test_the_curve_makes_each_point_once_and_reuses_the_run_and_its_control(
     monkeypatch.setattr("twotower.training.train", refuse)
     again = lc.ensure_curve([run])
     assert [p[0].path for p in again.values()] == [p[0].path for p in points.values()]
+    assert lc.ensure_curve([run], untrained=0)[0] == []  # step 0 for no run at all
+    assert len(lc.ensure_curve([run], untrained=0)[3]) == 1
 
 
 # --- the trend, on stabilities whose answer is known --------------------------------

@@ -149,28 +149,26 @@ def ensure_point(run: str | Path, step: int, *, progress: bool = False
 
 def ensure_curve(runs: Sequence[str | Path],
                  fractions: Sequence[float] = CURVE_FRACTIONS, *,
-                 early: int = MIN_SEEDS, progress: bool = False
+                 untrained: int = MIN_SEEDS, progress: bool = False
                  ) -> dict[int, list[RunPreference]]:
     """Every point of every run (runs of one preset): step -> one point per run.
 
-    The end of training is read for every run; the points before it for the first
-    ``early`` runs only, as many seeds as chapter 9 gives its untrained control: each
-    point costs a readout training, and three seeds are the fewest that give an
-    interval over seeds. Snapshots are made once per run, for all its missing points
-    together."""
+    Step 0 (untrained towers) is read for the first ``untrained`` runs only, as many
+    seeds as chapter 9 gives its untrained control (the fewest that give an interval
+    over seeds); the trend is fitted to the other points, which every run has.
+    Snapshots are made once per run, for all its missing points together."""
     require(len(runs) > 0, "ensure_curve needs at least one run directory")
     steps = curve_steps(read_run_config(runs[0]), fractions)
-    for run in runs[:early]:
+    for run in runs:
         todo = [s for s in steps if not (point_dir(run, s) / "results.json").exists()]
         ensure_snapshots(run, todo, progress=progress)
-    last = steps[-1]
     return {s: [ensure_point(run, s, progress=progress)
-                for run in (runs if s == last else runs[:early])] for s in steps}
+                for run in (runs[:untrained] if s == 0 else runs)] for s in steps}
 
 
 def pending_flops(runs: Sequence[str | Path],
                   fractions: Sequence[float] = CURVE_FRACTIONS, *,
-                  early: int = MIN_SEEDS) -> float:
+                  untrained: int = MIN_SEEDS) -> float:
     """Training FLOPs :func:`ensure_curve` still needs for ``runs``
     (:func:`twotower.flops.preset_cost`): phase 1 again up to each run's last missing
     snapshot, and one readout training per missing point."""
@@ -179,8 +177,7 @@ def pending_flops(runs: Sequence[str | Path],
     total = 0.0
     for k, run in enumerate(map(Path, runs)):
         cfg = read_run_config(run)
-        todo = [s for s in curve_steps(cfg, fractions)
-                if (k < early or s == cfg.train.steps)
+        todo = [s for s in curve_steps(cfg, fractions) if (s > 0 or k < untrained)
                 and not (point_dir(run, s) / "results.json").exists()]
         readouts = preset_cost(dataclasses.replace(
             cfg, train=dataclasses.replace(cfg.train, steps=0)), 1.0).total_flops
@@ -334,9 +331,11 @@ def plot_curve(ax, table: pd.DataFrame, colors: dict[str, str] | None = None):
     with each condition's fitted line; step 0 is drawn at the left edge."""
     positive = table.loc[table["tokens"] > 0, "tokens"]
     zero_at = positive.min() / 4
-    for label, part in table.groupby("condition", sort=False):
+    groups = list(table.groupby("condition", sort=False))
+    for k, (label, part) in enumerate(groups):
         part = part.sort_values("tokens")
-        x = np.where(part["tokens"] > 0, part["tokens"], zero_at)
+        dodge = 1.07 ** (k - (len(groups) - 1) / 2)  # side by side, not on top
+        x = np.where(part["tokens"] > 0, part["tokens"], zero_at) * dodge
         color = (colors or {}).get(label)
         line = ax.errorbar(x, part["mean r_x"], yerr=[part["mean r_x"] - part["low"],
                                                       part["high"] - part["mean r_x"]],
@@ -346,7 +345,7 @@ def plot_curve(ax, table: pd.DataFrame, colors: dict[str, str] | None = None):
             lx = np.log10(part.loc[trained, "tokens"])
             slope, intercept = np.polyfit(lx, part.loc[trained, "mean r_x"], 1)
             grid = np.linspace(lx.min(), lx.max(), 20)
-            ax.plot(10 ** grid, intercept + slope * grid, "--",
+            ax.plot(10 ** grid * dodge, intercept + slope * grid, "--",
                     color=line[0].get_color())
     ax.axhline(0, color="black", linewidth=0.6)
     ax.set_xscale("log")
