@@ -17,19 +17,15 @@ from twotower.model import TwoTowerLM
 from twotower.objectives import Batch
 from twotower.planted import (PLANTED_PRESETS, PlantedRunConfig, owners, routed_loss,
                               run_directory)
-from twotower.synthetic import PlantedLanguage, PlantedLanguageConfig
+from twotower.synthetic import PlantedLanguage
+
+from planted_configs import tiny_planted
 
 
 def _tiny(division: float = 0.0, steps: int = 60) -> PlantedRunConfig:
-    base = PlantedRunConfig()
-    return dataclasses.replace(
-        base, language=PlantedLanguageConfig(n_local=8, n_topic_words=12, n_topics=3,
-                                             topic_core=4, window=16),
-        model=dataclasses.replace(base.model, d_model=16, d_ff=32),
-        joint=dataclasses.replace(base.joint, steps=steps, log_every=10, eval_every=0,
-                                  precision="fp32"),
-        readout=dataclasses.replace(base.readout, steps=30, precision="fp32"),
-        n_train=256, n_val=64, min_count=3, division=division)
+    return tiny_planted(dict(steps=steps, log_every=10, eval_every=0),
+                        dict(steps=30), n_train=256, n_val=64, min_count=3,
+                        division=division)
 
 
 def _model_and_batch(cfg, only: str | None = None, seed: int = 0):

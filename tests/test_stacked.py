@@ -14,22 +14,17 @@ from twotower.objectives import Objective
 from twotower.planted import (PlantedRunConfig, _windows, run_directory, run_planted,
                               run_planted_seeds)
 from twotower.stacked import train_stacked
-from twotower.synthetic import CLS_ID, SPECIAL_IDS, PlantedLanguage, PlantedLanguageConfig
+from twotower.synthetic import CLS_ID, SPECIAL_IDS, PlantedLanguage
 from twotower.training import WindowBatches, train
+
+from planted_configs import tiny_planted
 
 SEEDS = (0, 1, 2)
 
 
 def _tiny(steps: int = 12) -> PlantedRunConfig:
-    base = PlantedRunConfig()
-    return dataclasses.replace(
-        base, language=PlantedLanguageConfig(n_local=8, n_topic_words=12, n_topics=3,
-                                             topic_core=4, window=16),
-        model=dataclasses.replace(base.model, d_model=16, d_ff=32),
-        joint=dataclasses.replace(base.joint, steps=steps, log_every=5, eval_every=0,
-                                  warmup_steps=3, precision="fp32"),
-        readout=dataclasses.replace(base.readout, steps=6, precision="fp32"),
-        n_train=64, n_val=32, min_count=3)
+    return tiny_planted(dict(steps=steps, log_every=5, eval_every=0, warmup_steps=3),
+                        dict(steps=6), n_train=64, n_val=32, min_count=3)
 
 
 def _setup(cfg):
