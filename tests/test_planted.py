@@ -8,19 +8,13 @@ import numpy as np
 import pytest
 
 from twotower.planted import PLANTED_PRESETS, PlantedRunConfig, run_planted, summarise
-from twotower.synthetic import PlantedLanguageConfig
+
+from planted_configs import tiny_planted
 
 
 def _tiny() -> PlantedRunConfig:
-    base = PlantedRunConfig()
-    return dataclasses.replace(
-        base, language=PlantedLanguageConfig(n_local=8, n_topic_words=12, n_topics=3,
-                                             topic_core=4, window=16),
-        model=dataclasses.replace(base.model, d_model=16, d_ff=32),
-        joint=dataclasses.replace(base.joint, steps=20, eval_every=10, log_every=5,
-                                  precision="fp32"),
-        readout=dataclasses.replace(base.readout, steps=10, precision="fp32"),
-        n_train=64, n_val=32, min_count=3)
+    return tiny_planted(dict(steps=20, eval_every=10, log_every=5), dict(steps=10),
+                        n_train=64, n_val=32, min_count=3)
 
 
 @pytest.mark.slow
