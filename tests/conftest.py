@@ -19,11 +19,11 @@ import pytest
 import torch
 
 from twotower.config import ModelConfig, TrainConfig
-from twotower.model import TowerLM
-from twotower.objectives import Objective
-from twotower.tokenizer import SpecialIds
+from twotower.models.tower_lm import TowerLM
+from twotower.data.objectives import Objective
+from twotower.data.tokenizer import SpecialIds
 
-# The special ids of a tokenizer trained by twotower.tokenizer.train_wordpiece.
+# The special ids of a tokenizer trained by twotower.data.tokenizer.train_wordpiece.
 SPECIAL = SpecialIds(pad=0, unk=1, cls=2, sep=3, mask=4)
 
 
@@ -132,7 +132,7 @@ def make_objective():
 
 @dataclass(frozen=True)
 class SyntheticData:
-    """The parts of :class:`twotower.data.PreparedData` that training reads."""
+    """The parts of :class:`twotower.data.windows.PreparedData` that training reads."""
 
     special: SpecialIds
     vocab_size: int  # the model's V (padded)

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from twotower.planted import PlantedRunConfig
-from twotower.synthetic import PlantedLanguageConfig
+from twotower.experiments.planted import PlantedRunConfig
+from twotower.data.synthetic import PlantedLanguageConfig
 
 
 def tiny_planted(joint: dict, readout: dict, **fields) -> PlantedRunConfig:

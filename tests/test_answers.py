@@ -6,8 +6,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from twotower import answers
-from twotower.scorecard import FAILS, HOLDS, NOT_MEASURED
+from twotower.experiments import answers
+from twotower.experiments.scorecard import FAILS, HOLDS, NOT_MEASURED
 
 
 def _card(primary_verdict=FAILS, pos_verdict=FAILS):
@@ -59,7 +59,7 @@ def test_claim_four_holds_only_when_every_measured_test_holds(tmp_path):
 
 
 def test_the_power_note_names_the_weakest_division_detected(tmp_path, monkeypatch):
-    from twotower import power
+    from twotower.experiments import power
 
     table = pd.DataFrame({"strength": [0.0, 0.01, 0.05], "|gap|": [0.5, 0.1, 2.4],
                           "detected": [False, False, True], "seeds": [3, 3, 3]},

@@ -3,7 +3,7 @@
 Every ``test_authors_*`` test runs a few-line re-implementation of the authors' logic
 (tests/authors_logic.py, which cites file, line and commit) and our ``twotower`` code on
 the same input, and applies the same check to both: the authors' logic fails it, ours
-passes. The bug audit of chapter 11 (``twotower.scorecard.BUG_AUDIT``) names these tests
+passes. The bug audit of chapter 11 (``twotower.experiments.scorecard.BUG_AUDIT``) names these tests
 first for each bug, then the tests of ours in this file and in test_towers.py,
 test_readouts.py, test_objectives.py, test_data.py, test_preference.py, test_model.py,
 test_training.py and test_distributed.py.
@@ -25,16 +25,16 @@ from scipy import stats
 from torch import nn
 
 from twotower.config import FAMILIES, PRESETS, get_preset
-from twotower.data import TokenStream, make_windows
-from twotower.distributed import Dist, shard_rows
-from twotower.model import IGNORE, TwoTowerLM, count_parameters
-from twotower.objectives import Objective
-from twotower.pipeline import make_objective
-from twotower.preference import token_preference
-from twotower.readouts import (TokenScores, TowerReadouts, _true_logprob, freeze,
+from twotower.data.windows import TokenStream, make_windows
+from twotower.training.distributed import Dist, shard_rows
+from twotower.models.tower_lm import IGNORE, TwoTowerLM, count_parameters
+from twotower.data.objectives import Objective
+from twotower.experiments.pipeline import make_objective
+from twotower.analysis.preference import token_preference
+from twotower.training.readouts import (TokenScores, TowerReadouts, _true_logprob, freeze,
                                score_readouts)
-from twotower.towers import BiLSTMTowers, StackedLayerNorm
-from twotower.training import WindowBatches, make_optimizer, param_groups
+from twotower.models.towers import BiLSTMTowers, StackedLayerNorm
+from twotower.training.trainer import WindowBatches, make_optimizer, param_groups
 
 # The authors' special ids as an Objective of ours takes them (BERT's 30522 real ids).
 THEIR_SPECIALS = dict(special_ids=(authors.PAD, authors.UNK, authors.CLS, authors.SEP,
@@ -394,7 +394,7 @@ def test_every_preset_is_built_offline_without_huggingface_transformers(no_netwo
             assert count_parameters(cfg.model, 2) > 0  # built on the meta device
     model = TwoTowerLM(get_preset("smoke", "causal").model)
     assert model(torch.zeros(1, 8, dtype=torch.long)).shape[-1] == model.cfg.vocab_size
-    code = ("import sys, twotower.pipeline, twotower.controls, twotower.hooks; "
+    code = ("import sys, twotower.experiments.pipeline, twotower.experiments.controls, twotower.models.hooks; "
             "sys.exit('transformers' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 

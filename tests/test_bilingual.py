@@ -1,4 +1,4 @@
-"""Bilingual data, tokenizer metrics and runs (twotower.bilingual, chapters 13-14).
+"""Bilingual data, tokenizer metrics and runs (twotower.experiments.bilingual, chapters 13-14).
 
 Uses a tiny made-up parallel corpus written as Multi30k-style gzip files in a folder of
 their own (source "local"), so training stays fast; the bundled Multi30k and its sources
@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from twotower.bilingual import (
+from twotower.experiments.bilingual import (
     LanguageWindows,
     bilingual_config,
     ensure_bilingual_run,
@@ -28,9 +28,9 @@ from twotower.bilingual import (
     type_languages,
 )
 from twotower.errors import TwotowerError
-from twotower.model import IGNORE, TwoTowerLM
-from twotower.plasticity import adaptation_curve, fertility
-from twotower.tokenizer import train_wordpiece
+from twotower.models.tower_lm import IGNORE, TwoTowerLM
+from twotower.experiments.plasticity import adaptation_curve, fertility
+from twotower.data.tokenizer import train_wordpiece
 
 WORDS = {"en": (["a man", "a woman", "two dogs", "the child"],
                 ["rides", "paints", "watches", "carries"],

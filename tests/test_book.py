@@ -12,7 +12,7 @@ import pytest
 import yaml
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
-from twotower import book
+from twotower.book import build as book
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = book.read_config(ROOT)
@@ -246,7 +246,7 @@ def _no_chapter_may_run(*args, **kwargs):
 @pytest.mark.parametrize("missing", ["vendor", "module", "data"])
 def test_build_checks_what_it_needs_before_the_first_chapter(tmp_path, monkeypatch,
                                                              capsys, missing):
-    from twotower import sources
+    from twotower.data.windows import sources
 
     _tiny_book(tmp_path, {"01_a": "print(1)"})
     monkeypatch.setattr(book, "execute_chapter", _no_chapter_may_run)
@@ -309,7 +309,7 @@ def test_check_command_exits_non_zero_on_a_dirty_chapter(tmp_path, capsys):
 def test_live_loss_plot_records_everything_and_draws_nothing_outside_ipython():
     from matplotlib.figure import Figure
 
-    from twotower.notebook import LiveLossPlot
+    from twotower.book.display import LiveLossPlot
 
     plot = LiveLossPlot(every=2)
     assert not plot._live
@@ -330,7 +330,7 @@ def test_live_loss_plot_records_everything_and_draws_nothing_outside_ipython():
 def test_live_loss_plot_redraws_in_place_in_a_notebook(monkeypatch):
     import IPython.display
 
-    from twotower.notebook import LiveLossPlot
+    from twotower.book.display import LiveLossPlot
 
     calls = []
 
@@ -381,8 +381,8 @@ def test_notebook_setup_seeds_styles_and_picks_the_cpu(capsys):
     import matplotlib as mpl
     import torch
 
-    from twotower import plotting
-    from twotower.notebook import in_colab, setup
+    from twotower.analysis import plotting
+    from twotower.book.display import in_colab, setup
 
     preset, device = setup("auto", seed=5, device="cpu")
     assert (preset, device) == ("small", torch.device("cpu"))
@@ -405,7 +405,7 @@ def test_plotting_helpers_skip_nan_and_draw_the_architecture():
     import numpy as np
 
     matplotlib.use("Agg")
-    from twotower import plotting
+    from twotower.analysis import plotting
 
     values = np.array([0.5, np.nan, -1.0, 2.0])
     ax = plotting.sorted_curve(values)
@@ -446,7 +446,7 @@ def test_runs_on_drive_mounts_drive_in_colab_and_changes_nothing_elsewhere(
     import sys
     import types
 
-    from twotower.notebook import runs_on_drive
+    from twotower.book.display import runs_on_drive
 
     assert runs_on_drive("runs") == "runs"
     assert "not in Colab" in capsys.readouterr().out

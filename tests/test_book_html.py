@@ -18,7 +18,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from twotower import book
+from twotower.book import build as book
 
 ROOT = Path(__file__).resolve().parents[1]
 HTML = Path(os.environ.get("BOOK_HTML", ROOT / "_build" / "html"))

@@ -7,7 +7,7 @@ import inspect
 import numpy as np
 import pytest
 
-from twotower import checks
+from twotower.book import exercises as checks
 
 
 # --- broken variants: one list per check; a new check_* needs an entry here -----------
@@ -83,7 +83,7 @@ CHECKS = {name: function for name, function in inspect.getmembers(checks, callab
 
 
 def test_every_check_has_a_reference_and_a_broken_variant():
-    assert CHECKS, "twotower.checks defines no check_* function"
+    assert CHECKS, "twotower.book.exercises defines no check_* function"
     for name, check in CHECKS.items():
         assert callable(getattr(check, "reference", None)), \
             f"{name} has no reference; decorate it with @_exercise(reference)"

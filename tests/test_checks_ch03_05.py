@@ -2,7 +2,7 @@
 
 ``BROKEN`` is also merged into ``tests/test_checks.py``'s table, whose meta-test wants a
 broken variant for every ``check_*``. The helpers these chapters add to
-``twotower.checks`` and ``twotower.plotting`` are tested at the end.
+``twotower.book.exercises`` and ``twotower.analysis.plotting`` are tested at the end.
 """
 
 from __future__ import annotations
@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from twotower import checks, plotting
+from twotower.book import exercises as checks
+from twotower.analysis import plotting
 from twotower.config import ModelConfig
-from twotower.model import SingleTowerLM
+from twotower.models.tower_lm import SingleTowerLM
 
 matplotlib.use("Agg")
 

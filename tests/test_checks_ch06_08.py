@@ -9,10 +9,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from twotower import checks
-from twotower.flops import forward_flops_per_token, train_flops_per_token
-from twotower.preference import half_assignment, preference_array
-from twotower.readouts import freeze
+from twotower.book import exercises as checks
+from twotower.models.flops import forward_flops_per_token, train_flops_per_token
+from twotower.analysis.preference import half_assignment, preference_array
+from twotower.training.readouts import freeze
 
 # --- chapter 6: broken variants -------------------------------------------------------
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from twotower import checks
+from twotower.book import exercises as checks
 
 # --- chapter 12 -----------------------------------------------------------------------
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from twotower import checks
+from twotower.book import exercises as checks
 
 # --- broken variants -------------------------------------------------------------------
 
@@ -88,7 +88,7 @@ def test_a_plain_loop_solution_passes_the_permutation_check(capsys):
 
 
 def test_conditional_entropy_reference_matches_the_package(capsys):
-    from twotower.synthetic import PlantedLanguage, PlantedLanguageConfig, \
+    from twotower.data.synthetic import PlantedLanguage, PlantedLanguageConfig, \
         conditional_entropies
 
     language = PlantedLanguage(PlantedLanguageConfig(window=32))

@@ -16,13 +16,13 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from twotower import checkpoint as ckpt
-from twotower import pipeline
+from twotower.training.trainer import checkpoint as ckpt
+from twotower.experiments import pipeline
 from twotower.cli import build_parser, config_from_args, main
 from twotower.config import PRESETS
 from twotower.errors import TwotowerError
-from twotower.model import TwoTowerLM
-from twotower.readouts import TokenScores
+from twotower.models.tower_lm import TwoTowerLM
+from twotower.training.readouts import TokenScores
 
 
 def cli(argv: list[str], capsys) -> tuple[int, str, str]:

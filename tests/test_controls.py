@@ -13,17 +13,17 @@ import pandas as pd
 import pytest
 import torch
 
-from twotower import checkpoint as ckpt
+from twotower.training.trainer import checkpoint as ckpt
 from twotower.cli import main
 from twotower.config import get_preset
-from twotower.controls import (IndependentTowersLM, SplitSingleTower, load_control,
+from twotower.experiments.controls import (IndependentTowersLM, SplitSingleTower, load_control,
                                split_single_tower_readouts, train_independent,
                                untrained_model)
 from twotower.errors import TwotowerError
-from twotower.model import SingleTowerLM, TwoTowerLM
-from twotower.readouts import train_readouts
-from twotower.runtime import seed_everything
-from twotower.training import WindowBatches, train
+from twotower.models.tower_lm import SingleTowerLM, TwoTowerLM
+from twotower.training.readouts import train_readouts
+from twotower.training.runtime import seed_everything
+from twotower.training.trainer import WindowBatches, train
 
 
 def ids_of(synthetic_data, n=4):
@@ -186,7 +186,7 @@ def test_each_control_runs_from_the_command_line_and_loads_back(
 @pytest.mark.slow
 def test_split_control_reuses_the_baseline_of_a_matching_main_run(tiny_corpus,
                                                                   tmp_path):
-    from twotower import controls
+    from twotower.experiments import controls
     from twotower.cli import build_parser, config_from_args
 
     main_run = tmp_path / "main"
@@ -214,7 +214,8 @@ def test_split_control_reuses_the_baseline_of_a_matching_main_run(tiny_corpus,
 @pytest.mark.slow
 def test_reseeded_control_keeps_the_towers_and_changes_only_the_readouts(tiny_corpus,
                                                                          tmp_path):
-    from twotower import controls, pipeline
+    from twotower.experiments import controls
+    from twotower.experiments import pipeline
     from twotower.cli import build_parser, config_from_args
 
     main_run = tmp_path / "main"
@@ -235,7 +236,7 @@ def test_reseeded_control_keeps_the_towers_and_changes_only_the_readouts(tiny_co
 
 
 def test_an_unknown_control_is_refused(tiny_config):
-    from twotower import controls
+    from twotower.experiments import controls
     from twotower.config import RunConfig
 
     with pytest.raises(TwotowerError, match="unknown control"):
@@ -243,9 +244,9 @@ def test_an_unknown_control_is_refused(tiny_config):
 
 
 def test_a_run_scored_by_an_older_version_is_rescored_not_retrained(tmp_path):
-    from twotower import pipeline
-    from twotower.controls import ensure_scored
-    from twotower.readouts import TokenScores
+    from twotower.experiments import pipeline
+    from twotower.experiments.controls import ensure_scored
+    from twotower.training.readouts import TokenScores
 
     cfg = get_preset("smoke", "mlm")
     cfg = dataclasses.replace(

@@ -1,4 +1,4 @@
-"""Tests for twotower.data: loading, splitting, token cache, windows, batches."""
+"""Tests for twotower.data.windows: loading, splitting, token cache, windows, batches."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from twotower.config import DataConfig
-from twotower.data import (
+from twotower.data.windows import (
     MIN_TAIL_TOKENS,
     Corpus,
     TokenStream,
@@ -29,7 +29,7 @@ from twotower.data import (
     wikitext_articles,
 )
 from twotower.errors import TwotowerError
-from twotower.tokenizer import SpecialIds, train_wordpiece
+from twotower.data.tokenizer import SpecialIds, train_wordpiece
 
 SPECIAL = SpecialIds(pad=0, unk=1, cls=2, sep=3, mask=4)
 

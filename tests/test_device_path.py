@@ -10,12 +10,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from twotower import model as model_module
-from twotower import training
+from twotower.models import tower_lm as model_module
+from twotower.training.trainer import trainer as training
 from twotower.errors import TwotowerError
-from twotower.model import IGNORE, TwoTowerLM, mean_cross_entropy, select_targets
-from twotower.runtime import seed_everything
-from twotower.training import WindowBatches, train
+from twotower.models.tower_lm import IGNORE, TwoTowerLM, mean_cross_entropy, select_targets
+from twotower.training.runtime import seed_everything
+from twotower.training.trainer import WindowBatches, train
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -207,7 +207,7 @@ def test_weights_that_are_views_of_one_buffer_are_saved_and_loaded(tmp_path):
     module is saved and loaded back like any other (safetensors' save_model refused)."""
     from torch import nn
 
-    from twotower import checkpoint as ckpt
+    from twotower.training.trainer import checkpoint as ckpt
 
     class Flat(nn.Module):
         def __init__(self, values):

@@ -15,12 +15,12 @@ import pytest
 SCRIPT = r'''
 import json, sys
 import numpy as np, torch
-from twotower import distributed
+from twotower.training.trainer import distributed
 from twotower.config import ModelConfig, TrainConfig
-from twotower.data import batch_windows
-from twotower.model import TwoTowerLM
-from twotower.objectives import Objective
-from twotower.training import WindowBatches, train
+from twotower.data.windows import batch_windows
+from twotower.models.tower_lm import TwoTowerLM
+from twotower.data.objectives import Objective
+from twotower.training.trainer import WindowBatches, train
 
 family, out = sys.argv[1], sys.argv[2]
 dropout = float(sys.argv[3]) if len(sys.argv) > 3 else 0.0

@@ -13,11 +13,11 @@ import shutil
 import pytest
 import torch
 
-from twotower import checkpoint as ckpt
+from twotower.training.trainer import checkpoint as ckpt
 from twotower.config import FAMILIES
-from twotower.model import TwoTowerLM
-from twotower.runtime import autocast, seed_everything
-from twotower.training import WindowBatches, make_optimizer, train
+from twotower.models.tower_lm import TwoTowerLM
+from twotower.training.runtime import autocast, seed_everything
+from twotower.training.trainer import WindowBatches, make_optimizer, train
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")]

@@ -1,22 +1,22 @@
-"""A run that keeps its checkpoints (twotower.history, chapter 12)."""
+"""A run that keeps its checkpoints (twotower.experiments.history, chapter 12)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from twotower import checkpoint as ckpt
-from twotower import pipeline
+from twotower.training.trainer import checkpoint as ckpt
+from twotower.experiments import pipeline
 from twotower.cli import build_parser, config_from_args
 from twotower.errors import TwotowerError
-from twotower.history import (
+from twotower.experiments.history import (
     checkpoint_steps,
     ensure_checkpoint_run,
     initial_model,
     load_checkpoint_model,
     weight_difference,
 )
-from twotower.model import TwoTowerLM
+from twotower.models.tower_lm import TwoTowerLM
 
 
 @pytest.mark.slow

@@ -8,14 +8,14 @@ import pandas as pd
 import pytest
 import torch
 
-from twotower.in_context import (GROUPS, agreement_table, context_agreement,
+from twotower.experiments.in_context import (GROUPS, agreement_table, context_agreement,
                                  context_regression, context_table, score_sentences)
-from twotower.model import TwoTowerLM
-from twotower.objectives import Objective
-from twotower.pos import Sentence
-from twotower.readouts import TowerReadouts
-from twotower.runtime import seed_everything
-from twotower.tokenizer import SpecialIds, padded_vocab_size, train_wordpiece
+from twotower.models.tower_lm import TwoTowerLM
+from twotower.data.objectives import Objective
+from twotower.data.ud import Sentence
+from twotower.training.readouts import TowerReadouts
+from twotower.training.runtime import seed_everything
+from twotower.data.tokenizer import SpecialIds, padded_vocab_size, train_wordpiece
 
 TAGS = ["DET", "NOUN", "VERB", "ADP", "ADJ", "PRON"]
 RELS = ["det", "nsubj", "root", "case", "amod", "obj"]

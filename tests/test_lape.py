@@ -1,4 +1,4 @@
-"""Tests of LAPE selection and activation counting in twotower.neurons."""
+"""Tests of LAPE selection and activation counting in twotower.analysis.lape."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from twotower.errors import TwotowerError
-from twotower.neurons import (
+from twotower.analysis.lape import (
     ActivationCounter,
     activation_probability,
     language_entropy,

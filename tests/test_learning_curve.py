@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 from safetensors.torch import load_file
 
-from twotower import learning_curve as lc
-from twotower.across_seeds import SeedStability
+from twotower.experiments import learning_curve as lc
+from twotower.analysis.across_seeds import SeedStability
 from twotower.cli import main
 from twotower.config import read_run_config
-from twotower.model import TwoTowerLM
-from twotower.pipeline import start_run
-from twotower.runtime import seed_everything
-from twotower.training import train
+from twotower.models.tower_lm import TwoTowerLM
+from twotower.experiments.pipeline import start_run
+from twotower.training.runtime import seed_everything
+from twotower.training.trainer import train
 
 
 def _args(corpus, out, *extra):
@@ -75,8 +75,8 @@ def test_the_curve_makes_each_point_once_and_reuses_the_run_and_its_control(
 
     def refuse(*args, **kwargs):
         raise AssertionError("a finished point was trained again")
-    monkeypatch.setattr("twotower.readouts.train_readouts", refuse)
-    monkeypatch.setattr("twotower.training.train", refuse)
+    monkeypatch.setattr("twotower.training.readouts.train_readouts", refuse)
+    monkeypatch.setattr("twotower.training.trainer.train", refuse)
     again = lc.ensure_curve([run])
     assert [p[0].path for p in again.values()] == [p[0].path for p in points.values()]
     assert lc.ensure_curve([run], untrained=0)[0] == []  # step 0 for no run at all

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from twotower.config import (FAMILIES, PRESETS, ModelConfig, config_to_dict,
                               get_preset, run_config_from_dict)
 from twotower.errors import TwotowerError
-from twotower.model import (IGNORE, SingleTowerLM, TwoTowerLM, count_parameters,
+from twotower.models.tower_lm import (IGNORE, SingleTowerLM, TwoTowerLM, count_parameters,
                             matched_single_tower_config)
 
 MODELS = [TwoTowerLM, SingleTowerLM]

@@ -1,4 +1,4 @@
-"""Tests of twotower.neuron_stats and twotower.regimes on synthetic data whose answer
+"""Tests of twotower.analysis.neuron_stats and twotower.analysis.regimes on synthetic data whose answer
 is known."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from twotower.errors import TwotowerError
-from twotower.neuron_stats import (
+from twotower.analysis.neuron_stats import (
     clustered_means,
     coactivation,
     empirical_p_value,
@@ -19,7 +19,7 @@ from twotower.neuron_stats import (
     spectrum_tail_alpha,
     weight_correlation_spectrum,
 )
-from twotower.regimes import (
+from twotower.analysis.regimes import (
     fit_three_regimes,
     log_rank_curve,
     plateau_table,

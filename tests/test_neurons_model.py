@@ -1,6 +1,6 @@
 """Model-dependent neuron analyses: ablation influence, activation counts, deactivation.
 
-Covers twotower.rare_neurons (chapter 12) and the hooked half of twotower.neurons
+Covers twotower.analysis.rare_neurons (chapter 12) and the hooked half of twotower.analysis.lape
 (chapter 13) on tiny randomised models, against real hooked forward passes.
 """
 
@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from twotower.errors import TwotowerError
-from twotower.model import IGNORE, TwoTowerLM
-from twotower.neurons import (
+from twotower.models.tower_lm import IGNORE, TwoTowerLM
+from twotower.analysis.lape import (
     ActivationCounter,
     count_activations,
     deactivation_hooks,
@@ -21,7 +21,7 @@ from twotower.neurons import (
     perplexity,
     random_mask_like,
 )
-from twotower.rare_neurons import (
+from twotower.analysis.rare_neurons import (
     ablation_loss_changes,
     direct_path_influence,
     frequency_halves,
@@ -32,7 +32,7 @@ from twotower.rare_neurons import (
     position_losses,
     tower_share,
 )
-from twotower.readouts import TokenScores
+from twotower.training.readouts import TokenScores
 
 
 @pytest.fixture

@@ -15,7 +15,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-from twotower import notebook, plotting  # noqa: E402
+from twotower import plotting  # noqa: E402
+from twotower.book import display as notebook
 from twotower.errors import TwotowerError  # noqa: E402
 
 

@@ -9,9 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from twotower.model import IGNORE
-from twotower.objectives import Objective, step_generator
-from twotower.tokenizer import SpecialIds
+from twotower.models.tower_lm import IGNORE
+from twotower.data.objectives import Objective, step_generator
+from twotower.data.tokenizer import SpecialIds
 
 # BERT's own ids: specials are not 0..4, so nothing may assume they are.
 BERT_SPECIAL = SpecialIds(pad=0, unk=100, cls=101, sep=102, mask=103)

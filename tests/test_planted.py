@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from twotower.planted import PLANTED_PRESETS, PlantedRunConfig, run_planted, summarise
+from twotower.experiments.planted import PLANTED_PRESETS, PlantedRunConfig, run_planted, summarise
 
 from planted_configs import tiny_planted
 

@@ -1,4 +1,4 @@
-"""Tests of twotower.pos: reading CoNLL-U, UPOS per WordPiece id, tree geometry."""
+"""Tests of twotower.data.ud: reading CoNLL-U, UPOS per WordPiece id, tree geometry."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers
 
 from twotower.errors import TwotowerError
-from twotower.pos import (
+from twotower.data.ud import (
     CONTENT_UPOS,
     FUNCTION_UPOS,
     dominant_upos,

@@ -11,9 +11,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from twotower import syntax
+from twotower.analysis import syntax
 from twotower.config import ModelConfig, RunConfig
-from twotower.stability import RunPreference
+from twotower.analysis.stability import RunPreference
 
 N_FUNCTION, N_CONTENT = 80, 320
 
@@ -60,7 +60,7 @@ def test_a_class_effect_beyond_difficulty_and_frequency_is_found():
 
 
 def make_run(df: pd.DataFrame, seed: int) -> RunPreference:
-    from twotower.readouts import TokenScores
+    from twotower.training.readouts import TokenScores
 
     rng = np.random.default_rng(seed)
     target = np.repeat(df.index.to_numpy(), np.minimum(df["count"], 60))

@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-from twotower import power
+from twotower.experiments import power
 from twotower.config import config_to_dict
-from twotower.model import TwoTowerLM
-from twotower.objectives import Batch
-from twotower.planted import (PLANTED_PRESETS, PlantedRunConfig, owners, routed_loss,
+from twotower.models.tower_lm import TwoTowerLM
+from twotower.data.objectives import Batch
+from twotower.experiments.planted import (PLANTED_PRESETS, PlantedRunConfig, owners, routed_loss,
                               run_directory)
-from twotower.synthetic import PlantedLanguage
+from twotower.data.synthetic import PlantedLanguage
 
 from planted_configs import tiny_planted
 

@@ -12,11 +12,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from twotower.errors import TwotowerError
-from twotower import preference
-from twotower.preference import (bootstrap_correlation, centred_preference,
+from twotower.analysis import preference
+from twotower.analysis.preference import (bootstrap_correlation, centred_preference,
                                  half_assignment, naive_token_preference, pearson,
                                  preference_summary, split_half, token_preference)
-from twotower.readouts import TokenScores
+from twotower.training.readouts import TokenScores
 
 
 def make_scores(target, ll_a, ll_b) -> TokenScores:

@@ -1,4 +1,4 @@
-"""Tests of the structural probes and their metrics in twotower.probes."""
+"""Tests of the structural probes and their metrics in twotower.analysis.probes."""
 
 from __future__ import annotations
 
@@ -14,14 +14,14 @@ from scipy.sparse.csgraph import connected_components
 from scipy.stats import spearmanr
 
 from twotower.errors import TwotowerError
-from twotower.pos import (
+from twotower.data.ud import (
     Sentence,
     load_ud,
     tree_depths,
     tree_distances,
     ud_english_ewt_paths,
 )
-from twotower.probes import (
+from twotower.analysis.probes import (
     DepthProbe,
     DistanceProbe,
     depth_spearman,
@@ -38,7 +38,7 @@ from twotower.probes import (
     uuas_counts,
     word_vectors,
 )
-from twotower.tower_probes import (
+from twotower.analysis.tower_probes import (
     baseline_uuas_counts,
     chain_distances,
     random_tree_distances,

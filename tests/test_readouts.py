@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from twotower import training
+from twotower.training.trainer import trainer as training
 from twotower.config import FAMILIES
-from twotower.model import IGNORE, TwoTowerLM
-from twotower.preference import token_preference
-from twotower.readouts import (TokenScores, TowerReadouts, loss_summary,
+from twotower.models.tower_lm import IGNORE, TwoTowerLM
+from twotower.analysis.preference import token_preference
+from twotower.training.readouts import (TokenScores, TowerReadouts, loss_summary,
                                score_readouts, train_readouts)
-from twotower.runtime import seed_everything
-from twotower.training import WindowBatches
+from twotower.training.runtime import seed_everything
+from twotower.training.trainer import WindowBatches
 
 
 def setup(family, tiny_config, synthetic_data, seed=0):
@@ -269,7 +269,7 @@ def test_scores_are_fp32_even_when_training_used_bf16(tiny_config, synthetic_dat
     from types import SimpleNamespace
 
     from twotower.config import RunConfig, TrainConfig
-    from twotower.pipeline import score_and_save
+    from twotower.experiments.pipeline import score_and_save
 
     model, readouts, _ = setup("causal", tiny_config, synthetic_data)
     batches = WindowBatches(synthetic_data.val, synthetic_data.objective("causal"), 4,

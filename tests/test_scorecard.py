@@ -9,10 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from twotower import scorecard, syntax
+from twotower.experiments import scorecard
+from twotower.analysis import syntax
 from twotower.config import config_to_dict, get_preset
-from twotower.preference import split_half, token_preference
-from twotower.readouts import TokenScores
+from twotower.analysis.preference import split_half, token_preference
+from twotower.training.readouts import TokenScores
 
 PRESET = "smoke"
 
@@ -163,7 +164,7 @@ def test_every_test_named_by_the_bug_audit_exists():
     audit = scorecard.audit_table()
     assert set(audit["bug"]) == set(range(1, 11))  # every bug the audit names
     missing = audit.loc[audit["exists"] != True, "test"].tolist()  # noqa: E712
-    assert not missing, f"rename in twotower.scorecard.BUG_AUDIT: {missing}"
+    assert not missing, f"rename in twotower.experiments.scorecard.BUG_AUDIT: {missing}"
 
 
 def test_the_audit_flags_a_test_that_does_not_exist(tmp_path):

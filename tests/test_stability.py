@@ -10,12 +10,14 @@ import json
 import numpy as np
 import pytest
 
-from twotower import across_seeds, replication, stability
+from twotower.analysis import across_seeds
+from twotower.experiments import replication
+from twotower.analysis import stability
 from twotower.config import ModelConfig, RunConfig, config_to_dict, get_preset
-from twotower.preference import (half_assignment, pearson, preference_array,
+from twotower.analysis.preference import (half_assignment, pearson, preference_array,
                                  split_half, text_halves, token_preference)
-from twotower.readouts import TokenScores
-from twotower.stability import RunPreference
+from twotower.training.readouts import TokenScores
+from twotower.analysis.stability import RunPreference
 
 V = 300
 

@@ -9,13 +9,13 @@ import pytest
 import torch
 
 from twotower.errors import TwotowerError
-from twotower.model import TwoTowerLM
-from twotower.objectives import Objective
-from twotower.planted import (PlantedRunConfig, _windows, run_directory, run_planted,
+from twotower.models.tower_lm import TwoTowerLM
+from twotower.data.objectives import Objective
+from twotower.experiments.planted import (PlantedRunConfig, _windows, run_directory, run_planted,
                               run_planted_seeds)
-from twotower.stacked import train_stacked
-from twotower.synthetic import CLS_ID, SPECIAL_IDS, PlantedLanguage
-from twotower.training import WindowBatches, train
+from twotower.training.stacked import train_stacked
+from twotower.data.synthetic import CLS_ID, SPECIAL_IDS, PlantedLanguage
+from twotower.training.trainer import WindowBatches, train
 
 from planted_configs import tiny_planted
 
@@ -83,8 +83,8 @@ def test_planted_seeds_stacked_score_as_separate_runs(tmp_path, monkeypatch):
         assert metrics["step"].max() == cfg.joint.steps and metrics["loss"].notna().any()
     def refuse(*args, **kwargs):
         raise AssertionError("finished seeds were trained again")
-    monkeypatch.setattr("twotower.stacked.train_stacked", refuse)
-    monkeypatch.setattr("twotower.planted.train", refuse)
+    monkeypatch.setattr("twotower.training.stacked.train_stacked", refuse)
+    monkeypatch.setattr("twotower.experiments.planted.train", refuse)
     again = run_planted_seeds(cfg, SEEDS, tmp_path / "stacked", device="cpu",
                               control=False, progress=False)
     assert [r.run_dir for r in again] == [run_directory(cfg, s, tmp_path / "stacked")
@@ -92,7 +92,7 @@ def test_planted_seeds_stacked_score_as_separate_runs(tmp_path, monkeypatch):
 
 
 def test_the_benchmark_times_both_ways_and_compares_their_weights():
-    from twotower.bench import stacked_seeds
+    from twotower.experiments.bench import stacked_seeds
 
     figures = stacked_seeds(2, 3, "smoke")
     assert figures["separate_s"] > 0 and figures["stacked_s"] > 0

@@ -10,11 +10,11 @@ import pandas as pd
 import pytest
 import torch
 
-from twotower import syntax
+from twotower.analysis import syntax
 from twotower.errors import TwotowerError
-from twotower.model import TwoTowerLM
-from twotower.pos import Sentence, tree_depths
-from twotower.tokenizer import padded_vocab_size, train_wordpiece
+from twotower.models.tower_lm import TwoTowerLM
+from twotower.data.ud import Sentence, tree_depths
+from twotower.data.tokenizer import padded_vocab_size, train_wordpiece
 
 
 # --- effect sizes and permutation tests -----------------------------------------------

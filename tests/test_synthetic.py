@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from twotower.errors import TwotowerError
-from twotower.synthetic import (CLS_ID, SPECIAL_IDS, PlantedLanguage,
+from twotower.data.synthetic import (CLS_ID, SPECIAL_IDS, PlantedLanguage,
                                 PlantedLanguageConfig, conditional_entropies,
                                 permutation_test, planted_split_score, point_biserial,
                                 split_shares)

@@ -1,4 +1,4 @@
-"""Tests for twotower.tokenizer: WordPiece training, special ids, Hub, caching."""
+"""Tests for twotower.data.tokenizer: WordPiece training, special ids, Hub, caching."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from twotower import tokenizer as tokenizer_module
+from twotower.data.windows import tokenizer as tokenizer_module
 from twotower.config import DataConfig
 from twotower.errors import TwotowerError
-from twotower.tokenizer import (
+from twotower.data.tokenizer import (
     SPECIAL_TOKENS,
     SpecialIds,
     get_tokenizer,
@@ -179,7 +179,7 @@ def test_load_pretrained_offline_raises_quickly_suggesting_train(offline):
 def test_bert_tokenizer_falls_back_to_training_when_auto_and_offline(
         offline, tmp_path, caplog):
     cfg = DataConfig(tokenizer="bert-base-uncased", source="auto", vocab_size=200)
-    with caplog.at_level("WARNING", logger="twotower.tokenizer"):
+    with caplog.at_level("WARNING", logger="twotower.data.tokenizer"):
         tok = get_tokenizer(cfg, TEXTS, tmp_path)
     assert SpecialIds.from_tokenizer(tok).all == (0, 1, 2, 3, 4)
     assert "unavailable offline" in caplog.text

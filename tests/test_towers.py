@@ -8,9 +8,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from twotower.config import FAMILIES
-from twotower.layers import SelfAttention, attention_by_hand
-from twotower.model import TwoTowerLM
-from twotower.towers import (BiLSTMTowers, StackedLayerNorm, StackedLinear,
+from twotower.models.layers import SelfAttention, attention_by_hand
+from twotower.models.tower_lm import TwoTowerLM
+from twotower.models.towers import (BiLSTMTowers, StackedLayerNorm, StackedLinear,
                              StackedTransformer)
 
 TIGHT = dict(rtol=1e-5, atol=1e-5)

@@ -11,12 +11,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from twotower import checkpoint as ckpt
+from twotower.training.trainer import checkpoint as ckpt
 from twotower.config import FAMILIES
 from twotower.errors import TwotowerError
-from twotower.model import IGNORE, TwoTowerLM
-from twotower.runtime import seed_everything
-from twotower.training import (WindowBatches, evaluate, make_optimizer, param_groups,
+from twotower.models.tower_lm import IGNORE, TwoTowerLM
+from twotower.training.runtime import seed_everything
+from twotower.training.trainer import (WindowBatches, evaluate, make_optimizer, param_groups,
                                train)
 
 
@@ -292,7 +292,7 @@ def test_a_batch_without_any_target_is_skipped_not_fatal(family, tiny_config,
 
 
 def test_an_empty_loss_is_zero_with_zero_gradients_still_connected():
-    from twotower.model import mean_cross_entropy
+    from twotower.models.tower_lm import mean_cross_entropy
 
     weight = torch.randn(3, 5, requires_grad=True)
     logits = torch.randn(0, 3) @ weight

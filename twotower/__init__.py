@@ -5,10 +5,10 @@ Preference in Two-tower Language Model". The book in ``book/`` introduces every 
 each docstring names the chapter that does.
 """
 
-from .config import (FAMILIES, PRESETS, DataConfig, ModelConfig, RunConfig, TrainConfig,
+from twotower.config import (FAMILIES, PRESETS, DataConfig, ModelConfig, RunConfig, TrainConfig,
                      get_preset)
-from .errors import TwotowerError
-from .model import (SingleTowerLM, TowerLM, TwoTowerLM, count_parameters,
+from twotower.errors import TwotowerError
+from twotower.models.tower_lm import (SingleTowerLM, TowerLM, TwoTowerLM, count_parameters,
                     matched_single_tower_config)
 
 __version__ = "0.1.0"

@@ -1,5 +1,5 @@
 """``python -m twotower ...``: see :mod:`twotower.cli`."""
 
-from .cli import main
+from twotower.cli import main
 
 raise SystemExit(main())

@@ -21,7 +21,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from .errors import TwotowerError
+from twotower.errors import TwotowerError
 
 TMP_SUFFIX = ".tmp"  # what an interrupted write leaves behind (ignored by readers)
 

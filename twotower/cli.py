@@ -15,8 +15,8 @@ import os
 import sys
 import time
 
-from .config import CONTROLS, FAMILIES, PRECISIONS, PRESETS, RunConfig, get_preset
-from .errors import TwotowerError
+from twotower.config import CONTROLS, FAMILIES, PRECISIONS, PRESETS, RunConfig, get_preset
+from twotower.errors import TwotowerError
 
 
 def _number(kind: type, low: float, high: float = float("inf"),
@@ -127,7 +127,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 
 
 def _print_data() -> None:
-    from . import sources
+    from twotower.data import sources
 
     for name, corpus in sources.CORPORA.items():
         sources.check(name)  # one line naming a damaged file, before anything printed
@@ -140,7 +140,7 @@ def _print_data() -> None:
 
 
 def _print_presets() -> None:
-    from .model import count_parameters
+    from twotower.models.tower_lm import count_parameters
     print(f"{'preset':<12} {'family':<7} {'layers':>6} {'d_model':>7} {'params':>12} "
           f"{'steps':>7} {'batch':>5} {'ctx':>4}")
     for name, by_family in PRESETS.items():
@@ -175,10 +175,10 @@ def _is_out_of_memory(err: BaseException) -> bool:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["bench"]:  # its own parser: python -m twotower bench --help
-        from .bench import main as bench_main
+        from twotower.experiments.bench import main as bench_main
         return bench_main(argv[1:])
     if argv[:1] == ["gpucheck"]:  # its own parser too
-        from .gpucheck import main as gpucheck_main
+        from twotower.experiments.gpucheck import main as gpucheck_main
         return gpucheck_main(argv[1:])
     args = build_parser().parse_args(argv)
     # Under torchrun only rank 0 reports; the others print warnings and errors only.
@@ -193,8 +193,8 @@ def main(argv: list[str] | None = None) -> int:
             _print_data()
             return 0
         cfg = config_from_args(args)
-        from .distributed import init_from_env
-        from .pipeline import run  # heavy imports only when needed
+        from twotower.training.distributed import init_from_env
+        from twotower.experiments.pipeline import run  # heavy imports only when needed
         if not init_from_env().is_main:
             run(cfg, args.out, cache_dir=args.cache_dir, progress=False)
             return 0

@@ -15,14 +15,14 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
-from .atomic import read_json
-from .errors import TwotowerError
+from twotower.atomic import read_json
+from twotower.errors import TwotowerError
 
 FAMILIES = ("causal", "mlm", "bilm")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 MAX_SEED = 2**31  # seeds are combined with step numbers into 64-bit generator seeds
 MAX_STEPS = 10**9
-CONTROLS = ("", "independent", "split", "untrained", "reseeded")  # see twotower.controls
+CONTROLS = ("", "independent", "split", "untrained", "reseeded")  # see twotower.experiments.controls
 
 
 def _is_int(value) -> bool:
@@ -86,7 +86,7 @@ class DataConfig:
     """Which text, which tokenizer, and how it is cut into windows."""
 
     corpus: str = "wikitext-2"  # "wikitext-2" or "wikitext-103" (raw, from the Hub)
-    source: str = "auto"  # "auto", "bundled" or "online" (twotower.sources)
+    source: str = "auto"  # "auto", "bundled" or "online" (twotower.data.sources)
     tokenizer: str = "train"  # "train": WordPiece on the corpus; "bert-base-uncased"
     vocab_size: int = 8192  # target size when the tokenizer is trained here
     max_len: int = 128  # tokens per window, [CLS] included
@@ -165,7 +165,7 @@ class RunConfig:
     baseline: bool = False  # also train the parameter-matched single-tower model
     preset: str = ""  # name of the preset this came from (informational only)
     control: str = ""  # "" (the two-tower model) or a control of chapter 9:
-    # "independent", "split", "untrained" or "reseeded" (see twotower.controls)
+    # "independent", "split", "untrained" or "reseeded" (see twotower.experiments.controls)
 
     def validate(self) -> "RunConfig":
         """Return ``self`` or raise :class:`TwotowerError` naming the bad field."""

@@ -1,0 +1,529 @@
+"""One figure style for the whole book, and the plots that several chapters share.
+
+Introduced in chapter 1 (*Is language divisible?*).
+
+Call :func:`setup` once at the top of a chapter (``twotower.book.display.setup`` does it for
+you). It sets matplotlib's rcParams, registers and enables an Altair theme with the same
+colours and fonts, and makes Altair render charts as static SVG through vl-convert, so
+the HTML book needs no JavaScript from a CDN to show them.
+
+Tower A is always drawn in :data:`TOWER_COLORS` ``["A"]`` (blue) and tower B in
+``["B"]`` (orange); whatever is shared by both towers is grey.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Sequence
+
+import matplotlib as mpl
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
+
+from twotower.errors import TwotowerError
+
+#: Colour of each tower, the same in every figure of the book.
+TOWER_COLORS: dict[str, str] = {"A": "#3568b0", "B": "#e07b28"}
+#: Colour of what both towers share (embedding, fused head, decoder).
+SHARED_COLOR = "#7a7a7a"
+#: Colour of a control or baseline (a shuffled or random split).
+CONTROL_COLOR = "#a9a9a9"
+#: Colour used to draw the eye (a threshold, a highlighted token).
+ACCENT_COLOR = "#b8323a"
+#: Cycle of colours for everything that is neither a tower nor a control.
+PALETTE: tuple[str, ...] = (
+    TOWER_COLORS["A"], TOWER_COLORS["B"], "#4e9a5b", "#8a5fb0", ACCENT_COLOR,
+    "#3aa6b8", SHARED_COLOR,
+)
+FONT_FAMILY = "DejaVu Sans"
+ALTAIR_THEME = "twotower"
+
+RC_PARAMS: dict[str, object] = {
+    "figure.figsize": (6.4, 3.6),
+    "figure.dpi": 110,
+    "savefig.dpi": 150,
+    "savefig.bbox": "tight",
+    "font.family": FONT_FAMILY,
+    "font.size": 10,
+    "axes.titlesize": 11,
+    "axes.titleweight": "bold",
+    "axes.labelsize": 10,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "grid.linewidth": 0.6,
+    "axes.prop_cycle": mpl.cycler(color=list(PALETTE)),
+    "legend.frameon": False,
+    "lines.linewidth": 1.6,
+    "image.cmap": "viridis",
+}
+
+
+def tower_color(tower: str | int) -> str:
+    """Colour of a tower given as ``"A"``/``"B"`` or index ``0``/``1``."""
+    key = {0: "A", 1: "B"}.get(tower, tower) if isinstance(tower, int) else tower
+    key = str(key).upper()
+    if key not in TOWER_COLORS:
+        raise TwotowerError(f"unknown tower {tower!r}; use 'A', 'B', 0 or 1")
+    return TOWER_COLORS[key]
+
+
+def _altair_theme() -> dict:
+    axis = {"labelFont": FONT_FAMILY, "titleFont": FONT_FAMILY, "gridOpacity": 0.3,
+            "domain": False, "labelFontSize": 11, "titleFontSize": 12}
+    return {
+        "config": {
+            "view": {"continuousWidth": 420, "continuousHeight": 260, "stroke": None},
+            "font": FONT_FAMILY,
+            "range": {"category": list(PALETTE)},
+            "axis": axis,
+            "legend": {"labelFont": FONT_FAMILY, "titleFont": FONT_FAMILY},
+            "title": {"font": FONT_FAMILY, "fontSize": 13, "anchor": "start"},
+            "mark": {"color": TOWER_COLORS["A"]},
+        }
+    }
+
+
+def setup() -> None:
+    """Apply the book's figure style to matplotlib and Altair (safe to call twice).
+
+    Altair charts are rendered to static SVG by vl-convert, so an executed notebook
+    stores an image, not a JavaScript chart that would need Vega from a CDN.
+    """
+    mpl.rcParams.update(RC_PARAMS)
+    try:
+        import altair as alt
+    except ImportError:  # Altair is optional for the package, required by the book
+        return
+    if ALTAIR_THEME not in alt.theme.names():
+        alt.theme.register(ALTAIR_THEME, enable=False)(_altair_theme)
+    alt.theme.enable(ALTAIR_THEME)
+    try:
+        import vl_convert  # noqa: F401  (the svg renderer needs it)
+    except ImportError:
+        return
+    alt.renderers.enable("svg")
+
+
+def _finite(values: Sequence[float] | np.ndarray) -> np.ndarray:
+    array = np.asarray(values, dtype=float).ravel()
+    return array[np.isfinite(array)]
+
+
+def _axes(ax: plt.Axes | None) -> plt.Axes:
+    return plt.subplots()[1] if ax is None else ax
+
+
+def _two_flat(a, b, message: str) -> tuple[np.ndarray, np.ndarray]:
+    """``a`` and ``b`` as flat float arrays of one length, else ``message``."""
+    a, b = np.asarray(a, dtype=float).ravel(), np.asarray(b, dtype=float).ravel()
+    if a.shape != b.shape:
+        raise TwotowerError(message.format(a.size, b.size))
+    return a, b
+
+
+def sorted_curve(values, ax: plt.Axes | None = None, *, label: str | None = None,
+                 color: str | None = None, log: bool = False,
+                 zero_line: bool = True) -> plt.Axes:
+    """Plot values sorted from largest to smallest against their rank.
+
+    NaNs (e.g. tokens below the minimum count) are dropped, never drawn as 0.
+
+    Args:
+        values: 1-D array-like of numbers, e.g. the preference of every token.
+        ax: Axes to draw on; a new figure is made when ``None``.
+        label: Legend label of the curve.
+        color: Line colour; the next colour of the cycle when ``None``.
+        log: Log-log axes of ``|value|`` against rank (for influence curves).
+        zero_line: Draw a thin horizontal line at 0 (ignored when ``log``).
+
+    Returns:
+        The axes drawn on.
+    """
+    ax = _axes(ax)
+    finite = _finite(values)
+    if log:
+        finite = np.abs(finite)
+    ordered = np.sort(finite)[::-1]
+    rank = np.arange(1, ordered.size + 1)
+    ax.plot(rank, ordered, label=label, color=color)
+    if log:
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+    elif zero_line:
+        ax.axhline(0.0, color=SHARED_COLOR, linewidth=0.8, zorder=0)
+    ax.set_xlabel("rank")
+    if label:
+        ax.legend()
+    return ax
+
+
+def hist(values, ax: plt.Axes | None = None, *, bins: int | Sequence[float] = 40,
+         label: str | None = None, color: str | None = None, density: bool = False,
+         zero_line: bool = True, alpha: float = 0.75) -> plt.Axes:
+    """Histogram of the finite entries of ``values``.
+
+    Args:
+        values: 1-D array-like of numbers; NaN and inf are left out.
+        ax: Axes to draw on; a new figure is made when ``None``.
+        bins: Number of bins or their edges (pass the same edges to overlay two
+            histograms).
+        label: Legend label.
+        color: Bar colour.
+        density: Normalise to a density instead of counts.
+        zero_line: Draw a vertical line at 0.
+        alpha: Bar opacity, so that overlaid histograms stay readable.
+
+    Returns:
+        The axes drawn on.
+    """
+    ax = _axes(ax)
+    ax.hist(_finite(values), bins=bins, label=label, color=color, density=density,
+            alpha=alpha, edgecolor="white", linewidth=0.4)
+    if zero_line:
+        ax.axvline(0.0, color=SHARED_COLOR, linewidth=0.8, zorder=0)
+    ax.set_ylabel("density" if density else "count")
+    if label:
+        ax.legend()
+    return ax
+
+
+def agreement(x, y, ax: plt.Axes | None = None, *, xlabel: str = "x",
+              ylabel: str = "y", color: str | None = None, size: float = 8.0,
+              diagonal: bool = True) -> plt.Axes:
+    """Scatter two measurements of the same tokens and print their Pearson r.
+
+    Used for split-half consistency and for cross-run stability: pairs where either
+    value is NaN are left out; the title reports r and the number of pairs.
+
+    Args:
+        x: 1-D array-like, one value per token.
+        y: 1-D array-like of the same length.
+        ax: Axes to draw on; a new figure is made when ``None``.
+        xlabel: Label of the x axis.
+        ylabel: Label of the y axis.
+        color: Marker colour.
+        size: Marker area.
+        diagonal: Draw the line y = x.
+
+    Returns:
+        The axes drawn on.
+    """
+    x, y = _two_flat(x, y, "agreement needs two arrays of one length, got {} and {}; "
+                     "pass the same tokens in the same order")
+    keep = np.isfinite(x) & np.isfinite(y)
+    ax = _axes(ax)
+    ax.scatter(x[keep], y[keep], s=size, color=color or TOWER_COLORS["A"], alpha=0.6,
+               linewidths=0)
+    if diagonal and keep.any():
+        low = min(x[keep].min(), y[keep].min())
+        high = max(x[keep].max(), y[keep].max())
+        ax.plot([low, high], [low, high], color=SHARED_COLOR, linewidth=0.8, zorder=0)
+    r = np.corrcoef(x[keep], y[keep])[0, 1] if keep.sum() > 2 else float("nan")
+    ax.set_title(f"r = {r:.2f}  (n = {int(keep.sum())})", fontweight="normal")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    return ax
+
+
+# --- the architecture diagram of chapter 1 --------------------------------------------
+
+def _box(ax, x, y, w, h, text, color, *, fontsize=8.5, alpha=0.22, bold=False):
+    patch = FancyBboxPatch((x - w / 2, y - h / 2), w, h,
+                           boxstyle="round,pad=0.02,rounding_size=0.12",
+                           facecolor=mpl.colors.to_rgba(color, alpha), edgecolor=color,
+                           linewidth=1.2)
+    ax.add_patch(patch)
+    ax.text(x, y, text, ha="center", va="center", fontsize=fontsize,
+            fontweight="bold" if bold else "normal")
+
+
+def _arrow(ax, start, end, *, color=SHARED_COLOR, style="-|>", dashed=False,
+           connection="arc3"):
+    ax.add_patch(FancyArrowPatch(start, end, arrowstyle=style, mutation_scale=9,
+                                 color=color, linewidth=1.0, connectionstyle=connection,
+                                 linestyle="--" if dashed else "-"))
+
+
+def architecture_diagram(n_layers: int = 3, ax: plt.Axes | None = None, *,
+                         show_readouts: bool = False) -> plt.Axes:
+    """Draw the two-tower language model from the input tokens up to the logits.
+
+    Shared token embedding (width 2h), one projection per tower (2h to h), two towers
+    of ``n_layers`` identical blocks, concatenation (2h), fused head (LayerNorm, dense,
+    GELU, LayerNorm), and a decoder tied to the embedding. With
+    ``show_readouts`` the per-tower readouts of phases 2 and 3 are drawn beside the
+    towers.
+
+    Args:
+        n_layers: Blocks drawn in each tower (1 to 12).
+        ax: Axes to draw on; a new figure is made when ``None``.
+        show_readouts: Also draw the frozen-tower readouts trained after phase 1.
+
+    Returns:
+        The axes drawn on (its axis lines are hidden).
+    """
+    if not 1 <= n_layers <= 12:
+        raise TwotowerError(f"n_layers must be between 1 and 12 to fit a page, got "
+                            f"{n_layers}")
+    if ax is None:
+        height = 4.6 + 0.45 * n_layers
+        _, ax = plt.subplots(figsize=(8.4 if show_readouts else 6.0, height))
+    col_a, col_b = TOWER_COLORS["A"], TOWER_COLORS["B"]
+    x_a, x_b, x_mid, tower_w = 3.0, 7.0, 5.0, 3.0
+    y = 0.4
+    ax.text(x_mid, y, "tokens  $x_1 \\dots x_T$", ha="center", va="center",
+            fontsize=9)
+    y += 1.0
+    _box(ax, x_mid, y, 7.0, 0.6, "shared token embedding (V x 2h) + LayerNorm",
+         SHARED_COLOR)
+    _arrow(ax, (x_mid, 0.6), (x_mid, y - 0.3))
+    y_embed = y
+    y += 1.0
+    for x, col, name in ((x_a, col_a, "A"), (x_b, col_b, "B")):
+        _box(ax, x, y, tower_w, 0.5, f"projection {name}: 2h → h", col)
+        _arrow(ax, (x, y_embed + 0.3), (x, y - 0.25), color=col)
+    y_proj = y
+    y += 0.55
+    pitch, block_h = 0.62, 0.4
+    y_first = y + 0.55
+    y_block = y_first + pitch * (n_layers - 1)
+    for x, col, name in ((x_a, col_a, "A"), (x_b, col_b, "B")):
+        # a faint frame around the blocks of one tower, labelled on its outer side
+        frame = FancyBboxPatch((x - tower_w / 2, y_first - 0.4), tower_w,
+                               y_block - y_first + 0.8,
+                               boxstyle="round,pad=0.02,rounding_size=0.15",
+                               facecolor=mpl.colors.to_rgba(col, 0.06), edgecolor=col,
+                               linewidth=0.8, linestyle=":")
+        ax.add_patch(frame)
+        side = -1 if name == "A" else 1
+        ax.text(x + side * (tower_w / 2 - 0.1), y_block + 0.62, f"tower {name}",
+                ha="left" if name == "A" else "right", va="center", color=col,
+                fontsize=10, fontweight="bold")
+        previous_top = y_proj + 0.25
+        for layer in range(n_layers):
+            y_layer = y_first + pitch * layer
+            _box(ax, x, y_layer, tower_w - 0.5, block_h, f"block {layer + 1}", col,
+                 fontsize=8, alpha=0.35)
+            _arrow(ax, (x, previous_top), (x, y_layer - block_h / 2), color=col)
+            previous_top = y_layer + block_h / 2
+    y = y_block + 1.4
+    y_concat = y
+    _box(ax, x_mid, y, 5.0, 0.5, "concatenate  [A | B]  (2h)", SHARED_COLOR)
+    for x, col in ((x_a, col_a), (x_b, col_b)):
+        _arrow(ax, (x, y_block + block_h / 2), (x_mid + (x - x_mid) * 0.55, y - 0.25),
+               color=col)
+    y += 0.9
+    _box(ax, x_mid, y, 7.6, 0.55, "fused head: LayerNorm → dense → GELU → LayerNorm",
+         SHARED_COLOR)
+    _arrow(ax, (x_mid, y_concat + 0.25), (x_mid, y - 0.28))
+    y_head = y
+    y += 0.9
+    _box(ax, x_mid, y, 6.4, 0.5, "decoder = embedding weights (tied) + bias",
+         SHARED_COLOR)
+    _arrow(ax, (x_mid, y_head + 0.28), (x_mid, y - 0.25))
+    y_dec = y
+    y += 0.8
+    ax.text(x_mid, y, "logits over the vocabulary (V)", ha="center", va="center",
+            fontsize=9)
+    _arrow(ax, (x_mid, y_dec + 0.25), (x_mid, y - 0.15))
+    left, right = 0.0, 10.0
+    if show_readouts:
+        # phases 2 and 3: a fresh readout on ONE frozen tower's output
+        left, right = -2.6, 12.6
+        for x, col, name, phase in ((x_a, col_a, "A", 2), (x_b, col_b, "B", 3)):
+            side = -1 if name == "A" else 1
+            xr = x_mid + side * 6.3
+            _box(ax, xr, y_block, 2.3, 0.7, f"readout {name}\n(phase {phase})", col,
+                 fontsize=8, alpha=0.12)
+            _arrow(ax, (x + side * tower_w / 2, y_block),
+                   (xr - side * 1.15, y_block), color=col, dashed=True)
+    ax.set_xlim(left, right)
+    ax.set_ylim(0, y + 0.4)
+    ax.set_aspect("equal")
+    ax.axis("off")
+    return ax
+
+
+# --- chapters 3 to 5: rank-frequency, position-by-position maps ----------------------
+
+def zipf_plot(frequencies, ax: plt.Axes | None = None, *,
+              fit: tuple[int, int] = (10, 1000), label: str | None = None,
+              color: str | None = None) -> float:
+    """Draw frequencies against their rank on log-log axes and fit Zipf's line.
+
+    Introduced in chapter 3 (*Data and tokens*). The fit is least squares of
+    ``log f`` on ``log rank`` over the ranks ``fit[0] .. fit[1]`` (1-based, inclusive,
+    clipped to the ranks available), drawn dashed over those ranks.
+
+    Args:
+        frequencies: 1-D counts in any order; zeros and NaN are left out.
+        ax: Axes to draw on; a new figure is made when ``None``.
+        fit: First and last rank of the fit.
+        label: Legend label; the fitted slope is appended to it.
+        color: Line colour.
+
+    Returns:
+        The fitted slope ``d log f / d log rank`` (about -1 for Zipf's law).
+    """
+    ax = _axes(ax)
+    values = _finite(frequencies)
+    values = np.sort(values[values > 0])[::-1]
+    rank = np.arange(1, values.size + 1)
+    first, last = max(1, fit[0]), min(values.size, fit[1])
+    if last - first < 2:
+        raise TwotowerError(f"zipf_plot needs at least 3 ranks in fit={fit}, but only "
+                            f"{values.size} positive frequencies; lower fit[0]")
+    fitted = slice(first - 1, last)
+    slope, intercept = np.polyfit(np.log(rank[fitted]), np.log(values[fitted]), 1)
+    line = ax.plot(rank, values, color=color,
+                   label=f"{label}: slope {slope:.2f}" if label else None)[0]
+    ax.plot(rank[fitted], np.exp(intercept) * rank[fitted] ** slope, "--",
+            color=line.get_color(), linewidth=1.0)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("rank")
+    ax.set_ylabel("frequency")
+    if label:
+        ax.legend()
+    return float(slope)
+
+
+def position_map(matrix, ax: plt.Axes | None = None, *, log: bool = False,
+                 labels: Sequence[str] | None = None, title: str | None = None,
+                 xlabel: str = "input position j", ylabel: str = "output position i",
+                 cmap: str = "viridis", colorbar: bool = True) -> plt.Axes:
+    """Show a ``(T, T)`` position-by-position matrix as an image, row i against col j.
+
+    Introduced in chapter 4 (*Three kinds of tower*) for the influence of each input
+    position on each output position, and used in chapter 5 for attention patterns.
+    With ``log`` the image is ``log10`` of the values and exact zeros stay blank, so a
+    position that cannot influence another is visibly empty rather than dark.
+
+    Args:
+        matrix: 2-D array-like of non-negative numbers.
+        ax: Axes to draw on; a new figure is made when ``None``.
+        log: Draw ``log10`` of the values, zeros left blank.
+        labels: Tick labels (tokens) for both axes; ``None`` keeps numeric ticks.
+        title: Axes title.
+        xlabel: Label of the columns.
+        ylabel: Label of the rows.
+        cmap: Matplotlib colour map.
+        colorbar: Add a colour bar next to the image.
+
+    Returns:
+        The axes drawn on.
+    """
+    ax = _axes(ax)
+    values = np.asarray(matrix, dtype=float)
+    if values.ndim != 2:
+        raise TwotowerError(f"position_map needs a 2-D matrix, got shape "
+                            f"{values.shape}")
+    if log:
+        positive = values > 0
+        values = np.where(positive, np.log10(np.where(positive, values, 1.0)), np.nan)
+    image = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, interpolation="nearest")
+    ax.grid(False)
+    if labels is not None:
+        ticks = np.arange(len(labels))
+        ax.set_xticks(ticks, labels, rotation=90, fontsize=7)
+        ax.set_yticks(ticks, labels, fontsize=7)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    if colorbar:
+        bar = ax.figure.colorbar(image, ax=ax, shrink=0.8)
+        bar.set_label("log10" if log else "")
+    return ax
+
+
+# --- chapter 8: a sorted curve with its error band, SVG charts with tooltips ---------
+
+def sorted_band(values, errors, ax: plt.Axes | None = None, *,
+                label: str | None = None, color: str | None = None,
+                band_label: str | None = "± 1 standard error") -> plt.Axes:
+    """:func:`sorted_curve` with a shaded band of ``values ± errors`` around it.
+
+    Entries whose value is NaN are dropped; a NaN error draws no band at that rank.
+
+    Args:
+        values: 1-D array-like, e.g. the preference of every token.
+        errors: 1-D array-like of the same length, e.g. each preference's standard
+            error.
+        ax: Axes to draw on; a new figure is made when ``None``.
+        label: Legend label of the curve.
+        color: Colour of the curve and (lighter) of the band.
+        band_label: Legend label of the band (``None``: no entry).
+
+    Returns:
+        The axes drawn on.
+    """
+    values, errors = _two_flat(values, errors, "sorted_band needs one error per value, "
+                               "got {} values and {} errors")
+    keep = np.isfinite(values)
+    order = np.argsort(-values[keep], kind="stable")
+    ordered, spread = values[keep][order], errors[keep][order]
+    rank = np.arange(1, ordered.size + 1)
+    ax = _axes(ax)
+    color = color or TOWER_COLORS["A"]
+    ax.fill_between(rank, ordered - spread, ordered + spread, color=color, alpha=0.25,
+                    linewidth=0, label=band_label)
+    ax.plot(rank, ordered, color=color, label=label)
+    ax.axhline(0.0, color=SHARED_COLOR, linewidth=0.8, zorder=0)
+    ax.set_xlabel("rank")
+    if label or band_label:
+        ax.legend()
+    return ax
+
+
+_SYMBOL = re.compile(r'<(path|rect|circle|line|text)\b([^>]*?role="graphics-symbol"'
+                     r'[^>]*?)/>')
+_LABEL = re.compile(r'aria-label="([^"]*)"')
+_FIELD_BREAK = re.compile(r"(&#?\w+;)|; ")
+
+
+def svg_with_tooltips(chart) -> str:
+    """An Altair chart as SVG markup whose marks show their tooltip on hover.
+
+    vl-convert writes a mark's fields only into its ``aria-label`` (read by screen
+    readers, ignored by a mouse): every encoded field, or the mark's ``description``
+    encoding when it has one. This copies each label into a ``<title>`` child, one
+    ``"; "``-separated field per line, which every browser shows as a native tooltip,
+    so a static page keeps working tooltips without any JavaScript. Displayed with
+    :func:`chart_with_tooltips`; an ``<img>`` of the same SVG would lose them.
+
+    Args:
+        chart: an Altair chart; give it a ``description`` encoding to choose what its
+            tooltips say.
+
+    Returns:
+        The SVG document as a string.
+    """
+    import vl_convert
+
+    svg = vl_convert.vegalite_to_svg(chart.to_json())
+
+    def add_title(match: re.Match) -> str:
+        tag, attributes = match.group(1), match.group(2)
+        label = _LABEL.search(attributes)
+        if label is None:
+            return match.group(0)
+        # one field per line: split at "; " but not inside an entity such as &quot;
+        title = _FIELD_BREAK.sub(lambda m: m.group(1) or "\n", label.group(1))
+        return f"<{tag}{attributes}><title>{title}</title></{tag}>"
+
+    return _SYMBOL.sub(add_title, svg)
+
+
+def chart_with_tooltips(chart):
+    """Display object of :func:`svg_with_tooltips`: inline SVG in the page.
+
+    Returns:
+        ``IPython.display.HTML`` (the last expression of a cell shows it).
+    """
+    from IPython.display import HTML
+
+    return HTML(f'<div class="twotower-chart">{svg_with_tooltips(chart)}</div>')
