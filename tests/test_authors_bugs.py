@@ -3,7 +3,7 @@
 Every ``test_authors_*`` test runs a few-line re-implementation of the authors' logic
 (tests/authors_logic.py, which cites file, line and commit) and our ``twotower`` code on
 the same input, and applies the same check to both: the authors' logic fails it, ours
-passes. The bug audit of chapter 11 (``twotower.experiments.scorecard.BUG_AUDIT``) names these tests
+passes. The bug audit of chapter 11 (``twotower.experiments.authors_bugs.BUG_AUDIT``) names these tests
 first for each bug, then the tests of ours in this file and in test_towers.py,
 test_readouts.py, test_objectives.py, test_data.py, test_preference.py, test_model.py,
 test_training.py and test_distributed.py.
@@ -34,7 +34,8 @@ from twotower.analysis.preference import token_preference
 from twotower.training.readouts import (TokenScores, TowerReadouts, _true_logprob, freeze,
                                score_readouts)
 from twotower.models.towers import BiLSTMTowers, StackedLayerNorm
-from twotower.training.trainer import WindowBatches, make_optimizer, param_groups
+from twotower.training.optim import make_optimizer, param_groups
+from twotower.training.trainer import WindowBatches
 
 # The authors' special ids as an Objective of ours takes them (BERT's 30522 real ids).
 THEIR_SPECIALS = dict(special_ids=(authors.PAD, authors.UNK, authors.CLS, authors.SEP,
@@ -362,7 +363,7 @@ def test_authors_gpt_needs_the_patched_library_and_discards_two_vocabulary_heads
     ours = []
     handle = model.head.register_forward_hook(lambda m, a, out: ours.append(a[0].shape))
     try:
-        model.loss(batch.input_ids, batch.targets)
+        model.loss(batch)
     finally:
         handle.remove()
     assert [r[0] for r in ours] == [batch.n_targets]  # one head, on the targets only
@@ -379,7 +380,7 @@ def test_the_joint_loss_runs_the_head_once_and_only_where_there_is_a_target(
     handle = model.head.register_forward_hook(
         lambda module, args, output: rows.append(args[0].shape[0]))
     try:
-        model.loss(batch.input_ids, batch.targets)
+        model.loss(batch)
     finally:
         handle.remove()
     assert rows == [int((batch.targets != IGNORE).sum())]

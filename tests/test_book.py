@@ -13,6 +13,7 @@ import yaml
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
 from twotower.book import build as book
+from twotower.book import notebooks, vendor
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = book.read_config(ROOT)
@@ -24,12 +25,12 @@ CHAPTERS = book.chapters(ROOT)
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebook_is_valid_and_stored_without_outputs(path):
-    assert book.notebook_problems(path, CONFIG, ROOT) == []
+    assert notebooks.notebook_problems(path, CONFIG, ROOT) == []
 
 
 @pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.name)
 def test_chapter_follows_the_template(path):
-    assert book.structure_problems(path) == []
+    assert notebooks.structure_problems(path) == []
 
 
 def test_every_notebook_in_book_is_a_chapter_of_the_toc():
@@ -64,25 +65,25 @@ def test_hygiene_check_fails_on_outputs_and_strip_repairs_it(tmp_path):
     cell = new_code_cell("print(1)", execution_count=3)
     cell.outputs = [new_output("stream", name="stdout", text="1\n")]
     path = _notebook_with([cell], tmp_path / "dirty.ipynb")
-    problems = book.notebook_problems(path)
+    problems = notebooks.notebook_problems(path)
     assert any("outputs" in p for p in problems)
     assert any("execution count" in p for p in problems)
     notebook = nbformat.read(path, as_version=4)
-    assert book.strip_notebook(notebook)
+    assert notebooks.strip_notebook(notebook)
     nbformat.write(notebook, path)
-    assert book.notebook_problems(path) == []
+    assert notebooks.notebook_problems(path) == []
 
 
 def test_hygiene_check_fails_on_an_invalid_notebook(tmp_path):
     path = tmp_path / "broken.ipynb"
     path.write_text('{"cells": "not a list"}')
-    assert "not a valid notebook" in book.notebook_problems(path)[0]
+    assert "not a valid notebook" in notebooks.notebook_problems(path)[0]
 
 
 def test_template_check_flags_a_chapter_without_parameters_or_exercises(tmp_path):
     cells = [new_markdown_cell("# Title"), new_code_cell("import twotower")]
     path = _notebook_with(cells, tmp_path / "99_bare.ipynb")
-    problems = " ".join(book.structure_problems(path))
+    problems = " ".join(notebooks.structure_problems(path))
     for expected in ("Colab badge", "install cell", "PRESET", "RUNS_DIR",
                      "learning objectives", "hide-input", "two exercises", "summary"):
         assert expected in problems
@@ -91,9 +92,9 @@ def test_template_check_flags_a_chapter_without_parameters_or_exercises(tmp_path
 # --- links from _config.yml -----------------------------------------------------------
 
 def test_colab_links_are_built_from_the_repository_in_config():
-    owner, name, branch = book.repository(CONFIG)
+    owner, name, branch = notebooks.repository(CONFIG)
     assert CONFIG["repository"]["url"] == f"https://github.com/{owner}/{name}"
-    assert book.colab_url(CONFIG, "book/01_x") == (
+    assert notebooks.colab_url(CONFIG, "book/01_x") == (
         f"https://colab.research.google.com/github/{owner}/{name}/blob/{branch}/"
         "book/01_x.ipynb")
 
@@ -105,9 +106,9 @@ def test_links_command_rewrites_badge_and_install_after_a_change_of_url(tmp_path
                                           url="https://github.com/someone/fork"))
     (tmp_path / "_config.yml").write_text(yaml.safe_dump(config))
     chapter = tmp_path / CHAPTERS[0].relative_to(ROOT)
-    assert book.notebook_problems(chapter, config, tmp_path)  # stale links found
+    assert notebooks.notebook_problems(chapter, config, tmp_path)  # stale links found
     assert book.main(["--root", str(tmp_path), "links"]) == 0
-    assert book.notebook_problems(chapter, config, tmp_path) == []
+    assert notebooks.notebook_problems(chapter, config, tmp_path) == []
     text = chapter.read_text()
     assert "github/someone/fork/blob/main/book/" in text
     assert "git+https://github.com/someone/fork@main" in text
@@ -127,7 +128,7 @@ def test_student_copy_drops_solutions_and_keeps_stubs_and_checks(tmp_path):
         text = "\n".join(c.source for c in copy.cells)
         assert "{solution-start}" not in text and "{solution-end}" not in text
         assert text.count("raise NotImplementedError") >= 2
-        assert len(re.findall(r"checks\.check_\w+\(", text)) >= 2
+        assert len(re.findall(r"\bex\.check_\w+\(", text)) >= 2
 
 
 # --- the book's pages -----------------------------------------------------------------
@@ -160,11 +161,16 @@ def test_every_term_is_in_the_glossary():
 
 def test_api_page_documents_every_public_module():
     api = (ROOT / "book" / "api.md").read_text()
-    modules = {path.stem for path in (ROOT / "twotower").glob("*.py")
-               if not path.stem.startswith("_")}
-    listed = set(re.findall(r"twotower-module:: twotower\.(\w+)", api))
+    package = ROOT / "twotower"
+    modules = {".".join(("twotower",) + path.relative_to(package).with_suffix("").parts)
+               for path in package.rglob("*.py")
+               if not any(part.startswith("_") for part in path.relative_to(package).parts)}
+    modules |= {"twotower." + ".".join(path.parent.relative_to(package).parts)
+                for path in package.rglob("__init__.py") if path.parent != package}
+    listed = set(re.findall(r"twotower-module:: (twotower[\w.]*)", api))
     assert modules <= listed, f"add to book/api.md: {sorted(modules - listed)}"
-    assert listed <= modules, f"book/api.md lists missing modules: {listed - modules}"
+    assert listed <= modules | {"twotower"}, \
+        f"book/api.md lists missing modules: {listed - modules}"
 
 
 # --- build machinery (no HTML, no network) --------------------------------------------
@@ -175,7 +181,7 @@ def test_offline_check_flags_a_cdn_script_and_accepts_local_copies(tmp_path):
     (tmp_path / "b.html").write_text(
         '<script src="../_static/../vendor/mathjax/es5/tex-mml-chtml.js"></script>'
         '<script src="../vendor/html-manager/dist/embed-amd.js"></script>')
-    assert [p.split(":")[0] for p in book.offline_problems(tmp_path)] == ["a.html"]
+    assert [p.split(":")[0] for p in vendor.offline_problems(tmp_path)] == ["a.html"]
 
 
 def test_trimmed_toc_leaves_out_chapters_without_an_executed_copy():
@@ -246,13 +252,13 @@ def _no_chapter_may_run(*args, **kwargs):
 @pytest.mark.parametrize("missing", ["vendor", "module", "data"])
 def test_build_checks_what_it_needs_before_the_first_chapter(tmp_path, monkeypatch,
                                                              capsys, missing):
-    from twotower.data.windows import sources
+    from twotower.data import sources
 
     _tiny_book(tmp_path, {"01_a": "print(1)"})
     monkeypatch.setattr(book, "execute_chapter", _no_chapter_may_run)
     if missing == "vendor":  # a fresh cache, and a registry where nothing listens
         monkeypatch.setenv("TWOTOWER_CACHE", str(tmp_path / "cache"))
-        monkeypatch.setattr(book, "NPM_REGISTRY", "http://127.0.0.1:9")
+        monkeypatch.setattr(vendor, "NPM_REGISTRY", "http://127.0.0.1:9")
         expected = "could not download http://127.0.0.1:9/mathjax"
     elif missing == "module":
         monkeypatch.setattr(book, "BOOK_MODULES", (*book.BOOK_MODULES, "no_such_mod"))
@@ -301,7 +307,7 @@ def test_check_command_exits_non_zero_on_a_dirty_chapter(tmp_path, capsys):
     assert book.main(["--root", str(tmp_path), "check"]) == 1
     assert "has outputs" in capsys.readouterr().out
     assert book.main(["--root", str(tmp_path), "strip"]) == 0
-    assert book.notebook_problems(path) == []
+    assert notebooks.notebook_problems(path) == []
 
 
 # --- helpers the chapters call --------------------------------------------------------
@@ -309,7 +315,7 @@ def test_check_command_exits_non_zero_on_a_dirty_chapter(tmp_path, capsys):
 def test_live_loss_plot_records_everything_and_draws_nothing_outside_ipython():
     from matplotlib.figure import Figure
 
-    from twotower.book.display import LiveLossPlot
+    from twotower.book.live import LiveLossPlot
 
     plot = LiveLossPlot(every=2)
     assert not plot._live
@@ -330,7 +336,7 @@ def test_live_loss_plot_records_everything_and_draws_nothing_outside_ipython():
 def test_live_loss_plot_redraws_in_place_in_a_notebook(monkeypatch):
     import IPython.display
 
-    from twotower.book.display import LiveLossPlot
+    from twotower.book.live import LiveLossPlot
 
     calls = []
 
@@ -352,9 +358,9 @@ def test_live_loss_plot_redraws_in_place_in_a_notebook(monkeypatch):
     assert calls[0][1].format == "png" and calls[0][1].data.startswith(b"\x89PNG")
 
 
-SETUP_CALL = re.compile(r"^PRESET, device = setup\(PRESET, SEED, DEVICE(?:, data=\((.*)\))?\)",
-                        re.M)
-READS = {"ud-english-ewt": re.compile(r"\bpos\.|scorecard\."),
+SETUP_CALL = re.compile(
+    r"^PRESET, device = tt\.setup\(PRESET, SEED, DEVICE(?:, data=\((.*)\))?\)", re.M)
+READS = {"ud-english-ewt": re.compile(r"\btt\.ud\.|\btt\.scorecard\."),
          "multi30k": re.compile(r"\bbilingual\.")}
 
 
@@ -369,7 +375,7 @@ def test_chapter_checks_its_data_in_its_first_code_cell(path):
 
     first = next(c.source for c in cells if not imports_only(c.source))
     match = SETUP_CALL.search(first)
-    assert match, f"{path.name}: the first code cell must call setup(PRESET, ...)"
+    assert match, f"{path.name}: the first code cell must call tt.setup(PRESET, ...)"
     assert imports_only(first[:match.start()]), "only imports may come before setup()"
     named = set(re.findall(r'"([\w-]+)"', match.group(1) or ""))
     code = "\n".join(c.source for c in cells)
@@ -382,7 +388,7 @@ def test_notebook_setup_seeds_styles_and_picks_the_cpu(capsys):
     import torch
 
     from twotower.analysis import plotting
-    from twotower.book.display import in_colab, setup
+    from twotower.book.setup import in_colab, setup
 
     preset, device = setup("auto", seed=5, device="cpu")
     assert (preset, device) == ("small", torch.device("cpu"))
@@ -405,7 +411,7 @@ def test_plotting_helpers_skip_nan_and_draw_the_architecture():
     import numpy as np
 
     matplotlib.use("Agg")
-    from twotower.analysis import plotting
+    from twotower.analysis import diagram, plotting
 
     values = np.array([0.5, np.nan, -1.0, 2.0])
     ax = plotting.sorted_curve(values)
@@ -415,14 +421,14 @@ def test_plotting_helpers_skip_nan_and_draw_the_architecture():
     assert "n = 3" in ax.get_title()
     with pytest.raises(book.TwotowerError):
         plotting.agreement([1, 2], [1, 2, 3])
-    ax = plotting.architecture_diagram(n_layers=2, show_readouts=True)
+    ax = diagram.architecture_diagram(n_layers=2, show_readouts=True)
     texts = " ".join(t.get_text() for t in ax.texts)
     for word in ("shared token embedding", "tower A", "tower B", "fused head",
                  "decoder", "readout A", "block 2"):
         assert word in texts
     assert plotting.tower_color(1) == plotting.TOWER_COLORS["B"]
     with pytest.raises(book.TwotowerError):
-        plotting.architecture_diagram(n_layers=40)
+        diagram.architecture_diagram(n_layers=40)
 
 
 def test_docstring_extension_escapes_absolute_values_but_not_literals_or_tables():
@@ -446,7 +452,7 @@ def test_runs_on_drive_mounts_drive_in_colab_and_changes_nothing_elsewhere(
     import sys
     import types
 
-    from twotower.book.display import runs_on_drive
+    from twotower.book.setup import runs_on_drive
 
     assert runs_on_drive("runs") == "runs"
     assert "not in Colab" in capsys.readouterr().out

@@ -19,6 +19,7 @@ import nbformat
 import pytest
 
 from twotower.book import build as book
+from twotower.book import notebooks, vendor
 
 ROOT = Path(__file__).resolve().parents[1]
 HTML = Path(os.environ.get("BOOK_HTML", ROOT / "_build" / "html"))
@@ -139,7 +140,7 @@ def test_chapter_page_has_no_error_output(rendered):
 def test_chapter_page_links_to_colab(rendered):
     chapter, _, dom = rendered
     docname = chapter.relative_to(ROOT).with_suffix("").as_posix()
-    assert book.colab_url(book.read_config(ROOT), docname) in dom.links
+    assert notebooks.colab_url(book.read_config(ROOT), docname) in dom.links
 
 
 def test_chapter_math_is_typeset_by_the_local_mathjax(rendered):
@@ -151,7 +152,7 @@ def test_chapter_math_is_typeset_by_the_local_mathjax(rendered):
 def test_no_page_loads_mathjax_or_widgets_from_a_cdn():
     if not (HTML / "index.html").is_file():
         _unavailable(f"no built book in {HTML} (python -m twotower.book build)")
-    assert book.offline_problems(HTML) == []
+    assert vendor.offline_problems(HTML) == []
 
 
 def test_screenshot_of_the_first_chapter():

@@ -1,13 +1,22 @@
-"""Every exercise check accepts its reference and rejects a broken variant."""
+"""Every exercise check accepts its reference and rejects a broken variant.
+
+The checks live one module per chapter in ``twotower.book.exercises`` (``ch01`` ...
+``ch14``); chapter 1's broken variants are here, each other chapter's in its
+``tests/test_checks_ch*.py``, whose ``BROKEN`` tables are merged below.
+"""
 
 from __future__ import annotations
 
+import importlib
 import inspect
+import pkgutil
+import traceback
 
 import numpy as np
 import pytest
 
-from twotower.book import exercises as checks
+from twotower.book import exercises
+from twotower.book.exercises import ch01
 
 
 # --- broken variants: one list per check; a new check_* needs an entry here -----------
@@ -19,14 +28,16 @@ def _pref_zero_for_rare(logp_a, logp_b, targets, vocab_size, min_count=5):
 
 
 def _pref_strict_count(logp_a, logp_b, targets, vocab_size, min_count=5):
-    pref = checks._token_preference(logp_a, logp_b, targets, vocab_size, min_count)
+    pref = ch01.reference_token_preference(logp_a, logp_b, targets, vocab_size,
+                                           min_count)
     counts = np.bincount(targets, minlength=vocab_size)
     pref[counts == min_count] = np.nan  # `>` where `>=` is meant
     return pref
 
 
 def _pref_sign_flipped(logp_a, logp_b, targets, vocab_size, min_count=5):
-    return -checks._token_preference(logp_a, logp_b, targets, vocab_size, min_count)
+    return -ch01.reference_token_preference(logp_a, logp_b, targets, vocab_size,
+                                            min_count)
 
 
 def _centred_with_nan_mean(pref):
@@ -43,14 +54,15 @@ def _centred_by_median(pref):
 
 def _split_half_on_all_positions(logp_a, logp_b, targets, half, vocab_size,
                                  min_count=5):
-    pref = checks._token_preference(logp_a, logp_b, targets, vocab_size, min_count)
+    pref = ch01.reference_token_preference(logp_a, logp_b, targets, vocab_size,
+                                           min_count)
     finite = np.isfinite(pref)
     return float(np.corrcoef(pref[finite], pref[finite])[0, 1])  # always 1
 
 
 def _split_half_array(logp_a, logp_b, targets, half, vocab_size, min_count=5):
-    r = checks._split_half_correlation(logp_a, logp_b, targets, half, vocab_size,
-                                       min_count)
+    r = ch01.reference_split_half_correlation(logp_a, logp_b, targets, half,
+                                              vocab_size, min_count)
     return np.array([r, r])
 
 
@@ -78,17 +90,36 @@ from test_checks_ch12_14 import BROKEN as _BROKEN_CH12_14  # noqa: E402 (chapter
 
 BROKEN.update(_BROKEN_CH12_14)
 
-CHECKS = {name: function for name, function in inspect.getmembers(checks, callable)
-          if name.startswith("check_")}
+CHAPTERS = [importlib.import_module(f"{exercises.__name__}.{module.name}")
+            for module in pkgutil.iter_modules(exercises.__path__)
+            if module.name.startswith("ch")]
+CHECKS = {name: function for chapter in CHAPTERS
+          for name, function in inspect.getmembers(chapter, callable)
+          if name.startswith("check_") and function.__module__ == chapter.__name__}
 
 
 def test_every_check_has_a_reference_and_a_broken_variant():
-    assert CHECKS, "twotower.book.exercises defines no check_* function"
+    assert CHECKS, "no chapter module of twotower.book.exercises defines a check_*"
     for name, check in CHECKS.items():
         assert callable(getattr(check, "reference", None)), \
-            f"{name} has no reference; decorate it with @_exercise(reference)"
+            f"{name} has no reference; decorate it with @exercise(reference, hint=...)"
     missing = sorted(set(CHECKS) - set(BROKEN))
     assert not missing, f"add broken variants to BROKEN for: {', '.join(missing)}"
+
+
+def test_every_check_is_importable_from_the_package_under_its_name():
+    assert len(CHAPTERS) == 14
+    for name, check in CHECKS.items():
+        assert getattr(exercises, name, None) is check, \
+            f"re-export {name} in twotower/book/exercises/__init__.py"
+
+
+def test_a_check_shows_the_reader_its_argument_and_docstring(capsys):
+    check = ch01.check_token_preference
+    assert str(inspect.signature(check)) == "(token_preference: 'Callable') -> 'None'"
+    assert check.__doc__.startswith("Check ``token_preference(")
+    check(token_preference=ch01.reference_token_preference)  # by name, as signed
+    assert "passed" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("name", sorted(CHECKS))
@@ -107,6 +138,8 @@ def test_check_rejects_a_broken_variant_with_a_one_paragraph_hint(name, broken):
     assert message.startswith(f"✘ {name}")
     assert "Traceback" not in message and "\n" not in message
     assert failure.value.__cause__ is None
+    frames = traceback.extract_tb(failure.value.__traceback__)
+    assert [frame.name for frame in frames[1:]] == ["check"]  # the one hidden frame
 
 
 @pytest.mark.parametrize("name", sorted(CHECKS))
@@ -123,18 +156,18 @@ def test_check_reports_a_crash_of_the_readers_code_in_one_line():
         return logp_a[vocab_size * 10**6]
 
     with pytest.raises(AssertionError, match="raised IndexError") as failure:
-        checks.check_token_preference(crashes)
+        ch01.check_token_preference(crashes)
     assert failure.value.__suppress_context__
 
 
 def test_check_refuses_a_value_where_a_function_is_expected():
     with pytest.raises(AssertionError, match="expected a function"):
-        checks.check_centred_preference(np.zeros(3))
+        ch01.check_centred_preference(np.zeros(3))
 
 
 def test_alternate_halves_balances_every_token():
     targets = np.array([3, 1, 3, 3, 1, 2, 1, 1])
-    half = checks.alternate_halves(targets)
+    half = ch01.alternate_halves(targets)
     assert half.tolist() == [0, 0, 1, 0, 1, 0, 0, 1]
     for token in np.unique(targets):
         counts = np.bincount(half[targets == token], minlength=2)
@@ -142,7 +175,8 @@ def test_alternate_halves_balances_every_token():
 
 
 def test_toy_scores_plant_a_preference_that_the_reference_recovers():
-    toy = checks.toy_scores(100_000, vocab_size=50, seed=3, gap=0.5, zipf=0.0)
-    pref = checks._token_preference(toy.logp_a, toy.logp_b, toy.targets, 50)
+    toy = ch01.toy_scores(100_000, vocab_size=50, seed=3, gap=0.5, zipf=0.0)
+    pref = ch01.reference_token_preference(toy.logp_a, toy.logp_b, toy.targets,
+                                           50)
     assert np.corrcoef(pref, toy.true_pref)[0, 1] > 0.8
     assert abs(np.nanmean(pref) - 0.5) < 0.2

@@ -2,7 +2,8 @@
 
 ``BROKEN`` is also merged into ``tests/test_checks.py``'s table, whose meta-test wants a
 broken variant for every ``check_*``. The helpers these chapters add to
-``twotower.book.exercises`` and ``twotower.analysis.plotting`` are tested at the end.
+``twotower.book.exercises.ch04`` and ``twotower.analysis.plotting`` are tested at the
+end.
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from twotower.book import exercises as checks
 from twotower.analysis import plotting
+from twotower.book.exercises import ch03, ch04, ch05
 from twotower.config import ModelConfig
 from twotower.models.tower_lm import SingleTowerLM
 
@@ -28,7 +29,7 @@ def _rank_frequency_with_specials(ids, special_ids=()):
 
 
 def _rank_frequency_ascending(ids, special_ids=()):
-    return checks._rank_frequency(ids, special_ids)[::-1]
+    return ch03.reference_rank_frequency(ids, special_ids)[::-1]
 
 
 def _rank_frequency_with_unseen_ids(ids, special_ids=()):
@@ -60,7 +61,8 @@ def _crossing_first_against_last(label_windows, special_ids):
 
 
 def _crossing_count_only(label_windows, special_ids):
-    return int(checks._windows_crossing_articles(label_windows, special_ids).sum())
+    return int(ch03.reference_windows_crossing_articles(label_windows,
+                                                        special_ids).sum())
 
 
 # --- chapter 4: broken variants -------------------------------------------------------
@@ -99,7 +101,8 @@ def _mask_selecting_specials(ids, special, n_tokens, generator, mlm_probability=
 
 def _mask_with_targets_everywhere(ids, special, n_tokens, generator,
                                   mlm_probability=0.15):
-    inputs, _ = checks._mask_tokens(ids, special, n_tokens, generator, mlm_probability)
+    inputs, _ = ch04.reference_mask_tokens(ids, special, n_tokens, generator,
+                                           mlm_probability)
     return inputs, ids.clone()
 
 
@@ -115,8 +118,9 @@ def _mask_replacing_with_any_id(ids, special, n_tokens, generator,
 
 def _mask_from_the_global_generator(ids, special, n_tokens, generator,
                                     mlm_probability=0.15):
-    return checks._mask_tokens(ids, special, n_tokens, torch.Generator().manual_seed(
-        int(torch.randint(10**6, ()))), mlm_probability)
+    unrelated = torch.Generator().manual_seed(int(torch.randint(10**6, ())))
+    return ch04.reference_mask_tokens(ids, special, n_tokens, unrelated,
+                                      mlm_probability)
 
 
 def _mask_never_keeping(ids, special, n_tokens, generator, mlm_probability=0.15):
@@ -131,26 +135,26 @@ def _mask_never_keeping(ids, special, n_tokens, generator, mlm_probability=0.15)
 def _influence_without_the_present(family, T):
     if family == "causal":
         return np.tril(np.ones((T, T), dtype=bool), k=-1)
-    return checks._predicted_influence(family, T)
+    return ch04.reference_predicted_influence(family, T)
 
 
 def _influence_bilm_sees_itself(family, T):
     if family == "bilm":
         return np.ones((T, T), dtype=bool)
-    return checks._predicted_influence(family, T)
+    return ch04.reference_predicted_influence(family, T)
 
 
 def _influence_causal_transposed(family, T):
     if family == "causal":
         return np.triu(np.ones((T, T), dtype=bool))
-    return checks._predicted_influence(family, T)
+    return ch04.reference_predicted_influence(family, T)
 
 
 # --- chapter 5: broken variants -------------------------------------------------------
 
 
 def _head_with_an_untied_decoder(width, vocab_size):
-    return checks._fused_head_parameters(width, vocab_size) + vocab_size * width
+    return ch05.reference_fused_head_parameters(width, vocab_size) + vocab_size * width
 
 
 def _head_without_norms(width, vocab_size):
@@ -170,7 +174,7 @@ def _zero_along_the_batch(tower):
 
 
 def _zero_the_other_tower(tower):
-    return checks._zero_tower_hook(1 - tower)
+    return ch05.reference_zero_tower_hook(1 - tower)
 
 
 def _zero_both_towers(tower):
@@ -219,7 +223,7 @@ def test_a_loop_over_windows_passes_the_crossing_check(capsys):
             out.append(len(set(real)) > 1)
         return out
 
-    checks.check_windows_crossing_articles(windows_crossing_articles)
+    ch03.check_windows_crossing_articles(windows_crossing_articles)
     assert "passed" in capsys.readouterr().out
 
 
@@ -234,7 +238,7 @@ def test_a_mask_written_with_its_own_draw_order_passes(capsys):
         inputs = torch.where(chosen & (how >= 0.8) & (how < 0.9), pick, inputs)
         return inputs, torch.where(chosen, ids, -100)
 
-    checks.check_mask_tokens(mask_tokens)
+    ch04.check_mask_tokens(mask_tokens)
     assert "passed" in capsys.readouterr().out
 
 
@@ -245,7 +249,7 @@ def test_position_influence_is_zero_exactly_where_a_causal_model_cannot_see():
                       vocab_size=40, max_len=7, dropout=0.0)
     model = SingleTowerLM(cfg).eval()
     ids = torch.arange(5, 12)
-    influence = checks.position_influence(model, ids, ids + 10)
+    influence = ch04.position_influence(model, ids, ids + 10)
     assert influence.shape == (7, 7)
     assert (influence[np.triu_indices(7, k=1)] == 0).all()
     assert (influence[np.tril_indices(7)] > 0).all()
@@ -260,8 +264,8 @@ def test_position_influence_reads_a_hooked_stream():
         _, cache = model.run_with_cache(ids, names=["towers.bwd_out"])
         return cache["towers.bwd_out"][0]
 
-    influence = checks.position_influence(backward_stream, torch.arange(5, 11),
-                                          torch.arange(20, 26))
+    influence = ch04.position_influence(backward_stream, torch.arange(5, 11),
+                                        torch.arange(20, 26))
     assert (influence[np.tril_indices(6)] == 0).all()  # sees only j > i
     assert (influence[np.triu_indices(6, k=1)] > 0).all()
 

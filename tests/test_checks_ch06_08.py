@@ -9,9 +9,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from twotower.book import exercises as checks
-from twotower.models.flops import forward_flops_per_token, train_flops_per_token
 from twotower.analysis.preference import half_assignment, preference_array
+from twotower.book.exercises import ch06, ch07, ch08
+from twotower.models.flops import forward_flops_per_token, train_flops_per_token
 from twotower.training.readouts import freeze
 
 # --- chapter 6: broken variants -------------------------------------------------------
@@ -20,18 +20,18 @@ from twotower.training.readouts import freeze
 def _lr_warmup_from_zero(step, peak_lr, warmup_steps, total_steps):
     if step < warmup_steps:
         return peak_lr * step / warmup_steps  # starts at 0: step 0 would not train
-    return checks._learning_rate(step, peak_lr, warmup_steps, total_steps)
+    return ch06.reference_learning_rate(step, peak_lr, warmup_steps, total_steps)
 
 
 def _lr_decay_over_all_steps(step, peak_lr, warmup_steps, total_steps):
     if step < warmup_steps:
-        return checks._learning_rate(step, peak_lr, warmup_steps, total_steps)
+        return ch06.reference_learning_rate(step, peak_lr, warmup_steps, total_steps)
     return peak_lr * (1 - step / total_steps)
 
 
 def _lr_one_step_late(step, peak_lr, warmup_steps, total_steps):
-    return checks._learning_rate(min(step + 1, total_steps), peak_lr, warmup_steps,
-                                 total_steps)
+    return ch06.reference_learning_rate(min(step + 1, total_steps), peak_lr,
+                                        warmup_steps, total_steps)
 
 
 def _flops_forward_only(cfg, n_towers):
@@ -86,7 +86,7 @@ def _paired_difference_population_std(ll_a, ll_b):
 
 
 def _paired_difference_b_minus_a(ll_a, ll_b):
-    mean, se = checks._paired_difference(ll_a, ll_b)
+    mean, se = ch07.reference_paired_difference(ll_a, ll_b)
     return -mean, se
 
 
@@ -94,27 +94,28 @@ def _paired_difference_b_minus_a(ll_a, ll_b):
 
 
 def _table_with_population_std(target, ll_a, ll_b, vocab_size, min_count=5):
-    count, pref, se = checks._preference_table(target, ll_a, ll_b, vocab_size,
-                                               min_count)
+    count, pref, se = ch08.reference_preference_table(target, ll_a, ll_b, vocab_size,
+                                                      min_count)
     with np.errstate(invalid="ignore", divide="ignore"):
         return count, pref, se * np.sqrt((count - 1) / count)
 
 
 def _table_rare_as_zero(target, ll_a, ll_b, vocab_size, min_count=5):
-    count, pref, se = checks._preference_table(target, ll_a, ll_b, vocab_size, 1)
+    count, pref, se = ch08.reference_preference_table(target, ll_a, ll_b, vocab_size, 1)
     rare = count < min_count
     return count, np.where(rare, 0.0, pref), np.where(rare, 0.0, se)
 
 
 def _table_std_not_error(target, ll_a, ll_b, vocab_size, min_count=5):
-    count, pref, se = checks._preference_table(target, ll_a, ll_b, vocab_size,
-                                               min_count)
+    count, pref, se = ch08.reference_preference_table(target, ll_a, ll_b, vocab_size,
+                                                      min_count)
     return count, pref, se * np.sqrt(count)
 
 
 def _split_half_without_spearman_brown(target, ll_a, ll_b, vocab_size, min_count=5,
                                        seed=0):
-    r, _ = checks._split_half_ceiling(target, ll_a, ll_b, vocab_size, min_count, seed)
+    r, _ = ch08.reference_split_half_ceiling(target, ll_a, ll_b, vocab_size, min_count,
+                                             seed)
     return r, r
 
 
@@ -170,7 +171,7 @@ def test_learning_rate_written_by_hand_passes(capsys):
             return peak_lr * (start + (1 - start) * step / warmup_steps)
         return peak_lr * (total_steps - step) / (total_steps - warmup_steps)
 
-    checks.check_learning_rate(learning_rate)
+    ch06.check_learning_rate(learning_rate)
     assert "passed" in capsys.readouterr().out
 
 
@@ -181,7 +182,7 @@ def test_flops_written_by_hand_pass(capsys):
         layer = 2 * D * 3 * D + 2 * D * D + 2 * 2 * D * F + 2 * 2 * T * D
         return 3 * (2 * W * W + K * cfg.n_layers * layer + 2 * W * W + 2 * W * V)
 
-    checks.check_train_flops_per_token(flops)
+    ch06.check_train_flops_per_token(flops)
     assert "passed" in capsys.readouterr().out
 
 
@@ -210,7 +211,7 @@ def test_numpy_solutions_of_chapters_7_and_8_pass(capsys):
         r = np.corrcoef(prefs[0][keep], prefs[1][keep])[0, 1]
         return r, 2 * r / (1 + r)
 
-    checks.check_paired_difference(paired_difference)
-    checks.check_preference_table(preference_table)
-    checks.check_split_half_ceiling(split_half_ceiling)
+    ch07.check_paired_difference(paired_difference)
+    ch08.check_preference_table(preference_table)
+    ch08.check_split_half_ceiling(split_half_ceiling)
     assert capsys.readouterr().out.count("passed") == 3

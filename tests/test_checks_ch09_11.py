@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from twotower.book import exercises as checks
+from twotower.analysis.stats import holm
+from twotower.book.exercises import ch09, ch10
 
 # --- chapter 9 ------------------------------------------------------------------------
 
@@ -19,12 +20,12 @@ def _aligned_without_nan_filter(pref_a, pref_b):
 
 
 def _aligned_signed(pref_a, pref_b):
-    r, flipped = checks._aligned_correlation(pref_a, pref_b)
+    r, flipped = ch09.reference_aligned_correlation(pref_a, pref_b)
     return (-r if flipped else r), flipped  # reports the raw, signed r
 
 
 def _aligned_never_flipped(pref_a, pref_b):
-    return checks._aligned_correlation(pref_a, pref_b)[0], False
+    return ch09.reference_aligned_correlation(pref_a, pref_b)[0], False
 
 
 def _r(x, y):
@@ -60,7 +61,7 @@ def _d_with_ddof_0(x, y):
 
 
 def _d_backwards(x, y):
-    return -checks._cohens_d(x, y)
+    return -ch10.reference_cohens_d(x, y)
 
 
 def _stratified_unweighted(values, is_function, bins):
@@ -111,7 +112,7 @@ def _holm_without_stopping(p_values, alpha=0.05):
 
 
 def _holm_in_sorted_order(p_values, alpha=0.05):
-    return checks._holm(np.sort(p_values), alpha)
+    return holm(np.sort(p_values), alpha)
 
 
 BROKEN = {

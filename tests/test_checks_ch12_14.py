@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from twotower.book import exercises as checks
+from twotower.analysis.lape import language_entropy
+from twotower.book.exercises import ch12
+from twotower.experiments.plasticity import steps_to_reach
 
 # --- chapter 12 -----------------------------------------------------------------------
 
@@ -47,7 +49,7 @@ def _effdim_uncentred(acts, variance_share=0.95):
 
 
 def _effdim_count_not_share(acts, variance_share=0.95):
-    return checks._effective_dimensionality(acts, variance_share) * acts.shape[1]
+    return ch12.reference_effective_dimensionality(acts, variance_share) * acts.shape[1]
 
 
 # --- chapter 13 -----------------------------------------------------------------------
@@ -73,11 +75,11 @@ def _entropy_unnormalised(act_prob):
 
 
 def _entropy_base2(act_prob):
-    return checks._lape_entropy(act_prob) / np.log(2)
+    return language_entropy(act_prob) / np.log(2)
 
 
 def _entropy_dead_is_zero(act_prob):
-    out = checks._lape_entropy(act_prob)
+    out = language_entropy(act_prob)
     return np.where(act_prob.sum(-1) == 0, 0.0, out)
 
 
@@ -106,7 +108,7 @@ def _steps_first_point_below(curve, level):
 
 
 def _steps_never_nan(curve, level):
-    got = checks._steps_to_reach(curve, level)
+    got = steps_to_reach(curve, level)
     return float(curve[-1][0]) if np.isnan(got) else got
 
 

@@ -16,7 +16,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from twotower.training.trainer import checkpoint as ckpt
+from twotower.training import checkpoint as ckpt
 from twotower.experiments import pipeline
 from twotower.cli import build_parser, config_from_args, main
 from twotower.config import PRESETS

@@ -13,12 +13,12 @@ import pandas as pd
 import pytest
 import torch
 
-from twotower.training.trainer import checkpoint as ckpt
+from twotower.training import checkpoint as ckpt
 from twotower.cli import main
 from twotower.config import get_preset
-from twotower.experiments.controls import (IndependentTowersLM, SplitSingleTower, load_control,
-                               split_single_tower_readouts, train_independent,
-                               untrained_model)
+from twotower.experiments.controls import (IndependentTowersLM, SplitSingleTower,
+                                           load_control, split_single_tower_readouts,
+                                           train_independent, untrained_model)
 from twotower.errors import TwotowerError
 from twotower.models.tower_lm import SingleTowerLM, TwoTowerLM
 from twotower.training.readouts import train_readouts
@@ -38,7 +38,7 @@ def test_a_loss_on_tower_a_gives_no_gradient_to_tower_b(family, tiny_config,
     model = IndependentTowersLM(tiny_config(family))
     batch = WindowBatches(synthetic_data.train, synthetic_data.objective(family), 4,
                           0).train_batch(0)
-    model.tower_losses(batch.input_ids, batch.targets)[0].backward()
+    model.tower_losses(batch)[0].backward()
     tower_a, tower_b = model.models
     assert all(p.grad is None or not p.grad.any() for p in tower_b.parameters())
     assert any(p.grad is not None and p.grad.abs().sum() > 0
@@ -65,7 +65,7 @@ def test_each_independent_tower_trains_exactly_as_if_it_were_alone(
     alone = SingleTowerLM(cfg)
     alone.load_state_dict(pair.models[0].state_dict())
     train_independent(pair, batches, steps, progress=False)
-    train(alone, lambda b: alone.loss(b.input_ids, b.targets), batches, steps,
+    train(alone, alone.loss, batches, steps,
           progress=False)
     for (name, p), q in zip(pair.models[0].named_parameters(), alone.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=name)
@@ -245,7 +245,7 @@ def test_an_unknown_control_is_refused(tiny_config):
 
 def test_a_run_scored_by_an_older_version_is_rescored_not_retrained(tmp_path):
     from twotower.experiments import pipeline
-    from twotower.experiments.controls import ensure_scored
+    from twotower.experiments.store import ensure_scored
     from twotower.training.readouts import TokenScores
 
     cfg = get_preset("smoke", "mlm")

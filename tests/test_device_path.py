@@ -10,10 +10,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from twotower.models import tower_lm as model_module
-from twotower.training.trainer import trainer as training
 from twotower.errors import TwotowerError
-from twotower.models.tower_lm import IGNORE, TwoTowerLM, mean_cross_entropy, select_targets
+from twotower.models import tower_lm as model_module
+from twotower.models.tower_lm import (IGNORE, TwoTowerLM, mean_cross_entropy,
+                                      select_targets)
+from twotower.training import optim
+from twotower.training.faults import StepGuard
 from twotower.training.runtime import seed_everything
 from twotower.training.trainer import WindowBatches, train
 
@@ -66,7 +68,8 @@ def test_target_positions_found_before_moving_select_what_the_mask_selects(
     assert torch.equal(rows, hidden[keep]) and torch.equal(target, cpu.targets[keep])
     seed_everything(0)
     model = TwoTowerLM(tiny_config(family, vocab_size=synthetic_data.vocab_size))
-    assert torch.equal(model.batch_loss(moved), model.loss(cpu.input_ids, cpu.targets))
+    assert torch.equal(model.loss(moved),
+                       model.cross_entropy(cpu.input_ids, cpu.targets))
     assert cpu.rows(slice(0, 2)).positions is None  # rows are found again on the move
 
 
@@ -82,7 +85,7 @@ def test_an_all_false_padding_mask_changes_nothing(tiny_config, synthetic_data):
 
 def _deferred(monkeypatch):
     """Train as on a GPU: fused AdamW (it runs on the CPU too), checks on the device."""
-    monkeypatch.setattr(training, "fused_optimizer", lambda device: True)
+    monkeypatch.setattr(optim, "fused_optimizer", lambda device: True)
 
 
 @pytest.mark.parametrize("fault", ["loss", "gradient norm"])
@@ -98,7 +101,7 @@ def test_on_the_gpu_path_a_fault_is_reported_later_but_the_weights_stop_at_once(
 
     def loss_fn(batch):
         calls.append(1)
-        loss = model.batch_loss(batch)
+        loss = model.loss(batch)
         if len(calls) == 4:  # step 3
             before.update({k: v.clone() for k, v in model.state_dict().items()})
             if fault == "loss":
@@ -145,7 +148,7 @@ def test_on_the_gpu_path_a_step_reads_nothing_back(monkeypatch, tiny_config,
                                 synthetic_data.objective("causal"), 4, 0)
         with monkeypatch.context() as m:
             reads = _host_reads(m)
-            train(model, model.batch_loss, batches,
+            train(model, model.loss, batches,
                   train_config(steps=steps, log_every=steps), progress=False)
         counts.append(len(reads))
     assert counts[0] == counts[1]
@@ -156,20 +159,20 @@ def test_deferred_checks_train_like_immediate_ones(monkeypatch, tiny_config,
     """The same fused optimiser, checks deferred or not: bit-identical weights."""
     results = []
     for deferred in (False, True):
-        monkeypatch.setattr(training, "fused_optimizer", lambda device: True)
+        monkeypatch.setattr(optim, "fused_optimizer", lambda device: True)
         if not deferred:
-            monkeypatch.setattr(training.StepGuard, "deferred", False, raising=False)
-            original = training.StepGuard.__init__
+            monkeypatch.setattr(StepGuard, "deferred", False, raising=False)
+            original = StepGuard.__init__
 
             def init(self, *args, _original=original):
                 _original(self, *args)
                 self.deferred = False
-            monkeypatch.setattr(training.StepGuard, "__init__", init)
+            monkeypatch.setattr(StepGuard, "__init__", init)
         seed_everything(0)
         model = TwoTowerLM(tiny_config("causal", vocab_size=synthetic_data.vocab_size))
         batches = WindowBatches(synthetic_data.train, synthetic_data.objective("causal"),
                                 4, 0)
-        summary = train(model, model.batch_loss, batches,
+        summary = train(model, model.loss, batches,
                         train_config(steps=6, log_every=3), progress=False)
         results.append((summary["train_loss"], model.state_dict()))
         monkeypatch.undo()
@@ -207,7 +210,7 @@ def test_weights_that_are_views_of_one_buffer_are_saved_and_loaded(tmp_path):
     module is saved and loaded back like any other (safetensors' save_model refused)."""
     from torch import nn
 
-    from twotower.training.trainer import checkpoint as ckpt
+    from twotower.training import checkpoint as ckpt
 
     class Flat(nn.Module):
         def __init__(self, values):

@@ -15,7 +15,7 @@ import pytest
 SCRIPT = r'''
 import json, sys
 import numpy as np, torch
-from twotower.training.trainer import distributed
+from twotower.training import distributed
 from twotower.config import ModelConfig, TrainConfig
 from twotower.data.windows import batch_windows
 from twotower.models.tower_lm import TwoTowerLM
@@ -56,7 +56,7 @@ class Die:
             sys.exit(0)  # every process, after the checkpoint of step 2, before 4's
 
 
-train(model, lambda b: model.loss(b.input_ids, b.targets), batches, tcfg,
+train(model, model.loss, batches, tcfg,
       run_dir=out, progress=False, callbacks=[Die()])
 if world.is_main:
     w = {k: v.tolist() for k, v in model.state_dict().items()}

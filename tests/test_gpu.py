@@ -13,11 +13,12 @@ import shutil
 import pytest
 import torch
 
-from twotower.training.trainer import checkpoint as ckpt
+from twotower.training import checkpoint as ckpt
 from twotower.config import FAMILIES
 from twotower.models.tower_lm import TwoTowerLM
 from twotower.training.runtime import autocast, seed_everything
-from twotower.training.trainer import WindowBatches, make_optimizer, train
+from twotower.training.optim import make_optimizer
+from twotower.training.trainer import WindowBatches, train
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")]
@@ -38,7 +39,7 @@ def _batch(synthetic_data, family, n=8):
 def _loss_and_grads(model, batch, dtype, scaler=None):
     model.zero_grad(set_to_none=True)
     with autocast(CUDA, dtype):
-        loss = model.batch_loss(batch)
+        loss = model.loss(batch)
     (scaler.scale(loss) if scaler else loss).backward()
     if scaler:
         scaler.unscale_(torch.optim.SGD(model.parameters(), lr=0.0))
@@ -74,8 +75,8 @@ def test_the_optimizer_is_fused_on_cuda_and_training_learns(tiny_config, train_c
     assert opt.defaults["fused"]
     batches = WindowBatches(synthetic_data.train, synthetic_data.objective("causal"),
                             8, 0)
-    first = float(model.batch_loss(batches.train_batch(0).to(CUDA)))
-    summary = train(model, model.batch_loss, batches, tcfg, progress=False)
+    first = float(model.loss(batches.train_batch(0).to(CUDA)))
+    summary = train(model, model.loss, batches, tcfg, progress=False)
     assert summary["train_loss"] < first
 
 
@@ -84,8 +85,8 @@ def test_compile_gives_the_eager_loss(tiny_config, synthetic_data):
     model = _model(cfg)
     batch = _batch(synthetic_data, "causal")
     with autocast(CUDA, torch.bfloat16):
-        eager = float(model.batch_loss(batch))
-        compiled = float(torch.compile(model.batch_loss)(batch))
+        eager = float(model.loss(batch))
+        compiled = float(torch.compile(model.loss)(batch))
     assert compiled == pytest.approx(eager, rel=1e-2)
 
 
@@ -103,13 +104,13 @@ def test_resume_on_the_gpu_is_bit_identical_to_an_uninterrupted_run(
         tcfg = train_config(steps=6, device="cuda", precision="auto",
                             checkpoint_every=3, log_every=3)
         straight = _model(cfg)
-        train(straight, straight.batch_loss, batches, tcfg, run_dir=tmp_path / "a",
+        train(straight, straight.loss, batches, tcfg, run_dir=tmp_path / "a",
               progress=False)
         kept = sorted((tmp_path / "a" / "joint").glob("step-*"))
         assert [p.name for p in kept] == ["step-0000003", "step-0000006"]
         shutil.copytree(kept[0], tmp_path / "b" / "joint" / kept[0].name)
         resumed = _model(cfg, seed=1)  # other initial weights: all must come from disk
-        summary = train(resumed, resumed.batch_loss, batches, tcfg,
+        summary = train(resumed, resumed.loss, batches, tcfg,
                         run_dir=tmp_path / "b", progress=False)
         assert summary["resumed_from"] == 3
         for (name, a), b in zip(straight.state_dict().items(),
@@ -124,7 +125,7 @@ def test_a_checkpoint_written_on_the_gpu_loads_on_the_cpu(tiny_config, train_con
     cfg = tiny_config("mlm", vocab_size=synthetic_data.vocab_size)
     model = _model(cfg)
     batches = WindowBatches(synthetic_data.train, synthetic_data.objective("mlm"), 8, 0)
-    train(model, model.batch_loss, batches, train_config(
+    train(model, model.loss, batches, train_config(
         steps=4, device="cuda", precision="auto", checkpoint_every=4), run_dir=tmp_path,
         progress=False)
     on_cpu = TwoTowerLM(cfg)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from twotower.training.trainer import checkpoint as ckpt
+from twotower.training import checkpoint as ckpt
 from twotower.experiments import pipeline
 from twotower.cli import build_parser, config_from_args
 from twotower.errors import TwotowerError

@@ -42,7 +42,7 @@ def test_a_snapshot_is_the_step_the_full_run_passed_through(tiny_corpus, tmp_pat
     cfg, _, batches, _ = start_run(cfg, tmp_path / "full")
     seed_everything(cfg.train.seed)
     model = TwoTowerLM(cfg.model)
-    train(model, model.batch_loss, batches, every, run_dir=tmp_path / "full",
+    train(model, model.loss, batches, every, run_dir=tmp_path / "full",
           progress=False)
     for step, path in snaps.items():
         full = _weights(tmp_path / "full" / "joint" / f"step-{step:07d}")
@@ -56,10 +56,13 @@ def test_a_snapshot_is_the_step_the_full_run_passed_through(tiny_corpus, tmp_pat
 @pytest.mark.slow
 def test_the_curve_makes_each_point_once_and_reuses_the_run_and_its_control(
         tiny_corpus, tmp_path, monkeypatch):
-    run, untrained = tmp_path / "r-seed0", tmp_path / "r-seed0-untrained"
+    # run folders named as the run cache names them (RunSpec): the curve finds the
+    # untrained control of a main run beside it
+    run = tmp_path / "smoke-causal-seed0"
+    untrained = tmp_path / "smoke-causal-seed0-untrained"
     assert main(_args(tiny_corpus, run)) == 0
     assert main(_args(tiny_corpus, untrained, "--control", "untrained")) == 0
-    independent = tmp_path / "r-seed0-independent"
+    independent = tmp_path / "smoke-causal-seed0-independent"
     assert main(_args(tiny_corpus, independent, "--control", "independent")) == 0
     assert lc.pending_flops([run]) > 0
     points = lc.ensure_curve([run])
@@ -75,8 +78,8 @@ def test_the_curve_makes_each_point_once_and_reuses_the_run_and_its_control(
 
     def refuse(*args, **kwargs):
         raise AssertionError("a finished point was trained again")
-    monkeypatch.setattr("twotower.training.readouts.train_readouts", refuse)
-    monkeypatch.setattr("twotower.training.trainer.train", refuse)
+    for name in ("train_readouts", "train", "train_independent"):
+        monkeypatch.setattr(f"twotower.experiments.learning_curve.{name}", refuse)
     again = lc.ensure_curve([run])
     assert [p[0].path for p in again.values()] == [p[0].path for p in points.values()]
     assert lc.ensure_curve([run], untrained=0)[0] == []  # step 0 for no run at all

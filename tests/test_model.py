@@ -154,7 +154,7 @@ def test_loss_is_the_cross_entropy_of_the_logits_at_positions_with_a_target(
     logits = model(batch.input_ids)
     expected = F.cross_entropy(logits.flatten(0, 1), batch.targets.flatten(),
                                ignore_index=IGNORE)
-    torch.testing.assert_close(model.loss(batch.input_ids, batch.targets), expected,
+    torch.testing.assert_close(model.loss(batch), expected,
                                rtol=1e-5, atol=1e-6)
 
 

@@ -1,5 +1,5 @@
-"""Tests of twotower.analysis.neuron_stats and twotower.analysis.regimes on synthetic data whose answer
-is known."""
+"""Tests of twotower.analysis.neuron_stats and twotower.analysis.regimes on synthetic
+data whose answer is known."""
 
 from __future__ import annotations
 

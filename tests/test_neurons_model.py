@@ -25,13 +25,12 @@ from twotower.analysis.rare_neurons import (
     ablation_loss_changes,
     direct_path_influence,
     frequency_halves,
-    gap_by_label,
-    gap_difference,
     group_tests,
     mean_activations,
     position_losses,
     tower_share,
 )
+from twotower.analysis.tower_gap import gap_by_label, gap_difference
 from twotower.training.readouts import TokenScores
 
 

@@ -1,4 +1,8 @@
-"""Helpers of chapters 6 to 8: metrics, paired bootstrap, token lookup, figures."""
+"""Helpers of chapters 6 to 8: metrics, paired bootstrap, token lookup, figures.
+
+They live in ``twotower.book`` (``display``, ``widgets``, ``schedule``, ``durations``)
+and, for the metrics log of a run folder, in ``twotower.training.run_folder``.
+"""
 
 from __future__ import annotations
 
@@ -15,9 +19,14 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-from twotower import plotting  # noqa: E402
-from twotower.book import display as notebook
+from twotower.analysis import plotting  # noqa: E402
+from twotower.analysis.stats import bootstrap_means  # noqa: E402
+from twotower.book.durations import format_duration  # noqa: E402
+from twotower.book.schedule import learning_rates  # noqa: E402
+from twotower.book.widgets import lookup_token, token_explorer  # noqa: E402
+from twotower.config import TrainConfig  # noqa: E402
 from twotower.errors import TwotowerError  # noqa: E402
+from twotower.training.run_folder import load_metrics  # noqa: E402
 
 
 # --- load_metrics ---------------------------------------------------------------------
@@ -28,17 +37,17 @@ def test_load_metrics_reads_every_phase_and_skips_a_line_cut_by_a_crash(tmp_path
              {"phase": "baseline", "step": 10, "loss": 5.2, "lr": 1e-3}]
     text = "".join(json.dumps(line) + "\n" for line in lines) + '{"phase": "jo'
     (tmp_path / "metrics.jsonl").write_text(text)
-    table = notebook.load_metrics(tmp_path)
+    table = load_metrics(tmp_path)
     assert len(table) == 3
     assert set(table["phase"]) == {"joint", "baseline"}
     joint = table[table["phase"] == "joint"]
     assert joint["loss"].notna().sum() == 1 and joint["val_loss"].notna().sum() == 1
-    assert notebook.load_metrics(tmp_path / "metrics.jsonl").equals(table)
+    assert load_metrics(tmp_path / "metrics.jsonl").equals(table)
 
 
 def test_load_metrics_names_the_missing_file(tmp_path):
     with pytest.raises(TwotowerError, match="no metrics log"):
-        notebook.load_metrics(tmp_path)
+        load_metrics(tmp_path)
 
 
 # --- bootstrap_means ------------------------------------------------------------------
@@ -47,9 +56,9 @@ def test_bootstrap_means_cover_the_mean_and_shrink_with_more_positions():
     rng = np.random.default_rng(0)
     small = rng.normal(1.0, 1.0, 200)
     big = rng.normal(1.0, 1.0, 20_000)
-    mean, low, high = notebook.bootstrap_means(small, n_boot=400)
+    mean, low, high = bootstrap_means(small, n_boot=400)
     assert low < mean < high and mean == pytest.approx(small.mean())
-    _, low_big, high_big = notebook.bootstrap_means(big, n_boot=400)
+    _, low_big, high_big = bootstrap_means(big, n_boot=400)
     assert (high_big - low_big) < (high - low) / 5  # ~ 1 / sqrt(N)
     # the interval of the mean is about 2 x 1.96 standard errors wide
     assert high_big - low_big == pytest.approx(2 * 1.96 / np.sqrt(big.size), rel=0.2)
@@ -59,11 +68,11 @@ def test_bootstrap_means_resample_rows_together_and_in_chunks():
     rng = np.random.default_rng(1)
     x = rng.normal(0, 1, 500)
     values = np.stack([x, x + 2.0])  # row 1 is row 0 shifted: a paired difference
-    mean, low, high = notebook.bootstrap_means(values, n_boot=300, seed=3, chunk=1000)
+    mean, low, high = bootstrap_means(values, n_boot=300, seed=3, chunk=1000)
     assert mean.shape == low.shape == high.shape == (2,)
     np.testing.assert_allclose(low[1] - low[0], 2.0)
     np.testing.assert_allclose(high[1] - high[0], 2.0)
-    again = notebook.bootstrap_means(values, n_boot=300, seed=3, chunk=10**9)
+    again = bootstrap_means(values, n_boot=300, seed=3, chunk=10**9)
     np.testing.assert_allclose(again[1], low)  # same draws whatever the chunk size
 
 
@@ -78,15 +87,15 @@ def table():
 
 
 def test_lookup_token_finds_exact_then_prefix_matches(table):
-    assert notebook.lookup_token(table, "The").index.tolist() == [10]
-    assert notebook.lookup_token(table, " ##s ").index.tolist() == [11]
-    assert notebook.lookup_token(table, "th").index.tolist() == [10, 13, 12]
-    assert notebook.lookup_token(table, "zzz").empty
+    assert lookup_token(table, "The").index.tolist() == [10]
+    assert lookup_token(table, " ##s ").index.tolist() == [11]
+    assert lookup_token(table, "th").index.tolist() == [10, 13, 12]
+    assert lookup_token(table, "zzz").empty
 
 
 def test_token_explorer_shows_the_default_token_and_follows_the_text_box(table):
     pytest.importorskip("ipywidgets")
-    explorer = notebook.token_explorer(table, default="the")
+    explorer = token_explorer(table, default="the")
     box, out = explorer.children
     assert box.value == "the"
     box.value = "zzz"  # a live kernel: the observer runs again (no error outside one)
@@ -127,9 +136,7 @@ def test_svg_with_tooltips_gives_every_point_a_title_and_stays_valid_svg():
 # --- learning_rates and format_duration (chapter 6) -----------------------------------
 
 def test_learning_rates_warm_up_linearly_then_decay_to_zero():
-    from twotower.config import TrainConfig
-
-    rates = notebook.learning_rates(TrainConfig(steps=20, warmup_steps=5, lr=1.0))
+    rates = learning_rates(TrainConfig(steps=20, warmup_steps=5, lr=1.0))
     assert rates.shape == (21,)
     np.testing.assert_allclose(rates[:6], [0.2, 0.36, 0.52, 0.68, 0.84, 1.0])
     np.testing.assert_allclose(rates[5:], np.linspace(1.0, 0.0, 16), atol=1e-12)
@@ -139,7 +146,7 @@ def test_learning_rates_warm_up_linearly_then_decay_to_zero():
                                            (7200, "2 h"), (4e5, "4.63 days"),
                                            (1e8, "3.17 years"), (float("nan"), "n/a")])
 def test_format_duration_picks_a_readable_unit(seconds, text):
-    assert notebook.format_duration(seconds) == text
+    assert format_duration(seconds) == text
 
 
 def test_svg_tooltips_follow_the_description_and_keep_entities_whole():

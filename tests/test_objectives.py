@@ -9,8 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from twotower.models.tower_lm import IGNORE
-from twotower.data.objectives import Objective, step_generator
+from twotower.data.objectives import IGNORE, Objective, step_generator
 from twotower.data.tokenizer import SpecialIds
 
 # BERT's own ids: specials are not 0..4, so nothing may assume they are.

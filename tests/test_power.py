@@ -44,7 +44,7 @@ def test_routing_changes_no_prediction_only_gradients():
     cfg = _tiny()
     language, model, batch = _model_and_batch(cfg)
     owner = owners(language, seed=0)
-    plain = model.batch_loss(batch)
+    plain = model.loss(batch)
     for strength in (0.0, 0.5, 1.0):
         assert torch.allclose(routed_loss(model, batch, owner, strength), plain)
 

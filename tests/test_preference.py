@@ -13,10 +13,12 @@ from hypothesis import strategies as st
 
 from twotower.errors import TwotowerError
 from twotower.analysis import preference
-from twotower.analysis.preference import (bootstrap_correlation, centred_preference,
-                                 half_assignment, naive_token_preference, pearson,
-                                 preference_summary, split_half, token_preference)
-from twotower.training.readouts import TokenScores
+from twotower.analysis.preference import (centred_preference, global_gap,
+                                          half_assignment, naive_token_preference,
+                                          preference_summary, split_half,
+                                          token_preference)
+from twotower.analysis.stats import bootstrap_correlation, pearson
+from twotower.data.scores import TokenScores
 
 
 def make_scores(target, ll_a, ll_b) -> TokenScores:
@@ -256,4 +258,12 @@ def test_preference_summary_reports_balance_spread_and_global_gap():
     assert summary["median"] == pytest.approx(0.5)
     assert summary["mean"] == pytest.approx((1 - 1 + 0.5) / 3)
     assert summary["global_gap"] == pytest.approx((5 - 5 + 2.5 - 8) / 16)
+    assert summary["global_gap"] == global_gap(scores)  # one place computes it
     assert preference_summary(df.iloc[:0])["n_tokens"] == 0
+
+
+def test_global_gap_averages_positions_not_tokens_in_fp64():
+    ll = np.array([[-1.0] * 9 + [-5.0], [-2.0] * 9 + [-1.0]], dtype=np.float32)
+    scores = TokenScores(np.array([0] * 9 + [1], dtype=np.int32), ll, ll[0])
+    assert global_gap(scores) == pytest.approx((9 * 1.0 - 4.0) / 10)
+    assert isinstance(global_gap(scores), float)

@@ -24,21 +24,23 @@ from twotower.data.ud import (
 from twotower.analysis.probes import (
     DepthProbe,
     DistanceProbe,
-    depth_spearman,
-    distance_spearman,
     evaluate_probe,
-    keep_mask,
     make_probe_batches,
     pad_probe_batch,
     probe_loss,
-    root_accuracy,
     structural_probe,
     train_probe,
-    uuas,
-    uuas_counts,
     word_vectors,
 )
-from twotower.analysis.tower_probes import (
+from twotower.analysis.tree_metrics import (
+    depth_spearman,
+    distance_spearman,
+    keep_mask,
+    root_accuracy,
+    uuas,
+    uuas_counts,
+)
+from twotower.analysis.tree_baselines import (
     baseline_uuas_counts,
     chain_distances,
     random_tree_distances,

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from twotower.training.trainer import trainer as training
+from twotower.training import trainer as training
 from twotower.config import FAMILIES
 from twotower.models.tower_lm import IGNORE, TwoTowerLM
 from twotower.analysis.preference import token_preference

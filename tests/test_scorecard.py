@@ -9,11 +9,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from twotower.experiments import scorecard
-from twotower.analysis import syntax
+from twotower.experiments import authors_bugs, scorecard
+from twotower.analysis import stats, syntax
 from twotower.config import config_to_dict, get_preset
 from twotower.analysis.preference import split_half, token_preference
 from twotower.training.readouts import TokenScores
+from twotower.training.run_folder import RunSpec
 
 PRESET = "smoke"
 
@@ -31,8 +32,7 @@ def scores_with(pref, seed, per_token=30, noise=0.8):
 def write_run(runs_dir, family, seed, pref, variant=""):
     """A finished run directory with the files that stability reads."""
     cfg = get_preset(PRESET, family).with_seed(seed)
-    name = f"{PRESET}-{family}-seed{seed}" + (f"-{variant}" if variant else "")
-    folder = runs_dir / name
+    folder = RunSpec(PRESET, family, seed, variant).path(runs_dir)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text(json.dumps(config_to_dict(cfg)))
     scores = scores_with(pref, seed + 17 * len(variant))
@@ -132,7 +132,8 @@ def test_probe_rows_come_from_the_report_of_chapter_10(runs_dir):
     agree = row(card, "... and it is the tower function words prefer")
     assert agree["value"] == pytest.approx(0.4) and agree["verdict"] == scorecard.HOLDS
     assert row(card, "trained towers beat")["value"] == pytest.approx(0.4)
-    assert row(card, "the probe clears")["verdict"] == scorecard.NOT_MEASURED  # no trees
+    # no trees
+    assert row(card, "the probe clears")["verdict"] == scorecard.NOT_MEASURED
 
 
 @pytest.mark.parametrize("chain, verdict", [(0.9, scorecard.INSTRUMENT_FAILS),
@@ -161,22 +162,22 @@ def test_an_empty_runs_directory_measures_nothing(tmp_path):
 
 
 def test_every_test_named_by_the_bug_audit_exists():
-    audit = scorecard.audit_table()
+    audit = authors_bugs.audit_table()
     assert set(audit["bug"]) == set(range(1, 11))  # every bug the audit names
     missing = audit.loc[audit["exists"] != True, "test"].tolist()  # noqa: E712
-    assert not missing, f"rename in twotower.experiments.scorecard.BUG_AUDIT: {missing}"
+    assert not missing, f"rename in twotower.experiments.authors_bugs.BUG_AUDIT: {missing}"
 
 
 def test_the_audit_flags_a_test_that_does_not_exist(tmp_path):
     (tmp_path / "test_x.py").write_text("def test_real():\n    pass\n"
                                         "def helper():\n    pass\n")
-    assert scorecard.has_test("test_x.py::test_real", tmp_path)
-    assert not scorecard.has_test("test_x.py::test_gone", tmp_path)
-    assert not scorecard.has_test("test_x.py::helper", tmp_path)
-    assert not scorecard.has_test("test_y.py::test_real", tmp_path)
-    fake = (scorecard.AuthorsBug(9, "a bug", "nothing", ("test_x.py::test_gone",)),)
-    assert not scorecard.audit_table(tmp_path, fake)["exists"].any()
-    assert scorecard.audit_table(tmp_path / "absent", fake)["exists"].isna().all()
+    assert authors_bugs.has_test("test_x.py::test_real", tmp_path)
+    assert not authors_bugs.has_test("test_x.py::test_gone", tmp_path)
+    assert not authors_bugs.has_test("test_x.py::helper", tmp_path)
+    assert not authors_bugs.has_test("test_y.py::test_real", tmp_path)
+    fake = (authors_bugs.AuthorsBug(9, "a bug", "nothing", ("test_x.py::test_gone",)),)
+    assert not authors_bugs.audit_table(tmp_path, fake)["exists"].any()
+    assert authors_bugs.audit_table(tmp_path / "absent", fake)["exists"].isna().all()
 
 
 def test_scale_names_the_gpu_presets():
@@ -194,7 +195,7 @@ def test_audit_tests_are_run_and_their_outcome_reported(tmp_path):
         "def test_bad():\n    assert False\n"
         "@pytest.mark.parametrize('v', [1, 2])\n"
         "def test_param(v):\n    assert v\n")
-    report = scorecard.run_audit_tests(
+    report = authors_bugs.run_audit_tests(
         ["test_x.py::test_good", "test_x.py::test_bad", "test_x.py::test_param"], tests)
     assert report["passed"].tolist() == [True, False, True]
     assert report["cases"].tolist() == [1, 1, 2]
@@ -202,14 +203,14 @@ def test_audit_tests_are_run_and_their_outcome_reported(tmp_path):
 
 def test_holm_adjusted_p_values_make_holms_decisions_at_every_level():
     p = np.array([0.01, 0.04, 0.03, 0.005, 0.2])
-    adjusted = scorecard.holm_adjusted(p)
+    adjusted = stats.holm_adjusted(p)
     np.testing.assert_allclose(adjusted, [0.04, 0.09, 0.09, 0.025, 0.2])
     for alpha in (0.01, 0.03, 0.05, 0.1):
         sorted_p = np.sort(p)
         k = next((i for i, q in enumerate(sorted_p) if q > alpha / (p.size - i)),
                  p.size)  # Holm stops at the first p above its step
         expected = p <= sorted_p[k - 1] if k else np.zeros(p.size, bool)
-        np.testing.assert_array_equal(scorecard.holm(p, alpha), expected)
+        np.testing.assert_array_equal(stats.holm(p, alpha), expected)
 
 
 def test_a_row_that_holds_alone_fails_when_holm_does_not_reject():

@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 
 from twotower.experiments import bilingual
-from twotower.data.windows import ud as pos
-from twotower.data.windows import sources
+from twotower.data import ud as pos
+from twotower.data import sources
 from twotower.data.corpus import load_corpus
 from twotower.errors import TwotowerError
 
@@ -114,7 +114,7 @@ def test_a_damaged_bundled_file_is_one_line_naming_it(package_copy, corpus, dama
 
 
 def test_notebook_setup_stops_on_damaged_data_before_anything_else(package_copy):
-    from twotower.book.display import setup
+    from twotower.book.setup import setup
 
     (package_copy / "ud-english-ewt" / "en_ewt-ud-test.conllu.xz").write_bytes(b"x")
     setup("smoke", 0, "cpu", quiet=True)  # this chapter needs no treebank
@@ -125,7 +125,7 @@ def test_notebook_setup_stops_on_damaged_data_before_anything_else(package_copy)
 def test_notebook_setup_resolves_auto_preset_from_the_device():
     import torch
 
-    from twotower.book.display import choose_preset
+    from twotower.book.setup import choose_preset
 
     assert choose_preset("auto", torch.device("cpu")) == "small"
     assert choose_preset("auto", torch.device("cuda")) == "colab"

@@ -10,14 +10,14 @@ import json
 import numpy as np
 import pytest
 
-from twotower.analysis import across_seeds
-from twotower.experiments import replication
-from twotower.analysis import stability
-from twotower.config import ModelConfig, RunConfig, config_to_dict, get_preset
-from twotower.analysis.preference import (half_assignment, pearson, preference_array,
-                                 split_half, text_halves, token_preference)
-from twotower.training.readouts import TokenScores
+from twotower.analysis import across_seeds, stability
+from twotower.analysis.preference import (half_assignment, preference_array,
+                                          split_half, text_halves, token_preference)
 from twotower.analysis.stability import RunPreference
+from twotower.analysis.stats import bootstrap_interval, pearson
+from twotower.config import ModelConfig, RunConfig, config_to_dict, get_preset
+from twotower.data.scores import TokenScores
+from twotower.experiments import replication
 
 V = 300
 
@@ -212,7 +212,8 @@ def old_cross_run_ratio(a, b) -> float:
     Spearman-Brown ceilings of occurrence halves (tokens with min_count in EACH)."""
     both = a.preference["pref"].dropna().index.intersection(
         b.preference["pref"].dropna().index)
-    r = np.corrcoef(a.preference.loc[both, "pref"], b.preference.loc[both, "pref"])[0, 1]
+    r = np.corrcoef(a.preference.loc[both, "pref"],
+                    b.preference.loc[both, "pref"])[0, 1]
     ceilings = [split_half(run.scores, V, run.config.min_count,
                            half=half_assignment(run.scores.target, 0)).ceiling
                 for run in (a, b)]
@@ -388,10 +389,10 @@ def test_width_variant_scales_the_towers_and_keeps_them_valid():
 
 def test_bootstrap_interval_brackets_the_statistic_and_needs_resamples():
     x = np.random.default_rng(0).normal(size=200)
-    lo, hi = stability.bootstrap_interval(200, lambda i: x[i].mean(-1), 500)
+    lo, hi = bootstrap_interval(200, lambda i: x[i].mean(-1), 500)
     assert lo < x.mean() < hi and hi - lo < 0.4
-    assert np.isnan(stability.bootstrap_interval(200, lambda i: x[i].mean(-1), 0)[0])
-    assert np.isnan(stability.bootstrap_interval(2, lambda i: x[i].mean(-1))[0])
+    assert np.isnan(bootstrap_interval(200, lambda i: x[i].mean(-1), 0)[0])
+    assert np.isnan(bootstrap_interval(2, lambda i: x[i].mean(-1))[0])
 
 
 def test_unknown_alignment_is_refused(shared):
@@ -425,5 +426,5 @@ def test_part2_plan_scales_with_the_preset_and_counts_its_cost():
 
 
 def test_cpu_presets_get_the_quick_plan_and_gpu_presets_the_full_one():
-    assert [replication.is_cpu_scale(p) for p in ("smoke", "small", "colab", "paper_base")] \
-        == [True, True, False, False]
+    presets = ("smoke", "small", "colab", "paper_base")
+    assert [replication.is_cpu_scale(p) for p in presets] == [True, True, False, False]

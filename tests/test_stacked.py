@@ -46,7 +46,7 @@ def test_stacked_seeds_end_where_separate_runs_end():
     separate = []
     for seed, b in zip(SEEDS, batches):
         m = model(seed)
-        train(m, m.batch_loss, b, cfg.joint, progress=False)
+        train(m, m.loss, b, cfg.joint, progress=False)
         separate.append(m)
     stacked = [model(s) for s in SEEDS]
     out = train_stacked(stacked, batches, cfg.joint)

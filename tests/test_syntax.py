@@ -17,22 +17,7 @@ from twotower.data.ud import Sentence, tree_depths
 from twotower.data.tokenizer import padded_vocab_size, train_wordpiece
 
 
-# --- effect sizes and permutation tests -----------------------------------------------
-
-def test_effect_size_matches_a_hand_computation():
-    got = syntax.effect_size(np.array([1.0, 2.0, 3.0]), np.array([0.0, 1.0]))
-    # pooled sd = sqrt((2 * 1 + 1 * 0.5) / 3); 5.5 of 6 pairs have x > y (a tie is half)
-    assert got["mean_diff"] == pytest.approx(1.5)
-    assert got["cohens_d"] == pytest.approx(1.5 / np.sqrt(2.5 / 3))
-    assert got["rank_biserial"] == pytest.approx(2 * 5.5 / 6 - 1)
-
-
-def test_effect_size_is_antisymmetric_and_nan_for_tiny_samples():
-    x, y = np.array([0.3, 1.0, 2.0, -1.0]), np.array([0.0, 0.5, -0.2])
-    a, b = syntax.effect_size(x, y), syntax.effect_size(y, x)
-    assert all(a[k] == pytest.approx(-b[k]) for k in a)
-    assert np.isnan(syntax.effect_size(x, y[:1])["cohens_d"])
-
+# --- class differences and their permutation test (effect sizes: test_stats.py) ------
 
 def test_class_difference_by_hand_with_and_without_strata():
     values = np.array([1.0, 0.0, 10.0, 9.0])
@@ -59,8 +44,9 @@ def test_permutation_test_sees_a_planted_difference_and_not_an_absent_one():
     labels = np.arange(200) < 60
     planted = rng.normal(size=200) + 0.8 * labels
     none = rng.normal(size=200)
-    assert syntax.permutation_p(planted, labels, n_perm=999) == pytest.approx(1 / 1000)
-    assert syntax.permutation_p(none, labels, n_perm=999) > 0.05
+    assert syntax.class_difference_p(planted, labels, n_perm=999) == \
+        pytest.approx(1 / 1000)
+    assert syntax.class_difference_p(none, labels, n_perm=999) > 0.05
 
 
 def frequency_confounded_table(seed=0, n=400, effect=0.0):

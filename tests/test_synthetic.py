@@ -1,4 +1,5 @@
-"""The planted language of chapter 2 and the scores that read the split off pref."""
+"""The planted language of chapter 2 (twotower.data.synthetic) and the scores that read
+the split off pref (twotower.analysis.planted_split)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from twotower.errors import TwotowerError
+from twotower.analysis.planted_split import (local_topic_gap, permutation_test,
+                                             planted_split_score, point_biserial,
+                                             split_shares)
 from twotower.data.synthetic import (CLS_ID, SPECIAL_IDS, PlantedLanguage,
-                                PlantedLanguageConfig, conditional_entropies,
-                                permutation_test, planted_split_score, point_biserial,
-                                split_shares)
+                                     PlantedLanguageConfig, conditional_entropies)
+from twotower.errors import TwotowerError
 
 CFG = PlantedLanguageConfig(window=48)
 
@@ -121,7 +123,7 @@ def test_bad_configs_are_refused():
         PlantedLanguage(dataclasses.replace(CFG, local_successors=0))
 
 
-# --- reading the split off a preference ------------------------------------------------
+# --- reading the split off a preference -----------------------------------------------
 
 def _planted_pref(language, seed=0, gap=0.0, strength=1.0):
     rng = np.random.default_rng(seed)
@@ -172,6 +174,16 @@ def test_permutation_p_value_is_never_zero_and_uniformish_under_the_null():
           for s in range(40)]
     assert 0.3 < np.mean(ps) < 0.7
     assert null.shape == (99,)
+
+
+def test_local_topic_gap_is_signed_by_the_tower_and_sized_like_the_separation(language):
+    pref = _planted_pref(language)
+    gap = local_topic_gap(pref, language.labels)
+    flipped = local_topic_gap(pref.assign(pref=-pref["pref"]), language.labels)
+    assert gap > 1.5 and flipped == pytest.approx(-gap)
+    assert split_shares(pref, language.labels)["separation"] == abs(gap)
+    assert local_topic_gap(_planted_pref(language, gap=3.0), language.labels) == \
+        pytest.approx(gap)  # a global gap moves both means alike
 
 
 def test_point_biserial_is_pearson_with_a_zero_one_variable():

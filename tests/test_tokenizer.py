@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from twotower.data.windows import tokenizer as tokenizer_module
+from twotower.data import tokenizer as tokenizer_module
 from twotower.config import DataConfig
 from twotower.errors import TwotowerError
 from twotower.data.tokenizer import (

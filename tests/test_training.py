@@ -11,13 +11,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from twotower.training.trainer import checkpoint as ckpt
+from twotower.training import checkpoint as ckpt
 from twotower.config import FAMILIES
 from twotower.errors import TwotowerError
 from twotower.models.tower_lm import IGNORE, TwoTowerLM
 from twotower.training.runtime import seed_everything
-from twotower.training.trainer import (WindowBatches, evaluate, make_optimizer, param_groups,
-                               train)
+from twotower.training.optim import make_optimizer, param_groups
+from twotower.training.trainer import WindowBatches, evaluate, train
 
 
 class Record:
@@ -53,10 +53,6 @@ class InterruptAt:
             raise Interrupt(f"stopped at {self.step}")
 
 
-def model_loss(model):
-    return lambda b: model.loss(b.input_ids, b.targets)
-
-
 def make_model(cfg, seed):
     seed_everything(seed)
     return TwoTowerLM(cfg)
@@ -80,7 +76,7 @@ def test_a_tiny_model_overfits_one_repeated_batch(family, tiny_config, train_con
     batch = objective.make_batch(windows, torch.Generator().manual_seed(0))
     assert batch.n_targets >= 10
     record = Record()
-    train(model, lambda b: model.loss(batch.input_ids, batch.targets),
+    train(model, lambda b: model.loss(batch),
           WindowBatches(windows, objective, 4, 0),
           train_config(steps=120, lr=1e-2, warmup_steps=10), callbacks=[record],
           progress=False)
@@ -97,9 +93,9 @@ def test_training_lowers_the_validation_loss(tiny_config, train_config, syntheti
     windows[:, 0] = 2
     batches = WindowBatches(windows[:32], objective, 8, 0)
     val = WindowBatches(windows[32:], objective, 8, 0)
-    before = evaluate(model_loss(model), model, val.eval_batches(), torch.device("cpu"),
+    before = evaluate(model.loss, model, val.eval_batches(), torch.device("cpu"),
                       None)["val_loss"]
-    summary = train(model, model_loss(model), batches, train_config(steps=40, lr=1e-2),
+    summary = train(model, model.loss, batches, train_config(steps=40, lr=1e-2),
                     val=val, progress=False)
     assert summary["val_loss"] < 0.5 * before
     assert summary["val_ppl"] == pytest.approx(math.exp(summary["val_loss"]))
@@ -112,7 +108,7 @@ def run_training(cfg, tcfg, data, init_seed, run_dir=None, callbacks=()):
     model = make_model(cfg, init_seed)
     objective = data.objective(cfg.family)
     record = Record()
-    train(model, model_loss(model), WindowBatches(data.train, objective, 4, tcfg.seed),
+    train(model, model.loss, WindowBatches(data.train, objective, 4, tcfg.seed),
           tcfg,
           run_dir=run_dir, callbacks=[record, *callbacks], progress=False)
     return model, record.losses
@@ -209,7 +205,7 @@ def test_a_non_finite_loss_names_the_step_and_the_last_good_checkpoint(
 
     def loss_fn(batch):
         calls.append(1)
-        loss = model.loss(batch.input_ids, batch.targets)
+        loss = model.loss(batch)
         return loss * bad if len(calls) == 6 else loss  # step 5 (0-based)
 
     on_disk = {}
@@ -240,7 +236,7 @@ def test_a_non_finite_gradient_under_a_finite_loss_stops_before_the_weights_chan
 
     def loss_fn(batch):
         calls.append(1)
-        loss = model.loss(batch.input_ids, batch.targets)
+        loss = model.loss(batch)
         if len(calls) == 4:  # step 3 (0-based)
             weights.update({k: v.clone() for k, v in model.state_dict().items()})
             w = model.embed.weight if hasattr(model, "embed") else next(
@@ -280,7 +276,7 @@ def test_a_batch_without_any_target_is_skipped_not_fatal(family, tiny_config,
     empty = [s for s in range(6) if batches.train_batch(s).n_targets == 0]
     assert empty and len(empty) < 6  # some steps have targets, some have none
     record = Record()
-    summary = train(model, model_loss(model), batches,
+    summary = train(model, model.loss, batches,
                     train_config(steps=6, log_every=6, checkpoint_every=0),
                     run_dir=tmp_path, callbacks=[record], progress=False)
     for s in empty:
@@ -331,7 +327,7 @@ def test_learning_rate_warms_up_linearly_then_decays_to_zero(tiny_config, train_
     model = TwoTowerLM(tiny_config("causal", n_layers=1))
     record = Record()
     tcfg = train_config(steps=10, warmup_steps=4, lr=1e-2)
-    train(model, model_loss(model),
+    train(model, model.loss,
           WindowBatches(synthetic_data.train, synthetic_data.objective("causal"), 4, 0),
           tcfg, callbacks=[record], progress=False)
     # state["lr"] is the rate of the NEXT step; the first step ran at lr / warmup
@@ -349,7 +345,7 @@ def test_evaluate_is_the_token_weighted_mean_over_batches(tiny_config, synthetic
     objective = synthetic_data.objective("causal")
     batches = WindowBatches(synthetic_data.val, objective, 3, 0).eval_batches()
     assert len({b.n_targets for b in batches}) > 1  # unequal batches, so weights matter
-    result = evaluate(model_loss(model), model, batches, torch.device("cpu"), None)
+    result = evaluate(model.loss, model, batches, torch.device("cpu"), None)
     ids = torch.cat([b.input_ids for b in batches])
     targets = torch.cat([b.targets for b in batches])
     with torch.no_grad():

@@ -15,8 +15,13 @@ import os
 import sys
 import time
 
-from twotower.config import CONTROLS, FAMILIES, PRECISIONS, PRESETS, RunConfig, get_preset
+from twotower.config import (CONTROLS, FAMILIES, PRECISIONS, PRESETS, RunConfig,
+                             get_preset)
+from twotower.data import sources
 from twotower.errors import TwotowerError
+from twotower.experiments import bench, gpucheck, store
+from twotower.models.tower_lm import count_parameters
+from twotower.training.distributed import init_from_env
 
 
 def _number(kind: type, low: float, high: float = float("inf"),
@@ -127,8 +132,6 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 
 
 def _print_data() -> None:
-    from twotower.data import sources
-
     for name, corpus in sources.CORPORA.items():
         sources.check(name)  # one line naming a damaged file, before anything printed
         files = sources.checksums(name)
@@ -140,7 +143,6 @@ def _print_data() -> None:
 
 
 def _print_presets() -> None:
-    from twotower.models.tower_lm import count_parameters
     print(f"{'preset':<12} {'family':<7} {'layers':>6} {'d_model':>7} {'params':>12} "
           f"{'steps':>7} {'batch':>5} {'ctx':>4}")
     for name, by_family in PRESETS.items():
@@ -175,11 +177,9 @@ def _is_out_of_memory(err: BaseException) -> bool:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["bench"]:  # its own parser: python -m twotower bench --help
-        from twotower.experiments.bench import main as bench_main
-        return bench_main(argv[1:])
+        return bench.main(argv[1:])
     if argv[:1] == ["gpucheck"]:  # its own parser too
-        from twotower.experiments.gpucheck import main as gpucheck_main
-        return gpucheck_main(argv[1:])
+        return gpucheck.main(argv[1:])
     args = build_parser().parse_args(argv)
     # Under torchrun only rank 0 reports; the others print warnings and errors only.
     main_rank = os.environ.get("RANK", "0") == "0"
@@ -193,13 +193,12 @@ def main(argv: list[str] | None = None) -> int:
             _print_data()
             return 0
         cfg = config_from_args(args)
-        from twotower.training.distributed import init_from_env
-        from twotower.experiments.pipeline import run  # heavy imports only when needed
         if not init_from_env().is_main:
-            run(cfg, args.out, cache_dir=args.cache_dir, progress=False)
+            store.train_run(cfg, args.out, cache_dir=args.cache_dir, progress=False)
             return 0
         started = time.perf_counter()
-        results = run(cfg, args.out, cache_dir=args.cache_dir, progress=not args.quiet)
+        results = store.train_run(cfg, args.out, cache_dir=args.cache_dir,
+                                  progress=not args.quiet)
         scores, pref = results["scores"], results["preference"]
         print(f"done in {time.perf_counter() - started:.1f}s -> {args.out}")
         print(f"joint ppl {scores['joint_ppl']:.1f}, readout A {scores['readout_a_ppl']:.1f},"

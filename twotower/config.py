@@ -4,9 +4,9 @@ Introduced in chapter 5 (*Two towers, one head*) and chapter 6 (*Training on a G
 
 Every run is described by one :class:`RunConfig`, made of a :class:`ModelConfig`, a
 :class:`DataConfig` and two :class:`TrainConfig` (joint phase 1, readout phases 2/3).
-Variants are made with :func:`dataclasses.replace`; ``asdict`` of the whole thing is saved
-next to every checkpoint. A preset is data: :data:`PRESETS` maps a name and a family to a
-finished :class:`RunConfig`, and no code path looks at a preset's name.
+Variants are made with :func:`dataclasses.replace`; ``asdict`` of the whole thing is
+saved next to every checkpoint. A preset is data: :data:`PRESETS` maps a name and a
+family to a finished :class:`RunConfig`, and no code path looks at a preset's name.
 """
 
 from __future__ import annotations
@@ -18,11 +18,15 @@ from dataclasses import dataclass, field
 from twotower.atomic import read_json
 from twotower.errors import TwotowerError
 
+#: The three kinds of tower (chapter 4), in the order every table and loop uses; the
+#: one list of families in the package.
 FAMILIES = ("causal", "mlm", "bilm")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 MAX_SEED = 2**31  # seeds are combined with step numbers into 64-bit generator seeds
 MAX_STEPS = 10**9
-CONTROLS = ("", "independent", "split", "untrained", "reseeded")  # see twotower.experiments.controls
+#: Values of ``RunConfig.control``: "" is the two-tower model itself, the others the
+#: controls of chapter 9 (twotower.experiments.controls); the one list of controls.
+CONTROLS = ("", "independent", "split", "untrained", "reseeded")
 
 
 def _is_int(value) -> bool:
@@ -35,13 +39,13 @@ class ModelConfig:
 
     For the transformer families every tower is a stack of pre-LN blocks of width
     ``d_model``. For ``bilm`` every tower is a forward and a backward LSTM stack whose
-    hidden size is ``d_ff`` and whose outputs are projected to ``d_model // 2`` each, so a
-    tower again emits ``d_model`` features (ELMo's "projected to 256 per direction").
+    hidden size is ``d_ff`` and whose outputs are projected to ``d_model // 2`` each, so
+    a tower again emits ``d_model`` features (ELMo's "projected to 256 per direction").
     """
 
-    family: str = "causal"  # "causal" (GPT-like), "mlm" (BERT-like) or "bilm" (ELMo-like)
+    family: str = "causal"  # "causal" (GPT-like), "mlm" (BERT-like), "bilm" (ELMo-like)
     n_layers: int = 3  # blocks (transformer) or stacked LSTM layers (bilm) per tower
-    d_model: int = 128  # width h of ONE tower; the shared embedding is n_towers * h wide
+    d_model: int = 128  # width h of ONE tower; the shared embedding: n_towers * h wide
     n_heads: int = 4  # attention heads per block (transformers only)
     d_ff: int = 512  # MLP hidden width (transformers) or LSTM hidden size (bilm)
     vocab_size: int = 8192  # rows of the shared embedding (tokenizer size padded to 64)
@@ -165,7 +169,7 @@ class RunConfig:
     baseline: bool = False  # also train the parameter-matched single-tower model
     preset: str = ""  # name of the preset this came from (informational only)
     control: str = ""  # "" (the two-tower model) or a control of chapter 9:
-    # "independent", "split", "untrained" or "reseeded" (see twotower.experiments.controls)
+    # "independent", "split", "untrained" or "reseeded" (see CONTROLS above)
 
     def validate(self) -> "RunConfig":
         """Return ``self`` or raise :class:`TwotowerError` naming the bad field."""
@@ -192,7 +196,8 @@ class RunConfig:
         )
 
 
-def _bilm(model: ModelConfig, d_model: int, d_ff: int, n_layers: int = 2) -> ModelConfig:
+def _bilm(model: ModelConfig, d_model: int, d_ff: int, n_layers: int = 2
+          ) -> ModelConfig:
     return dataclasses.replace(model, family="bilm", d_model=d_model, d_ff=d_ff,
                                n_layers=n_layers)
 
@@ -201,7 +206,8 @@ def _preset(name: str, model: ModelConfig, data: DataConfig, train: TrainConfig,
             readout: TrainConfig, bilm: ModelConfig, **run) -> dict[str, RunConfig]:
     common = dict(data=data, train=train, readout=readout, preset=name, **run)
     return {
-        "causal": RunConfig(model=dataclasses.replace(model, family="causal"), **common),
+        "causal": RunConfig(model=dataclasses.replace(model, family="causal"),
+                            **common),
         "mlm": RunConfig(model=dataclasses.replace(model, family="mlm"), **common),
         "bilm": RunConfig(model=bilm, **common),
     }
@@ -231,7 +237,7 @@ def _build_presets() -> dict[str, dict[str, RunConfig]]:
                             checkpoint_every=200)
     presets["small"] = _preset("small", m, d, t, r, _bilm(m, 128, 256, 2), min_count=5)
 
-    # colab: one Colab GPU (T4/L4) for about an hour, WikiText-103 and BERT's vocabulary.
+    # colab: one Colab GPU (T4/L4) for about an hour, WikiText-103, BERT's vocabulary.
     m = ModelConfig(n_layers=6, d_model=256, n_heads=4, d_ff=1024, vocab_size=30528,
                     max_len=128, dropout=0.1)
     d = DataConfig(corpus="wikitext-103", tokenizer="bert-base-uncased",
@@ -239,7 +245,8 @@ def _build_presets() -> dict[str, dict[str, RunConfig]]:
     t = TrainConfig(steps=20_000, batch_size=128, lr=1e-3, warmup_steps=1000,
                     eval_every=1000, eval_batches=50, checkpoint_every=1000)
     r = dataclasses.replace(t, steps=3000, warmup_steps=100, eval_every=1000)
-    presets["colab"] = _preset("colab", m, d, t, r, _bilm(m, 256, 1024, 2), min_count=20)
+    presets["colab"] = _preset("colab", m, d, t, r, _bilm(m, 256, 1024, 2),
+                               min_count=20)
 
     # paper_base / paper_large: the authors' base_2tower and large_2tower sizes.
     for name, layers, heads, h, ff, lstm_h, lstm_d in (
@@ -266,9 +273,11 @@ def get_preset(name: str, family: str = "causal") -> RunConfig:
         TwotowerError: for an unknown preset or family, naming the valid choices.
     """
     if name not in PRESETS:
-        raise TwotowerError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+        raise TwotowerError(f"unknown preset {name!r}; choose one of "
+                            f"{', '.join(PRESETS)}")
     if family not in FAMILIES:
-        raise TwotowerError(f"unknown family {family!r}; choose one of {', '.join(FAMILIES)}")
+        raise TwotowerError(f"unknown family {family!r}; choose one of "
+                            f"{', '.join(FAMILIES)}")
     return PRESETS[name][family]
 
 
@@ -317,8 +326,9 @@ def run_config_from_dict(d: dict) -> RunConfig:
                 "written by another version of twotower: use a new --out directory"
             )
         if not isinstance(values, dict):
-            raise TwotowerError(f"config's {cls.__name__} is a {type(values).__name__}, "
-                                "not an object; use a config.json written by twotower")
+            raise TwotowerError(f"config's {cls.__name__} is a "
+                                f"{type(values).__name__}, not an object; use a "
+                                "config.json written by twotower")
         values = dict(values)
         if "betas" in values:
             values["betas"] = tuple(values["betas"])
@@ -329,5 +339,6 @@ def run_config_from_dict(d: dict) -> RunConfig:
         data=build(DataConfig, d.get("data", {})),
         train=build(TrainConfig, d.get("train", {})),
         readout=build(TrainConfig, d.get("readout", {})),
-        **{k: v for k, v in d.items() if k not in ("model", "data", "train", "readout")},
+        **{k: v for k, v in d.items()
+           if k not in ("model", "data", "train", "readout")},
     )

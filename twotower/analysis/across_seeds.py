@@ -7,8 +7,9 @@ seed would agree too. So the statistic of a condition (a family, or a control) i
 computed from ALL its seeds at once:
 
 * every pair of seeds gets the disattenuated cross-run correlation ``r_x`` of
-  :func:`twotower.analysis.stability.compare_runs` (halves of different text on each side,
-  divided by both runs' split-half reliabilities), on the tokens all runs measure;
+  :func:`twotower.analysis.stability.compare_runs` (halves of different text on each
+  side, divided by both runs' split-half reliabilities), on the tokens all runs
+  measure;
 * tower labels are arbitrary, so the runs are sign-aligned together: each run gets
   the sign of its entry in the leading eigenvector of the ``r_x`` matrix, and the
   statistic is the mean aligned ``r_x`` over pairs;
@@ -31,8 +32,9 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from twotower.errors import require
 from twotower.analysis.stability import RunPreference, disattenuated, half_preferences
+from twotower.analysis.stats import permutation_p
+from twotower.errors import require
 
 MIN_SEEDS = 3  # fewer: no interval over seeds (a pair is one draw)
 
@@ -49,9 +51,9 @@ def half_stack(runs: Sequence[RunPreference], centred: bool = True
 
 
 def rx_matrix(halves: np.ndarray) -> np.ndarray:
-    """Signed r_x (:func:`twotower.analysis.stability.disattenuated`) of every pair of runs
-    from (R, 2, T) halves; NaN on the diagonal and where a run's split-half r is not
-    positive."""
+    """Signed r_x (:func:`twotower.analysis.stability.disattenuated`) of every pair of
+    runs from (R, 2, T) halves; NaN on the diagonal and where a run's split-half r is
+    not positive."""
     out = disattenuated(halves[:, None, 0], halves[:, None, 1],
                         halves[None, :, 0], halves[None, :, 1])
     np.fill_diagonal(out, np.nan)
@@ -150,7 +152,8 @@ def seed_stability(runs: Sequence[RunPreference], label: str = "", *,
                              for r, h in enumerate(halves)])
         m = rx_matrix(shuffled)
         null[k] = aligned_mean(m, align_signs(m))
-    p = float((1 + np.sum(null >= mean)) / (1 + n_perm)) if n_perm and \
+    # one-sided, no tie tolerance: the null repeats the very same computation
+    p = permutation_p(mean, null, "greater", tolerance=0.0) if n_perm and \
         np.isfinite(mean) else float("nan")
     return SeedStability(label or runs[0].family, tuple(r.seed for r in runs), matrix,
                          signs, mean, se, low, high, p, int(len(tokens)))

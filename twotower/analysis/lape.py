@@ -344,7 +344,7 @@ def perplexity(model, batches, hooks: list = ()) -> float:
         for batch in batches:
             n = batch.n_targets
             if n:
-                total += float(model.loss(batch.input_ids, batch.targets)) * n
+                total += float(model.loss(batch)) * n
                 count += n
     model.train(was_training)
     require(count > 0, "no target positions in the batches")

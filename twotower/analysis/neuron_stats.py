@@ -25,6 +25,9 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
+
+from twotower.analysis.stats import (bootstrap_distribution, percentile_interval,
+                                     permutation_p)
 from twotower.errors import require
 
 
@@ -108,13 +111,16 @@ def hill_bootstrap(samples: np.ndarray, k: int | None = None, n_boot: int = 1000
     require(0 < level < 1, f"level must be in (0, 1), got {level}")
     x, k = _check_samples(samples, k)
     alpha = hill_estimator(x, k)
-    rng = np.random.default_rng(seed)
-    boots = np.array([_hill_descending(_largest_descending(
-        x[rng.integers(0, x.size, x.size)], k + 1), k) for _ in range(n_boot)])
+
+    def alphas(idx: np.ndarray) -> np.ndarray:  # (S, n) resamples -> (S,) alphas
+        return np.array([_hill_descending(_largest_descending(x[i], k + 1), k)
+                         for i in idx])
+
+    # chunk=x.size: one resample per call of the generator, as this estimator draws
+    boots = bootstrap_distribution(x.size, alphas, n_boot, seed, chunk=x.size)
     boots = boots[np.isfinite(boots)]
     require(boots.size > 0, "every bootstrap resample had a tied tail; raise k")
-    tail = 100 * (1 - level) / 2
-    low, high = np.percentile(boots, [tail, 100 - tail])
+    low, high = percentile_interval(boots, level)
     return alpha, float(low), float(high)
 
 
@@ -287,8 +293,7 @@ def empirical_p_value(observed: float, baseline: np.ndarray,
     require(base.size >= 1, "baseline is empty; draw some random groups first")
     require(alternative in ("greater", "less"),
             f"alternative must be 'greater' or 'less', got {alternative!r}")
-    extreme = base >= observed if alternative == "greater" else base <= observed
-    return float((1 + extreme.sum()) / (1 + base.size))
+    return permutation_p(observed, base, alternative, tolerance=0.0)
 
 
 # --- Means over positions that come in clusters ---------------------------------------

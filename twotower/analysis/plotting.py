@@ -2,13 +2,14 @@
 
 Introduced in chapter 1 (*Is language divisible?*).
 
-Call :func:`setup` once at the top of a chapter (``twotower.book.display.setup`` does it for
-you). It sets matplotlib's rcParams, registers and enables an Altair theme with the same
+Call :func:`setup` once at the top of a chapter (``twotower.book.setup.setup`` does
+it for you). It sets matplotlib's rcParams, registers and enables an Altair theme with the same
 colours and fonts, and makes Altair render charts as static SVG through vl-convert, so
 the HTML book needs no JavaScript from a CDN to show them.
 
 Tower A is always drawn in :data:`TOWER_COLORS` ``["A"]`` (blue) and tower B in
-``["B"]`` (orange); whatever is shared by both towers is grey.
+``["B"]`` (orange); whatever is shared by both towers is grey. The architecture
+diagram of chapters 1 and 5 is :func:`twotower.analysis.diagram.architecture_diagram`.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from typing import Sequence
 import matplotlib as mpl
 import matplotlib.pyplot as plt
 import numpy as np
-from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 
 from twotower.errors import TwotowerError
 
@@ -225,125 +225,6 @@ def agreement(x, y, ax: plt.Axes | None = None, *, xlabel: str = "x",
     ax.set_title(f"r = {r:.2f}  (n = {int(keep.sum())})", fontweight="normal")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    return ax
-
-
-# --- the architecture diagram of chapter 1 --------------------------------------------
-
-def _box(ax, x, y, w, h, text, color, *, fontsize=8.5, alpha=0.22, bold=False):
-    patch = FancyBboxPatch((x - w / 2, y - h / 2), w, h,
-                           boxstyle="round,pad=0.02,rounding_size=0.12",
-                           facecolor=mpl.colors.to_rgba(color, alpha), edgecolor=color,
-                           linewidth=1.2)
-    ax.add_patch(patch)
-    ax.text(x, y, text, ha="center", va="center", fontsize=fontsize,
-            fontweight="bold" if bold else "normal")
-
-
-def _arrow(ax, start, end, *, color=SHARED_COLOR, style="-|>", dashed=False,
-           connection="arc3"):
-    ax.add_patch(FancyArrowPatch(start, end, arrowstyle=style, mutation_scale=9,
-                                 color=color, linewidth=1.0, connectionstyle=connection,
-                                 linestyle="--" if dashed else "-"))
-
-
-def architecture_diagram(n_layers: int = 3, ax: plt.Axes | None = None, *,
-                         show_readouts: bool = False) -> plt.Axes:
-    """Draw the two-tower language model from the input tokens up to the logits.
-
-    Shared token embedding (width 2h), one projection per tower (2h to h), two towers
-    of ``n_layers`` identical blocks, concatenation (2h), fused head (LayerNorm, dense,
-    GELU, LayerNorm), and a decoder tied to the embedding. With
-    ``show_readouts`` the per-tower readouts of phases 2 and 3 are drawn beside the
-    towers.
-
-    Args:
-        n_layers: Blocks drawn in each tower (1 to 12).
-        ax: Axes to draw on; a new figure is made when ``None``.
-        show_readouts: Also draw the frozen-tower readouts trained after phase 1.
-
-    Returns:
-        The axes drawn on (its axis lines are hidden).
-    """
-    if not 1 <= n_layers <= 12:
-        raise TwotowerError(f"n_layers must be between 1 and 12 to fit a page, got "
-                            f"{n_layers}")
-    if ax is None:
-        height = 4.6 + 0.45 * n_layers
-        _, ax = plt.subplots(figsize=(8.4 if show_readouts else 6.0, height))
-    col_a, col_b = TOWER_COLORS["A"], TOWER_COLORS["B"]
-    x_a, x_b, x_mid, tower_w = 3.0, 7.0, 5.0, 3.0
-    y = 0.4
-    ax.text(x_mid, y, "tokens  $x_1 \\dots x_T$", ha="center", va="center",
-            fontsize=9)
-    y += 1.0
-    _box(ax, x_mid, y, 7.0, 0.6, "shared token embedding (V x 2h) + LayerNorm",
-         SHARED_COLOR)
-    _arrow(ax, (x_mid, 0.6), (x_mid, y - 0.3))
-    y_embed = y
-    y += 1.0
-    for x, col, name in ((x_a, col_a, "A"), (x_b, col_b, "B")):
-        _box(ax, x, y, tower_w, 0.5, f"projection {name}: 2h → h", col)
-        _arrow(ax, (x, y_embed + 0.3), (x, y - 0.25), color=col)
-    y_proj = y
-    y += 0.55
-    pitch, block_h = 0.62, 0.4
-    y_first = y + 0.55
-    y_block = y_first + pitch * (n_layers - 1)
-    for x, col, name in ((x_a, col_a, "A"), (x_b, col_b, "B")):
-        # a faint frame around the blocks of one tower, labelled on its outer side
-        frame = FancyBboxPatch((x - tower_w / 2, y_first - 0.4), tower_w,
-                               y_block - y_first + 0.8,
-                               boxstyle="round,pad=0.02,rounding_size=0.15",
-                               facecolor=mpl.colors.to_rgba(col, 0.06), edgecolor=col,
-                               linewidth=0.8, linestyle=":")
-        ax.add_patch(frame)
-        side = -1 if name == "A" else 1
-        ax.text(x + side * (tower_w / 2 - 0.1), y_block + 0.62, f"tower {name}",
-                ha="left" if name == "A" else "right", va="center", color=col,
-                fontsize=10, fontweight="bold")
-        previous_top = y_proj + 0.25
-        for layer in range(n_layers):
-            y_layer = y_first + pitch * layer
-            _box(ax, x, y_layer, tower_w - 0.5, block_h, f"block {layer + 1}", col,
-                 fontsize=8, alpha=0.35)
-            _arrow(ax, (x, previous_top), (x, y_layer - block_h / 2), color=col)
-            previous_top = y_layer + block_h / 2
-    y = y_block + 1.4
-    y_concat = y
-    _box(ax, x_mid, y, 5.0, 0.5, "concatenate  [A | B]  (2h)", SHARED_COLOR)
-    for x, col in ((x_a, col_a), (x_b, col_b)):
-        _arrow(ax, (x, y_block + block_h / 2), (x_mid + (x - x_mid) * 0.55, y - 0.25),
-               color=col)
-    y += 0.9
-    _box(ax, x_mid, y, 7.6, 0.55, "fused head: LayerNorm → dense → GELU → LayerNorm",
-         SHARED_COLOR)
-    _arrow(ax, (x_mid, y_concat + 0.25), (x_mid, y - 0.28))
-    y_head = y
-    y += 0.9
-    _box(ax, x_mid, y, 6.4, 0.5, "decoder = embedding weights (tied) + bias",
-         SHARED_COLOR)
-    _arrow(ax, (x_mid, y_head + 0.28), (x_mid, y - 0.25))
-    y_dec = y
-    y += 0.8
-    ax.text(x_mid, y, "logits over the vocabulary (V)", ha="center", va="center",
-            fontsize=9)
-    _arrow(ax, (x_mid, y_dec + 0.25), (x_mid, y - 0.15))
-    left, right = 0.0, 10.0
-    if show_readouts:
-        # phases 2 and 3: a fresh readout on ONE frozen tower's output
-        left, right = -2.6, 12.6
-        for x, col, name, phase in ((x_a, col_a, "A", 2), (x_b, col_b, "B", 3)):
-            side = -1 if name == "A" else 1
-            xr = x_mid + side * 6.3
-            _box(ax, xr, y_block, 2.3, 0.7, f"readout {name}\n(phase {phase})", col,
-                 fontsize=8, alpha=0.12)
-            _arrow(ax, (x + side * tower_w / 2, y_block),
-                   (xr - side * 1.15, y_block), color=col, dashed=True)
-    ax.set_xlim(left, right)
-    ax.set_ylim(0, y + 0.4)
-    ax.set_aspect("equal")
-    ax.axis("off")
     return ax
 
 

@@ -4,12 +4,13 @@ Introduced in chapter 8 (*The emerging preference*).
 
 For each vocabulary id v (the definitions of chapter 1):
 ``ll_k(v)`` = mean log-probability readout k gives to v over the positions where v is
-the target, ``n(v)`` their number, and ``pref(v) = ll_A(v) - ll_B(v)`` in nats (> 0: tower
-A predicts v better). Tokens seen fewer than ``min_count`` times get NaN, never 0 (the
-authors' code read unseen tokens as 0: bug 5). The per-id sums are ``bincount`` passes
-over the per-position arrays (:func:`token_sums_numpy`, the readable version); when
-``numba`` is installed, one compiled pass computes the same sums about ten times faster
-(:func:`token_sums`), which is what scoring 10M tokens in well under a second takes.
+the target, ``n(v)`` their number, and ``pref(v) = ll_A(v) - ll_B(v)`` in nats (> 0:
+tower A predicts v better). Tokens seen fewer than ``min_count`` times get NaN, never 0
+(the authors' code read unseen tokens as 0: bug 5). The per-id sums are ``bincount``
+passes over the per-position arrays (:func:`token_sums_numpy`, the readable version);
+when ``numba`` is installed, one compiled pass computes the same sums about ten times
+faster (:func:`token_sums`), which is what scoring 10M tokens in well under a second
+takes.
 """
 
 from __future__ import annotations
@@ -18,10 +19,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
+from twotower.analysis.stats import pearson, spearman_brown
+from twotower.data.scores import TokenScores
 from twotower.errors import TwotowerError
-from twotower.training.readouts import TokenScores
 
 try:  # optional: a compiled single pass for the per-id sums (same numbers)
     import numba
@@ -31,7 +32,8 @@ except ImportError:  # pragma: no cover - numba ships with the requirements
 
 def token_sums_numpy(target, ll_a, ll_b, vocab_size: int) -> np.ndarray:
     """Per-id sums ``(V, 4)``: occurrences, sum of ll_a, sum of ll_b and sum of
-    (ll_a - ll_b)^2, in fp64; one ``bincount`` pass per column (the readable version)."""
+    (ll_a - ll_b)^2, in fp64; one ``bincount`` pass per column (the readable
+    version)."""
     ids = np.asarray(target).astype(np.intp, copy=False)  # bincount's index type
     a, b = np.asarray(ll_a, dtype=np.float64), np.asarray(ll_b, dtype=np.float64)
     columns = [np.bincount(ids, minlength=vocab_size)]
@@ -234,14 +236,6 @@ def half_assignment(ids: np.ndarray, seed: int | None = 0) -> np.ndarray:
     return half
 
 
-def pearson(x: np.ndarray, y: np.ndarray) -> float:
-    """Pearson r over entries finite in both (NaN when fewer than 3)."""
-    ok = np.isfinite(x) & np.isfinite(y)
-    if ok.sum() < 3 or np.std(x[ok]) == 0 or np.std(y[ok]) == 0:
-        return float("nan")
-    return float(stats.pearsonr(x[ok], y[ok])[0])
-
-
 def split_half(scores: TokenScores, vocab_size: int, min_count: int = 5,
                seed: int = HALF_SEED, half: np.ndarray | None = None) -> SplitHalf:
     """Correlate pref between two halves of the scored text.
@@ -269,30 +263,8 @@ def split_half(scores: TokenScores, vocab_size: int, min_count: int = 5,
         residuals.append(residual_preference(pref, mean_a, mean_b, count))
     r = pearson(*prefs)
     n = int((np.isfinite(prefs[0]) & np.isfinite(prefs[1])).sum())
-    ceiling = 2 * r / (1 + r) if np.isfinite(r) and r > -1 else float("nan")
-    return SplitHalf(r=r, ceiling=float(ceiling), n_tokens=n,
+    return SplitHalf(r=r, ceiling=spearman_brown(r), n_tokens=n,
                      r_centred=pearson(*residuals), unit=unit)
-
-
-def bootstrap_correlation(x: np.ndarray, y: np.ndarray, n_boot: int = 1000,
-                          seed: int = 0, level: float = 0.95) -> tuple[float, float, float]:
-    """Pearson r over tokens with a percentile bootstrap interval (tokens resampled).
-
-    Returns: ``(r, low, high)``.
-    """
-    ok = np.isfinite(x) & np.isfinite(y)
-    x, y = np.asarray(x)[ok], np.asarray(y)[ok]
-    if x.size < 3:
-        return float("nan"), float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, x.size, size=(n_boot, x.size))
-    xs, ys = x[idx], y[idx]
-    xs = xs - xs.mean(1, keepdims=True)
-    ys = ys - ys.mean(1, keepdims=True)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        rs = (xs * ys).sum(1) / np.sqrt((xs**2).sum(1) * (ys**2).sum(1))
-    lo, hi = np.nanquantile(rs, [(1 - level) / 2, (1 + level) / 2])
-    return pearson(x, y), float(lo), float(hi)
 
 
 def centred_preference(df: pd.DataFrame) -> pd.Series:
@@ -300,6 +272,12 @@ def centred_preference(df: pd.DataFrame) -> pd.Series:
     values = residual_preference(df["pref"].to_numpy(), df["ll_a"].to_numpy(),
                                  df["ll_b"].to_numpy(), df["count"].to_numpy())
     return pd.Series(values, index=df.index, name="pref_centred")
+
+
+def global_gap(scores: TokenScores) -> float:
+    """Mean over scored positions of ``ll_A - ll_B`` (nats, fp64): how much better
+    tower A's readout is on average, whatever the token (chapter 8)."""
+    return float((scores.ll[0].astype(np.float64) - scores.ll[1]).mean())
 
 
 def preference_summary(df: pd.DataFrame, scores: TokenScores | None = None) -> dict:
@@ -313,5 +291,5 @@ def preference_summary(df: pd.DataFrame, scores: TokenScores | None = None) -> d
                     "q05": q[0], "q25": q[1], "median": q[2], "q75": q[3], "q95": q[4]})
         out = {k: float(v) if isinstance(v, np.floating) else v for k, v in out.items()}
     if scores is not None:
-        out["global_gap"] = float((scores.ll[0].astype(np.float64) - scores.ll[1]).mean())
+        out["global_gap"] = global_gap(scores)
     return out

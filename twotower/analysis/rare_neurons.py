@@ -11,10 +11,10 @@ The last MLP is the last layer of a tower, so here the direct path is the whole 
 tests check that both agree. The influence is the loss change averaged over positions
 whose target is rare (bottom half of token types by unigram frequency) or common.
 
-Also here: the group statistics against random groups, and the per-label tower gap
-that asks which tower prefers rare tokens, with standard errors over windows (chapters
-12 and 13). Shape letters: K towers, F neurons of one MLP layer, D width of one tower,
-W = K * D, V vocabulary, N positions, G groups.
+Also here: which tower holds the influence, and the group statistics against random
+groups. Which tower *predicts* rare tokens better is
+:mod:`twotower.analysis.tower_gap`. Shape letters: K towers, F neurons of one MLP
+layer, D width of one tower, W = K * D, V vocabulary, N positions, G groups.
 """
 
 from __future__ import annotations
@@ -26,19 +26,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from twotower.analysis.neuron_stats import (coactivation, default_spectrum_k,
+                                            empirical_p_value, hill_bootstrap,
+                                            random_group_baseline,
+                                            weight_correlation_spectrum)
+from twotower.data.objectives import Batch
 from twotower.errors import require
 from twotower.models.tower_lm import IGNORE, TowerLM
-from twotower.analysis.neuron_stats import (
-    clustered_means,
-    coactivation,
-    default_spectrum_k,
-    empirical_p_value,
-    hill_bootstrap,
-    random_group_baseline,
-    weight_correlation_spectrum,
-)
-from twotower.data.objectives import Batch
-from twotower.training.readouts import TokenScores
 
 GROUP_NAMES = ("rare", "common")
 
@@ -112,7 +106,8 @@ def mean_activations(model: TowerLM, batches: Iterable[Batch], layer: int | None
 
 @torch.no_grad()
 def layer_activations(model: TowerLM, batches: Iterable[Batch],
-                      layer: int | None = None, max_positions: int = 4096) -> np.ndarray:
+                      layer: int | None = None,
+                      max_positions: int = 4096) -> np.ndarray:
     """Activations of every neuron of one MLP layer at the first positions with a
     target: (K, N, F), N <= ``max_positions`` (for co-activation statistics)."""
     name = f"towers.blocks.{_layer(model, layer)}.mlp_post"
@@ -209,11 +204,9 @@ def direct_path_influence(model: TowerLM, batches: Iterable[Batch],
     was_training = model.training
     model.eval()
     layer = _layer(model, layer)
-    name = f"towers.blocks.{layer}.mlp_post"
     if mean_act is None:
         mean_act = mean_activations(model, batches, layer)
-    w_out = model.towers.blocks[layer].mlp_out.weight  # (K, F, D)
-    K, F_, D = w_out.shape
+    K, F_, _ = model.towers.blocks[layer].mlp_out.weight.shape
     n_groups = len(group_names)
     group_of = torch.as_tensor(np.asarray(token_group), dtype=torch.long)
     taken = np.zeros(n_groups, dtype=np.int64)
@@ -224,43 +217,81 @@ def direct_path_influence(model: TowerLM, batches: Iterable[Batch],
     for batch in batches:
         if (taken >= max_positions).all():
             break
-        window = (torch.arange(len(batch.targets)) + rows_seen if batch.window is None
-                  else batch.window.cpu())
+        picked = _picked_positions(model, batch, layer, group_of, taken, max_positions,
+                                   rows_seen)
         rows_seen += len(batch.targets)
-        keep = batch.targets != IGNORE
-        target = batch.targets[keep]
-        group = group_of[target]
-        pick = _pick_positions(group, taken, max_positions)
-        if not pick.any():
+        if picked is None:
             continue
-        _, cache = model.run_with_cache(batch.input_ids, names=[name, "tower_out"])
-        acts = cache[name][:, keep][:, pick]  # (K, n, F)
-        fused = model.fuse(cache["tower_out"][:, keep][:, pick])  # (n, W)
-        target, group = target[pick], group[pick]
-        # positions of even windows go to half 0, of odd windows to half 1
-        half = window.long()[torch.nonzero(keep)[:, 0]][pick] % 2
-        onehot = torch.zeros(group.numel(), 2 * n_groups, dtype=torch.float64)
-        onehot[torch.arange(group.numel()), half * n_groups + group] = 1.0
+        acts, fused, target, onehot = picked
         half_n += onehot.sum(0)
         base = position_losses(model, fused, target)  # (n,)
         base_sum += onehot.view(-1, 2, n_groups).sum(1).T @ base.double()
-        for start in range(0, group.numel(), max_rows):
-            rows = slice(start, start + max_rows)
-            n = fused[rows].shape[0]
-            chunk = max(1, max_rows // n)
-            for k in range(K):
-                delta_act = mean_act[k] - acts[k, rows]  # (n, F)
-                for j in range(0, F_, chunk):
-                    J = slice(j, j + chunk)
-                    delta = delta_act[:, J].T[:, :, None] * w_out[k, J][:, None, :]
-                    modified = fused[rows].expand(delta.shape[0], n, -1).clone()
-                    modified[:, :, k * D:(k + 1) * D] += delta  # (c, n, W)
-                    change = position_losses(
-                        model, modified, target[rows].expand(delta.shape[0], n)
-                    ) - base[rows]  # (c, n)
-                    sums[:, :, k, J] += (change.double() @ onehot[rows]).T.reshape(
-                        2, n_groups, -1)
+        _add_ablation_changes(sums, model, layer, mean_act, acts, fused, target, base,
+                              onehot, max_rows)
     model.train(was_training)
+    return _influence(layer, sums, base_sum, half_n, taken, mean_act, group_names)
+
+
+def _picked_positions(model: TowerLM, batch: Batch, layer: int, group_of: torch.Tensor,
+                      taken: np.ndarray, max_positions: int, rows_seen: int):
+    """The positions of ``batch`` that still fill a group (:func:`_pick_positions`),
+    and what their influence needs: the MLP activations (K, n, F), the fused tower
+    outputs (n, W), the targets (n,) and a (n, 2G) one-hot of half (even or odd
+    window) and group. None when no position is picked."""
+    name = f"towers.blocks.{layer}.mlp_post"
+    n_groups = taken.size
+    window = (torch.arange(len(batch.targets)) + rows_seen if batch.window is None
+              else batch.window.cpu())
+    keep = batch.targets != IGNORE
+    target = batch.targets[keep]
+    group = group_of[target]
+    pick = _pick_positions(group, taken, max_positions)
+    if not pick.any():
+        return None
+    _, cache = model.run_with_cache(batch.input_ids, names=[name, "tower_out"])
+    acts = cache[name][:, keep][:, pick]  # (K, n, F)
+    fused = model.fuse(cache["tower_out"][:, keep][:, pick])  # (n, W)
+    target, group = target[pick], group[pick]
+    # positions of even windows go to half 0, of odd windows to half 1
+    half = window.long()[torch.nonzero(keep)[:, 0]][pick] % 2
+    onehot = torch.zeros(group.numel(), 2 * n_groups, dtype=torch.float64)
+    onehot[torch.arange(group.numel()), half * n_groups + group] = 1.0
+    return acts, fused, target, onehot
+
+
+def _add_ablation_changes(sums: torch.Tensor, model: TowerLM, layer: int,
+                          mean_act: torch.Tensor, acts: torch.Tensor,
+                          fused: torch.Tensor, target: torch.Tensor, base: torch.Tensor,
+                          onehot: torch.Tensor, max_rows: int) -> None:
+    """Add to ``sums`` (2, G, K, F) the loss change of every position when each
+    neuron in turn is mean-ablated, by half and group (``onehot``), through the fused
+    head only, at most ``max_rows`` rows of logits at a time."""
+    w_out = model.towers.blocks[layer].mlp_out.weight  # (K, F, D)
+    K, F_, D = w_out.shape
+    n_groups = sums.shape[1]
+    for start in range(0, target.numel(), max_rows):
+        rows = slice(start, start + max_rows)
+        n = fused[rows].shape[0]
+        chunk = max(1, max_rows // n)
+        for k in range(K):
+            delta_act = mean_act[k] - acts[k, rows]  # (n, F)
+            for j in range(0, F_, chunk):
+                J = slice(j, j + chunk)
+                delta = delta_act[:, J].T[:, :, None] * w_out[k, J][:, None, :]
+                modified = fused[rows].expand(delta.shape[0], n, -1).clone()
+                modified[:, :, k * D:(k + 1) * D] += delta  # (c, n, W)
+                change = position_losses(
+                    model, modified, target[rows].expand(delta.shape[0], n)
+                ) - base[rows]  # (c, n)
+                sums[:, :, k, J] += (change.double() @ onehot[rows]).T.reshape(
+                    2, n_groups, -1)
+
+
+def _influence(layer: int, sums: torch.Tensor, base_sum: torch.Tensor,
+               half_n: torch.Tensor, taken: np.ndarray, mean_act: torch.Tensor,
+               group_names: Sequence[str]) -> NeuronInfluence:
+    """The sums of :func:`direct_path_influence` turned into means."""
+    n_groups = len(group_names)
     counts = torch.as_tensor(taken, dtype=torch.float64)
     half_counts = half_n.view(2, n_groups)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -316,67 +347,6 @@ def tower_share(influence: np.ndarray) -> np.ndarray:
     return magnitude / magnitude.sum()
 
 
-def _clustered_gaps(scores: TokenScores, labels: np.ndarray, n_labels: int,
-                    groups: np.ndarray | None) -> tuple[np.ndarray, ...]:
-    """:func:`twotower.analysis.neuron_stats.clustered_means` of ``ll_A - ll_B`` per label."""
-    require(groups is not None,
-            "no window per scored position (groups is None): these scores were saved "
-            "by an older twotower; score the run again to get TokenScores.window")
-    labels = np.asarray(labels)
-    require(labels.shape == scores.target.shape,
-            f"{labels.size} labels for {scores.target.size} scored positions")
-    diff = scores.ll[0].astype(np.float64) - scores.ll[1]
-    return clustered_means(diff, labels, groups, n_labels)
-
-
-def gap_by_label(scores: TokenScores, labels: np.ndarray, n_labels: int,
-                 groups: np.ndarray | None
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Mean ``ll_A - ll_B`` over the scored positions of each label, with its SE.
-
-    The standard error treats each group (window) as one independent draw: positions
-    of one passage share their context, and an SE over positions would be too small
-    (:func:`twotower.analysis.neuron_stats.clustered_means`).
-
-    Args:
-        scores: paired per-position readout scores.
-        labels: (N,) label of each scored position (-1: none), e.g. the frequency half
-            of its target or the language of its text.
-        n_labels: number of labels.
-        groups: (N,) window (or other cluster) of each scored position, e.g.
-            ``scores.window``.
-
-    Returns:
-        ``(gap, se, count)``, each (n_labels,); gap > 0 means tower A is better there.
-        The SE is NaN for a label held by fewer than two windows.
-
-    Raises:
-        TwotowerError: ``groups`` is None (scores saved before windows were kept).
-    """
-    gap, cov, count = _clustered_gaps(scores, labels, n_labels, groups)
-    return gap, np.sqrt(np.diag(cov)), count
-
-
-def gap_difference(scores: TokenScores, labels: np.ndarray, groups: np.ndarray | None,
-                   first: int = 0, second: int = 1) -> tuple[float, float]:
-    """Gap of label ``first`` minus gap of label ``second``, with its SE over windows.
-
-    Rare and common targets share windows, so their gaps are correlated; the SE comes
-    from their joint covariance over windows, not from ``hypot`` of the two SEs.
-
-    Args:
-        scores, labels, groups: as for :func:`gap_by_label`.
-        first, second: the two labels.
-
-    Returns:
-        ``(difference, se)``.
-    """
-    n_labels = max(first, second) + 1
-    gap, cov, _ = _clustered_gaps(scores, labels, n_labels, groups)
-    variance = cov[first, first] + cov[second, second] - 2 * cov[first, second]
-    return float(gap[first] - gap[second]), float(np.sqrt(variance))
-
-
 # --- the group of influential neurons against random groups --------------------------
 
 
@@ -419,8 +389,8 @@ def spectrum_hill(weights: np.ndarray, n_boot: int = 200,
                   seed: int = 0) -> tuple[float, float, float]:
     """Hill alpha of the input-weight correlation spectrum with a bootstrap interval.
 
-    The tail size ``k`` is :func:`twotower.analysis.neuron_stats.default_spectrum_k`; the
-    bootstrap resamples the eigenvalues.
+    The tail size ``k`` is :func:`twotower.analysis.neuron_stats.default_spectrum_k`;
+    the bootstrap resamples the eigenvalues.
     """
     spectrum = weight_correlation_spectrum(weights)
     positive = spectrum[spectrum > 1e-12 * spectrum[0]]

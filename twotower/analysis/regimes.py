@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 from scipy import optimize
 
+from twotower.analysis.stats import permutation_p
 from twotower.errors import require
 
 REGIMES = ("plateau", "power_law", "rapid_decay")
@@ -414,11 +415,12 @@ def plateau_test(values: np.ndarray, n_null: int = 99, seed: int = 0,
     observed, p_value, drawn = _evidence(delta_bic, excess), 1.0, 0
     if np.isfinite(observed):
         rng = np.random.default_rng(seed)
-        reached = 0
-        for _ in range(n_null):
+        evidence = np.empty(n_null)
+        for i in range(n_null):
             sample = null.predict(np.log(n * (1.0 - rng.random(n))))
-            reached += _evidence(*_compare(x, np.sort(sample)[::-1])[4:]) >= observed
-        p_value, drawn = (1 + reached) / (1 + n_null), n_null
+            evidence[i] = _evidence(*_compare(x, np.sort(sample)[::-1])[4:])
+        p_value = permutation_p(observed, evidence, "greater", tolerance=0.0)
+        drawn = n_null
     return PlateauTest(null=null, tail=tail, plateau_size=k, plateau_line=head,
                        delta_bic=delta_bic, excess=excess, p_value=float(p_value),
                        n_null=drawn,

@@ -16,15 +16,16 @@ full-data correlation is negative, so the reported r is ``|r|`` and its interval
 of the aligned pair (this selection inflates ``|r|`` under the null, which is why the
 null is reported as well); ``align="gap"`` flips it when its global gap (tower A better
 on average) has the other sign, a convention that does not look at the correlation.
-Everything is computed raw and centred (:func:`twotower.analysis.preference.centred_preference`:
-global gap, difficulty and frequency regressed out).
+Everything is computed raw and centred
+(:func:`twotower.analysis.preference.centred_preference`: global gap, difficulty and
+frequency regressed out).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,9 +34,13 @@ import pandas as pd
 
 from twotower.config import RunConfig, read_run_config
 from twotower.errors import require
-from twotower.experiments.pipeline import read_results
-from twotower.analysis.preference import HALF_SEED, centred_preference, text_halves, token_preference
-from twotower.training.readouts import TokenScores
+from twotower.analysis.preference import (HALF_SEED, centred_preference, global_gap,
+                                          text_halves, token_preference)
+from twotower.analysis.stats import (bootstrap_interval, row_pearson, shuffled_labels,
+                                     spearman_brown)
+from twotower.data.scores import TokenScores
+from twotower.training.run_folder import (CONFIG, RESULTS, RunSpec, is_finished,
+                                          read_results)
 
 ALIGNMENTS = ("r", "gap", "none")
 
@@ -47,9 +52,9 @@ ALIGNMENTS = ("r", "gap", "none")
 class RunPreference:
     """What the stability analysis needs from a finished run (main or control).
 
-    ``preference`` is ``preference.csv`` indexed by token id; ``variant`` is what
-    :func:`twotower.book.display.run_path` appended to the directory name ("" for a main
-    run, the control's name, or e.g. ``width0.5``).
+    ``preference`` is ``preference.csv`` indexed by token id; ``variant`` is the
+    variant of the folder's :class:`~twotower.training.run_folder.RunSpec` ("" for a
+    main run, the control's name, or e.g. ``width0.5``).
     """
 
     path: Path
@@ -74,20 +79,19 @@ class RunPreference:
 
     @property
     def global_gap(self) -> float:
-        """Mean over scored positions of ``ll_A - ll_B`` (nats)."""
-        return float((self.scores.ll[0].astype(np.float64) - self.scores.ll[1]).mean())
+        """The run's :func:`twotower.analysis.preference.global_gap` (nats)."""
+        return global_gap(self.scores)
 
 
 def load_preference_run(path: str | Path) -> RunPreference:
     """Read a finished run directory without loading any model."""
     path = Path(path)
-    require((path / "results.json").exists(), f"{path} is not a finished run (no "
-            "results.json); train it first (twotower.book.display.ensure_run)")
+    require(is_finished(path), f"{path} is not a finished run (no {RESULTS}); train "
+            "it first (twotower.experiments.store.ensure)")
     cfg = read_run_config(path)
     pref = pd.read_csv(path / "preference.csv", keep_default_na=False,
                        na_values=[""]).set_index("id")
-    stem = f"-seed{cfg.train.seed}"
-    variant = path.name.split(stem, 1)[1].lstrip("-") if stem in path.name else ""
+    variant = RunSpec.parse(path.name).variant if RunSpec.matches(path.name) else ""
     return RunPreference(path, cfg, read_results(path), pref,
                          TokenScores.load(path / "scores.npz"), variant)
 
@@ -95,12 +99,13 @@ def load_preference_run(path: str | Path) -> RunPreference:
 def collect_runs(runs_dir: str | Path, preset: str) -> list[RunPreference]:
     """Every finished run of ``preset`` in ``runs_dir`` (by variant, family, seed).
 
-    Relies on the naming of :func:`twotower.book.display.run_path`. Folders of other kinds
-    that share the naming (chapter 13's bilingual run, chapter 12's checkpoints) have
-    no ``config.json`` of a :class:`~twotower.config.RunConfig` and are left out.
+    Relies on the naming of :class:`~twotower.training.run_folder.RunSpec`. Folders
+    of other kinds that share the naming (chapter 13's bilingual run, chapter 12's
+    checkpoints) have no ``config.json`` of a :class:`~twotower.config.RunConfig` and
+    are left out.
     """
     found = [load_preference_run(p) for p in sorted(Path(runs_dir).glob(f"{preset}-*"))
-             if (p / "results.json").exists() and (p / "config.json").exists()]
+             if is_finished(p) and (p / CONFIG).exists()]
     return sorted(found, key=lambda r: (r.variant, r.family, r.seed))
 
 
@@ -123,34 +128,11 @@ def run_table(runs: Sequence[RunPreference]) -> pd.DataFrame:
 # --- bootstrap helpers ----------------------------------------------------------------
 
 
-def _row_r(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Pearson r of each row of (S, N) arrays (vectorised over S)."""
-    x = x - x.mean(-1, keepdims=True)
-    y = y - y.mean(-1, keepdims=True)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return (x * y).sum(-1) / np.sqrt((x * x).sum(-1) * (y * y).sum(-1))
-
-
 def _row_cov(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Covariance (ddof 1) of each row of (S, N) arrays."""
     n = x.shape[-1]
     return ((x - x.mean(-1, keepdims=True)) * (y - y.mean(-1, keepdims=True))
             ).sum(-1) / max(n - 1, 1)
-
-
-def bootstrap_interval(n: int, statistic: Callable[[np.ndarray], np.ndarray],
-                       n_boot: int = 1000, seed: int = 0, level: float = 0.95
-                       ) -> tuple[float, float]:
-    """Percentile interval of ``statistic(idx)`` over token resamples.
-
-    ``statistic`` maps an (S, N) array of token indices to S values (vectorised).
-    """
-    if n < 3 or n_boot < 1:
-        return float("nan"), float("nan")
-    idx = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
-    values = statistic(idx)
-    lo, hi = np.nanquantile(values, [(1 - level) / 2, (1 + level) / 2])
-    return float(lo), float(hi)
 
 
 def null_abs_r(x: np.ndarray, y: np.ndarray, n_perm: int = 1000, seed: int = 0,
@@ -159,10 +141,9 @@ def null_abs_r(x: np.ndarray, y: np.ndarray, n_perm: int = 1000, seed: int = 0,
     x, y = np.asarray(x, float), np.asarray(y, float)
     if x.size < 3:
         return float("nan")
-    rng = np.random.default_rng(seed)
-    shuffled = np.stack([rng.permutation(y) for _ in range(n_perm)])  # (S, N)
-    return float(np.nanquantile(np.abs(_row_r(np.broadcast_to(x, shuffled.shape),
-                                              shuffled)), level))
+    shuffled = shuffled_labels(y, n_perm, seed, method="shuffle")  # (S, N)
+    return float(np.nanquantile(np.abs(row_pearson(np.broadcast_to(x, shuffled.shape),
+                                                   shuffled)), level))
 
 
 # --- within a run: reliability and spread ---------------------------------------------
@@ -214,10 +195,6 @@ class Reliability:
     n_tokens: int
 
 
-def _ceiling(r: float) -> float:
-    return float(2 * r / (1 + r)) if np.isfinite(r) and r > -1 else float("nan")
-
-
 def _spread(cov: np.ndarray) -> np.ndarray:
     return np.sqrt(np.maximum(cov, 0.0))
 
@@ -228,12 +205,12 @@ def reliability(run: RunPreference, centred: bool = True, seed: int = 0,
     halves = half_preferences(run, centred, seed)
     x, y = halves["half0"].to_numpy(), halves["half1"].to_numpy()
     n = x.size
-    r = float(_row_r(x[None], y[None])[0]) if n >= 3 else float("nan")
-    lo, hi = bootstrap_interval(n, lambda i: _row_r(x[i], y[i]), n_boot, seed)
+    r = float(row_pearson(x[None], y[None])[0]) if n >= 3 else float("nan")
+    lo, hi = bootstrap_interval(n, lambda i: row_pearson(x[i], y[i]), n_boot, seed)
     s_lo, s_hi = bootstrap_interval(n, lambda i: _spread(_row_cov(x[i], y[i])),
                                     n_boot, seed)
     spread = float(_spread(_row_cov(x[None], y[None]))[0]) if n >= 3 else float("nan")
-    return Reliability(centred, r, lo, hi, _ceiling(r), spread, s_lo, s_hi, n)
+    return Reliability(centred, r, lo, hi, spearman_brown(r), spread, s_lo, s_hi, n)
 
 
 def compare_spread(a: RunPreference, b: RunPreference, centred: bool = True,
@@ -310,7 +287,8 @@ def half_correlations(a0: np.ndarray, a1: np.ndarray, b0: np.ndarray, b1: np.nda
     """``(cross, r_aa, r_bb)`` of two runs' half preferences, over the last axis and
     broadcasting the others: the mean of ``r(a0, b1)`` and ``r(a1, b0)`` (halves of
     different text) and each run's split-half r."""
-    return ((_row_r(a0, b1) + _row_r(a1, b0)) / 2, _row_r(a0, a1), _row_r(b0, b1))
+    return ((row_pearson(a0, b1) + row_pearson(a1, b0)) / 2, row_pearson(a0, a1),
+            row_pearson(b0, b1))
 
 
 def disattenuated(a0: np.ndarray, a1: np.ndarray, b0: np.ndarray, b1: np.ndarray
@@ -355,8 +333,7 @@ def compare_runs(a: RunPreference, b: RunPreference, *, centred: bool = True,
     lo, hi = bootstrap_interval(n, resampled, n_boot, seed)
     null = np.array([np.nan])
     if n_perm:
-        rng = np.random.default_rng(seed)
-        order = np.stack([rng.permutation(n) for _ in range(n_perm)])  # b's tokens
+        order = shuffled_labels(np.arange(n), n_perm, seed, method="shuffle")
         null = np.abs(disattenuated(h[0], h[1], h[2][order], h[3][order]))
     null95 = float(np.nanquantile(null, 0.95)) if np.isfinite(null).any() else np.nan
     return Comparison(a.label, b.label, centred, align, bool(flip), r_x, lo, hi,

@@ -5,15 +5,17 @@ Introduced in chapter 10 (*Syntax or semantics?*).
 Two questions, two instruments:
 
 * Do function words (ADP, DET, PRON, AUX, CCONJ, SCONJ, PART, PUNCT) prefer one tower
-  and content words (NOUN, VERB, ADJ, ADV, PROPN, NUM) the other? Each WordPiece id gets
-  its dominant UPOS from UD English EWT (:func:`twotower.data.ud.dominant_upos`); the two
-  classes' ``pref`` are compared by Cohen's d and the rank-biserial correlation, with a
-  permutation test; and again *within frequency bins*, because function words are
-  frequent and frequency alone moves ``pref``.
+  and content words (NOUN, VERB, ADJ, ADV, PROPN, NUM) the other? Each WordPiece id
+  gets its dominant UPOS from UD English EWT
+  (:func:`twotower.data.ud.dominant_upos`); the two classes' ``pref`` are compared by
+  Cohen's d and the rank-biserial correlation
+  (:func:`twotower.analysis.stats.effect_size`), with a permutation test; and again
+  *within frequency bins*, because function words are frequent and frequency alone
+  moves ``pref``.
 * Does one tower hold more of the parse tree? That half lives in
-  :mod:`twotower.analysis.tower_probes` (structural probes per tower and layer, chosen on a dev
-  split, against a chain and a random tree); its names are re-exported here, so
-  ``syntax.probe_towers`` and ``syntax.probe_summary`` keep working.
+  :mod:`twotower.analysis.tower_probes` (structural probes per tower and layer, chosen
+  on a dev split, against a chain and a random tree); its names are re-exported here,
+  so ``syntax.probe_towers`` and ``syntax.probe_summary`` keep working.
 """
 
 from __future__ import annotations
@@ -22,11 +24,15 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import pandas as pd
-from scipy.stats import mannwhitneyu
 
-from twotower.errors import require
+from twotower.analysis.across_seeds import seed_stability
+from twotower.analysis.preference import centred_preference
+from twotower.analysis.stats import (effect_size, permutation_p, pooled_sd,
+                                     shuffled_labels)
 from twotower.data.ud import word_class
-from twotower.analysis.tower_probes import (  # noqa: F401  (chapter 10 and the scorecard call syntax.*)
+from twotower.errors import require
+# chapter 10 and the scorecard call these as syntax.*
+from twotower.analysis.tower_probes import (  # noqa: F401
     PROBE_REPORT,
     TOWER_INPUT,
     ProbeResult,
@@ -43,9 +49,9 @@ from twotower.analysis.tower_probes import (  # noqa: F401  (chapter 10 and the 
     sentence_uuas_counts,
     split_probe_train,
     tower_layer_vectors,
-    tree_baselines,
     uuas_difference,
 )
+from twotower.analysis.tree_baselines import tree_baselines  # noqa: F401
 
 
 # --- part of speech ---------------------------------------------------------------
@@ -76,30 +82,6 @@ def pos_table(preference: pd.DataFrame, upos: dict[int, tuple[str, float, int]],
     out.insert(2, "log_count", np.log(out["count"].astype(float)))
     out["word_class"] = [word_class(t) for t in out["upos"]]
     return out
-
-
-def effect_size(x: np.ndarray, y: np.ndarray) -> dict[str, float]:
-    """How far ``x`` lies above ``y``: mean difference, Cohen's d, rank-biserial.
-
-    Cohen's d divides by the pooled standard deviation (ddof 1); the rank-biserial
-    correlation is ``2 P(X > Y) - 1`` (ties count half), in [-1, 1].
-    """
-    x, y = np.asarray(x, float), np.asarray(y, float)
-    if x.size < 2 or y.size < 2:
-        nan = float("nan")
-        return {"mean_diff": nan, "cohens_d": nan, "rank_biserial": nan}
-    diff = x.mean() - y.mean()
-    pooled = pooled_sd(x, y)
-    u = mannwhitneyu(x, y, alternative="two-sided").statistic  # pairs with x > y
-    return {"mean_diff": float(diff),
-            "cohens_d": float(diff / pooled) if pooled > 0 else float("nan"),
-            "rank_biserial": float(2 * u / (x.size * y.size) - 1)}
-
-
-def pooled_sd(x: np.ndarray, y: np.ndarray) -> float:
-    """Pooled standard deviation of two samples (ddof 1 in each)."""
-    return float(np.sqrt(((x.size - 1) * x.var(ddof=1) + (y.size - 1) * y.var(ddof=1))
-                         / (x.size + y.size - 2)))
 
 
 def frequency_bins(log_count: np.ndarray, n_bins: int) -> np.ndarray:
@@ -147,26 +129,21 @@ def class_difference(values: np.ndarray, labels: np.ndarray,
     return out[0] if single else out
 
 
-def permutation_p(values: np.ndarray, labels: np.ndarray,
-                  strata: np.ndarray | None = None, n_perm: int = 2000,
-                  seed: int = 0) -> float:
+def class_difference_p(values: np.ndarray, labels: np.ndarray,
+                       strata: np.ndarray | None = None, n_perm: int = 2000,
+                       seed: int = 0) -> float:
     """Two-sided permutation p-value of :func:`class_difference`.
 
     Labels are shuffled within each stratum (so the frequency profile of each class is
-    kept when the strata are frequency bins). ``p = (1 + #{|perm| >= |observed|}) /
-    (1 + n_perm)``.
+    kept when the strata are frequency bins), by
+    :func:`twotower.analysis.stats.shuffled_labels` and
+    :func:`twotower.analysis.stats.permutation_p`.
     """
     labels = np.asarray(labels, bool)
     strata_ = np.zeros(labels.size, int) if strata is None else np.asarray(strata)
-    observed = abs(float(class_difference(values, labels, strata_)))
-    rng = np.random.default_rng(seed)
-    shuffled = np.broadcast_to(labels, (n_perm, labels.size)).copy()
-    for s in np.unique(strata_):
-        cols = np.flatnonzero(strata_ == s)
-        order = np.argsort(rng.random((n_perm, cols.size)), axis=1)
-        shuffled[:, cols] = labels[cols][order]
-    perm = np.abs(class_difference(values, shuffled, strata_))
-    return float((1 + np.sum(perm >= observed - 1e-12)) / (1 + n_perm))
+    observed = float(class_difference(values, labels, strata_))
+    shuffled = shuffled_labels(labels, n_perm, seed, strata_)
+    return permutation_p(observed, class_difference(values, shuffled, strata_))
 
 
 @dataclass(frozen=True)
@@ -215,10 +192,10 @@ def function_content_effect(table: pd.DataFrame, n_perm: int = 2000, n_bins: int
         n_function=int(is_function.sum()), n_content=int((~is_function).sum()),
         mean_function=float(values[is_function].mean()),
         mean_content=float(values[~is_function].mean()), **effect,
-        p_value=permutation_p(values, is_function, None, n_perm, seed),
+        p_value=class_difference_p(values, is_function, None, n_perm, seed),
         n_bins=int(bins.max() + 1), binned_diff=binned,
         binned_d=float(binned / pooled) if pooled else float("nan"),
-        p_binned=permutation_p(values, is_function, bins, n_perm, seed))
+        p_binned=class_difference_p(values, is_function, bins, n_perm, seed))
 
 
 def binned_effects(table: pd.DataFrame, n_bins: int = 5) -> pd.DataFrame:
@@ -251,11 +228,11 @@ class PosTest:
 
     Function against content words, on the *centred* preference (global gap,
     difficulty and log frequency regressed out,
-    :func:`twotower.analysis.preference.centred_preference`), over word-initial pieces only
-    (a ``##`` continuation inherits its word's tag without being that word), compared
-    within strata of frequency x difficulty (quantile bins of log count and of mean
-    loss), with the labels permuted within strata. ``diff`` > 0: function words have
-    the higher centred pref (they lean to tower A).
+    :func:`twotower.analysis.preference.centred_preference`), over word-initial pieces
+    only (a ``##`` continuation inherits its word's tag without being that word),
+    compared within strata of frequency x difficulty (quantile bins of log count and of
+    mean loss), with the labels permuted within strata. ``diff`` > 0: function words
+    have the higher centred pref (they lean to tower A).
     """
 
     n_function: int
@@ -270,8 +247,6 @@ def pos_test(preference: pd.DataFrame, upos: dict[int, tuple[str, float, int]],
              n_perm: int = 2000, n_bins: int = 5, n_difficulty: int = 3,
              seed: int = 0) -> PosTest:
     """:class:`PosTest` of one run's ``preference.csv`` (indexed by id)."""
-    from twotower.analysis.preference import centred_preference
-
     table = pos_table(preference, upos, values=centred_preference(preference))
     if "token" in table:
         table = table[~table["token"].astype(str).str.startswith("##")]
@@ -287,7 +262,7 @@ def pos_test(preference: pd.DataFrame, upos: dict[int, tuple[str, float, int]],
     pooled = pooled_sd(values[is_function], values[~is_function])
     return PosTest(int(is_function.sum()), int((~is_function).sum()), diff,
                    diff / pooled if pooled else float("nan"),
-                   permutation_p(values, is_function, strata, n_perm, seed),
+                   class_difference_p(values, is_function, strata, n_perm, seed),
                    int(np.unique(strata).size))
 
 
@@ -297,9 +272,9 @@ class PosVerdict:
 
     It *holds* when every seed's :class:`PosTest` has p < ``alpha`` and the difference
     points the same way in every seed once the seeds' tower labels are aligned by
-    their preferences (:func:`twotower.analysis.across_seeds.seed_stability`). ``p_value`` is
-    the largest seed's p (an intersection-union test: all must reject); ``value`` the
-    mean aligned d, ``low``/``high`` the smallest and largest aligned d.
+    their preferences (:func:`twotower.analysis.across_seeds.seed_stability`).
+    ``p_value`` is the largest seed's p (an intersection-union test: all must reject);
+    ``value`` the mean aligned d, ``low``/``high`` the smallest and largest aligned d.
     """
 
     seeds: tuple[int, ...]
@@ -315,8 +290,6 @@ class PosVerdict:
 def pos_verdict(runs, upos: dict[int, tuple[str, float, int]], n_perm: int = 2000,
                 seed: int = 0, alpha: float = 0.05) -> PosVerdict:
     """:class:`PosVerdict` of ``runs`` (RunPreference, one per seed)."""
-    from twotower.analysis.across_seeds import seed_stability
-
     signs = seed_stability(runs, n_perm=0).signs if len(runs) > 1 else np.ones(1)
     tests = tuple(pos_test(run.preference, upos, n_perm, seed=seed) for run in runs)
     aligned = np.array([s * t.d for s, t in zip(signs, tests)])

@@ -1,5 +1,6 @@
-"""Book: what the chapters need beside the package, and the build that runs them.
+"""Book: what a chapter needs beside the package, and the build that runs the chapters.
 
-``display`` sets a notebook up and draws live, ``exercises`` holds one module of checks
-per chapter, and ``build`` executes the chapters (``python -m twotower.book``).
+``setup`` prepares a chapter, ``live`` and ``widgets`` draw and take input, ``exercises``
+holds one module of checks per chapter, and ``build`` (with ``notebooks`` and ``vendor``)
+executes the chapters and renders the HTML (``python -m twotower.book``).
 """

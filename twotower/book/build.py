@@ -28,55 +28,28 @@ non-zero if anything failed.
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
-import tarfile
 import time
 from dataclasses import asdict, dataclass
+from importlib.util import find_spec
 from pathlib import Path
 
 import yaml
 
+from twotower.book.notebooks import (notebook_problems, read_notebook, rewrite_links,
+                                     strip_notebook, structure_problems, student_copy,
+                                     write_notebook)
+from twotower.book.vendor import fetch_vendor, offline_problems
+from twotower.config import PRESETS
+from twotower.data import sources
 from twotower.errors import TwotowerError
 
-CHAPTER_PARAMETERS = ("PRESET", "SEED", "DEVICE", "RUNS_DIR")
-# npm packages served from the build: name -> (exact version, the registry's integrity
-# hash of its tarball), so every build gets the same bytes, with no npm needed
-VENDOR = {
-    "mathjax": ("3.2.2", "sha512-Bt+SSVU8eBG27zChVewOicYs7Xsdt40qm4+UpHyX7k0/O9NliPc+x77k"
-                         "1/FEsPsjKPZGJvtRZM1vO+geW0OhGw=="),
-    "@jupyter-widgets/html-manager": (
-        "1.0.15", "sha512-5thBIV6ymNgmPVOHvzx+gGy8ZSKmSazhtGw4/c4xJDVzRhG9PTeQsRjF3FUTopv"
-                  "Fi//SABeNz1yp47bCrJ3CQA=="),
-    "requirejs": ("2.3.8", "sha512-7/cTSLOdYkNBNJcDMWf+luFvMriVm7eYxp4BcFCsAX0wF421Vyce5S"
-                           "XP17c+Jd5otXKGNehIonFlyQXSowL6Mw=="),
-}
-NPM_REGISTRY = "https://registry.npmjs.org"
 # what the build needs besides the package: the [book] extra of pyproject.toml
 BOOK_MODULES = ("papermill", "nbformat", "jupyter_book", "ipykernel", "yaml")
-# what of each npm tarball is kept, and where it goes under <html>/vendor/
-VENDOR_LAYOUT = {
-    "mathjax": ("package/es5/", "mathjax/es5/"),
-    "jupyter-widgets-html-manager": ("package/dist/", "html-manager/dist/"),
-    "requirejs": ("package/require.js", "requirejs/require.js"),
-}
-CDN_PATTERN = re.compile(
-    r"""(?:src|href)\s*=\s*["'](?:https?:)?//[^"']*(?:mathjax|require(?:\.min)?\.js|"""
-    r"""jupyter-widgets|html-manager|embed-amd)[^"']*["']|data-jupyter-widgets-cdn""",
-    re.IGNORECASE)
-# files of those folders that no page loads (other MathJax bundles, source maps)
-VENDOR_SKIP = re.compile(r"^mathjax/es5/(?!tex-mml-chtml\.js$)[^/]+\.js$|\.map$|"
-                         r"^html-manager/dist/(embed|libembed-amd)\.js$")
-COLAB_LINK = re.compile(r"https://colab\.research\.google\.com/github/[^\s)\"'>\]]+")
-GIT_INSTALL = re.compile(r"git\+https?://[^\s\"'@#]+(?:@[\w./-]+)?")
-FIX_LINKS = "run: python -m twotower.book links"
-VOLATILE_CELL_KEYS = ("execution", "ExecuteTime", "papermill", "collapsed", "scrolled")
-VOLATILE_NOTEBOOK_KEYS = ("widgets", "papermill", "signature")
 
 
 # --- the repository: _config.yml and _toc.yml -----------------------------------------
@@ -134,178 +107,7 @@ def select_chapters(all_chapters: list[Path], wanted: list[str] | None) -> list[
     return chosen
 
 
-def repository(config: dict) -> tuple[str, str, str]:
-    """``(owner, name, branch)`` of the book's GitHub repository (``_config.yml``)."""
-    repo = config.get("repository", {})
-    match = re.match(r"https://github\.com/([^/]+)/([^/]+?)(?:\.git)?/?$",
-                     str(repo.get("url", "")))
-    if not match:
-        raise TwotowerError("repository.url in _config.yml must look like "
-                            "https://github.com/OWNER/NAME")
-    return match.group(1), match.group(2), str(repo.get("branch", "main"))
-
-
-def colab_url(config: dict, docname: str) -> str:
-    """The Colab link of a chapter, e.g. ``docname="book/01_is_language_divisible"``."""
-    owner, name, branch = repository(config)
-    base = config.get("launch_buttons", {}).get("colab_url") or \
-        "https://colab.research.google.com"
-    prefix = str(config.get("repository", {}).get("path_to_book", "")).strip("/")
-    path = f"{prefix}/{docname}" if prefix else docname
-    return f"{base.rstrip('/')}/github/{owner}/{name}/blob/{branch}/{path}.ipynb"
-
-
-def git_install(config: dict) -> str:
-    """The ``git+https://...@branch`` spec that the Colab install cells pip-install."""
-    owner, name, branch = repository(config)
-    return f"git+https://github.com/{owner}/{name}@{branch}"
-
-
 # --- notebook hygiene -----------------------------------------------------------------
-
-def _read(path: Path):
-    import nbformat
-
-    return nbformat.read(path, as_version=4)
-
-
-def _write(notebook, path: Path) -> None:
-    import nbformat
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nbformat.write(notebook, path)
-
-
-def strip_notebook(notebook) -> bool:
-    """Remove outputs, execution counts and volatile metadata; True if any changed."""
-    changed = False
-    for cell in notebook.cells:
-        if cell.cell_type == "code":
-            changed |= bool(cell.outputs) or cell.execution_count is not None
-            cell.outputs, cell.execution_count = [], None
-        for key in VOLATILE_CELL_KEYS:
-            changed |= cell.metadata.pop(key, None) is not None
-    for key in VOLATILE_NOTEBOOK_KEYS:
-        changed |= notebook.metadata.pop(key, None) is not None
-    return changed
-
-
-def notebook_problems(path: Path, config: dict | None = None,
-                      root: Path | None = None) -> list[str]:
-    """What is wrong with a stored chapter: invalid, outputs, stale Colab links."""
-    import nbformat
-
-    try:
-        notebook = _read(path)
-        nbformat.validate(notebook)
-    except Exception as error:  # any parse or schema error is a problem to report
-        return [f"{path.name}: not a valid notebook ({str(error).splitlines()[0]})"]
-    problems = []
-    for index, cell in enumerate(notebook.cells):
-        if cell.cell_type == "code" and cell.outputs:
-            problems.append(f"{path.name}: cell {index} has outputs")
-        if cell.cell_type == "code" and cell.execution_count is not None:
-            problems.append(f"{path.name}: cell {index} has an execution count")
-    if config is not None and root is not None:
-        docname = path.relative_to(root).with_suffix("").as_posix()
-        wanted_colab, wanted_git = colab_url(config, docname), git_install(config)
-        for index, cell in enumerate(notebook.cells):
-            for link in COLAB_LINK.findall(cell.source):
-                if link != wanted_colab:
-                    problems.append(f"{path.name}: cell {index} links {link}, expected "
-                                    f"{wanted_colab} ({FIX_LINKS})")
-            for spec in GIT_INSTALL.findall(cell.source):
-                if spec != wanted_git:
-                    problems.append(f"{path.name}: cell {index} installs {spec}, "
-                                    f"expected {wanted_git} ({FIX_LINKS})")
-    return problems
-
-
-MAX_CELL_LINES = 15  # a code cell longer than this belongs in the package
-
-
-def _tags(cell) -> list[str]:
-    return list(cell.metadata.get("tags", []))
-
-
-def structure_problems(path: Path) -> list[str]:
-    """Where a chapter departs from the template of book/CONTRIBUTING.md."""
-    notebook = _read(path)
-    cells, name = notebook.cells, path.name
-    problems = []
-    markdown = "\n".join(c.source for c in cells if c.cell_type == "markdown").lower()
-    code = [c for c in cells if c.cell_type == "code"]
-    first = cells[0] if cells else None
-    if first is None or first.cell_type != "markdown" or \
-            not first.source.startswith("# ") or not COLAB_LINK.search(first.source):
-        problems.append(f"{name}: the first cell must be the '# Title' with a Colab "
-                        "badge")
-    install = [i for i, c in enumerate(cells) if c.cell_type == "code" and
-               "remove-cell" in _tags(c) and "google.colab" in c.source and
-               "pip install" in c.source]
-    imports = [i for i, c in enumerate(cells) if c.cell_type == "code" and
-               re.search(r"^\s*(import|from)\s+twotower", c.source, re.M)]
-    if not install or (imports and imports[0] < install[0]):
-        problems.append(f"{name}: needs a Colab install cell (tag remove-cell) before "
-                        "the first import of twotower")
-    parameters = [c for c in code if "parameters" in _tags(c)]
-    for variable in CHAPTER_PARAMETERS:
-        if not any(re.search(rf"^{variable}\s*=", c.source, re.M) for c in parameters):
-            problems.append(f"{name}: the cell tagged 'parameters' must set {variable}")
-    for words in ("learning objectives", "running this notebook", "## summary"):
-        if words not in markdown:
-            problems.append(f"{name}: no '{words}' in the markdown cells")
-    if not any("hide-input" in _tags(c) for c in code):
-        problems.append(f"{name}: no figure cell tagged hide-input")
-    checks = [c for c in code if "solution" not in _tags(c) and
-              re.search(r"\bcheck_\w+\(", c.source)]
-    solutions = [c for c in code if "solution" in _tags(c)]
-    if len(checks) < 2 or len(solutions) < 2:
-        problems.append(f"{name}: needs at least two exercises (a check cell calling "
-                        "twotower.book.exercises.check_* and a code cell tagged solution)")
-    gates = [c for c in cells if c.cell_type == "markdown" and
-             re.search(r"\{solution-(start|end)\}", c.source)]
-    if any("solution" not in _tags(c) for c in gates):
-        problems.append(f"{name}: tag the solution-start/solution-end markdown cells "
-                        "'solution' too, so the student copy drops them")
-    if sum("{solution-start}" in c.source for c in gates) != \
-            sum("{solution-end}" in c.source for c in gates):
-        problems.append(f"{name}: every solution-start needs a solution-end")
-    for index, cell in enumerate(cells):
-        lines = len(cell.source.strip().splitlines())
-        if cell.cell_type == "code" and "remove-cell" not in _tags(cell) and \
-                lines > MAX_CELL_LINES:
-            problems.append(f"{name}: cell {index} has {lines} lines (at most "
-                            f"{MAX_CELL_LINES}); move the code into the package")
-    return problems
-
-
-def rewrite_links(path: Path, config: dict, root: Path) -> bool:
-    """Point the Colab badge and the install cell at the repository in _config.yml."""
-    notebook = _read(path)
-    docname = path.relative_to(root).with_suffix("").as_posix()
-    changed = False
-    for cell in notebook.cells:
-        source = COLAB_LINK.sub(colab_url(config, docname), cell.source)
-        source = GIT_INSTALL.sub(git_install(config), source)
-        changed |= source != cell.source
-        cell.source = source
-    if changed:
-        _write(notebook, path)
-    return changed
-
-
-def student_copy(source: Path, target: Path) -> int:
-    """Write ``source`` without the cells tagged ``solution``; return how many went."""
-    notebook = _read(source)
-    kept = [cell for cell in notebook.cells
-            if "solution" not in cell.metadata.get("tags", [])]
-    removed = len(notebook.cells) - len(kept)
-    notebook.cells = kept
-    strip_notebook(notebook)
-    _write(notebook, target)
-    return removed
-
 
 # --- step 2: execute ------------------------------------------------------------------
 
@@ -345,12 +147,12 @@ def execute_chapter(source: Path, target: Path, parameters: dict,
 
 def _hide_injected_parameters(path: Path) -> None:
     # the injected values stay readable in the HTML, behind a "show" toggle
-    notebook = _read(path)
+    notebook = read_notebook(path)
     for cell in notebook.cells:
         tags = cell.metadata.get("tags", [])
         if "injected-parameters" in tags and "hide-cell" not in tags:
             cell.metadata["tags"] = tags + ["hide-cell"]
-    _write(notebook, path)
+    write_notebook(notebook, path)
 
 
 def print_timings(runs: list[ChapterRun], html: dict | None) -> None:
@@ -371,54 +173,6 @@ def print_timings(runs: list[ChapterRun], html: dict | None) -> None:
 
 # --- step 3: HTML ---------------------------------------------------------------------
 
-def vendor_url(name: str, version: str) -> str:
-    """The npm registry's address of a package's tarball."""
-    return f"{NPM_REGISTRY}/{name}/-/{name.rsplit('/', 1)[-1]}-{version}.tgz"
-
-
-def fetch_vendor(out: Path) -> Path:
-    """MathJax, the widget embedder and RequireJS, unpacked under ``out/vendor``.
-
-    The tarballs come straight from the npm registry over HTTPS (no npm needed),
-    checked against the registry's integrity hashes in :data:`VENDOR` and kept in
-    the download cache (:func:`twotower.data.sources.default_cache_dir`). ``make setup``
-    runs this (``python -m twotower.book vendor``): a build never starts without them.
-
-    Raises:
-        TwotowerError: a tarball that cannot be downloaded or does not match its hash.
-    """
-    from twotower.data.sources import default_cache_dir, download
-
-    extra = out / "vendor" / "extra"
-    target = extra / "vendor"
-    if (target / "mathjax/es5/tex-mml-chtml.js").is_file() and \
-            (target / "html-manager/dist/embed-amd.js").is_file() and \
-            (target / "requirejs/require.js").is_file():
-        return extra
-    tarballs = {}
-    for name, (version, integrity) in VENDOR.items():
-        algorithm, digest = integrity.split("-", 1)
-        tarballs[name] = download(vendor_url(name, version),
-                                  f"{algorithm}:{base64.b64decode(digest).hex()}",
-                                  default_cache_dir() / "downloads" / "npm",
-                                  fix="the HTML needs it (or build with --no-html)")
-    shutil.rmtree(target, ignore_errors=True)
-    for name, tarball in tarballs.items():
-        inside, destination = VENDOR_LAYOUT[name.replace("@", "").replace("/", "-")]
-        with tarfile.open(tarball) as archive:
-            for member in archive.getmembers():
-                if not member.isfile() or not member.name.startswith(inside) or \
-                        ".." in Path(member.name).parts:
-                    continue
-                relative = destination + member.name[len(inside):]
-                if VENDOR_SKIP.search(relative.rstrip("/")):
-                    continue
-                path = target / relative
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_bytes(archive.extractfile(member).read())
-    return extra
-
-
 def preflight(root: Path, out: Path | None, wanted: list[str] | None = None) -> None:
     """Check, in seconds, what a build needs before any chapter runs: the ``[book]``
     modules, the Jupyter kernel, every bundled corpus and (for the HTML) the vendor
@@ -427,10 +181,6 @@ def preflight(root: Path, out: Path | None, wanted: list[str] | None = None) -> 
     Raises:
         TwotowerError: naming what is missing and how to get it.
     """
-    from importlib.util import find_spec
-
-    from twotower.data import sources
-
     missing = [name for name in BOOK_MODULES if find_spec(name) is None]
     if missing:
         raise TwotowerError(f"the book build needs {', '.join(missing)}: run "
@@ -446,16 +196,6 @@ def preflight(root: Path, out: Path | None, wanted: list[str] | None = None) -> 
     sources.check()
     if out is not None:
         fetch_vendor(out)
-
-
-def offline_problems(html: Path) -> list[str]:
-    """Pages that would load MathJax, RequireJS or the widget embedder from a CDN."""
-    problems = []
-    for page in sorted(html.rglob("*.html")):
-        for match in CDN_PATTERN.findall(page.read_text(encoding="utf-8",
-                                                       errors="replace")):
-            problems.append(f"{page.relative_to(html)}: {match}")
-    return problems
 
 
 def _trim_toc(toc: dict, keep) -> dict:
@@ -541,11 +281,7 @@ def build(root: Path, out: Path, preset: str, seed: int, device: str,
           wanted: list[str] | None, html: bool = True, timeout: int | None = None,
           runs_dir: Path | None = None) -> int:
     """Execute the chosen chapters, then build the HTML; return the exit status."""
-    try:
-        from twotower.config import PRESETS
-    except Exception:  # the config module is optional for building the book
-        PRESETS = None
-    if PRESETS is not None and preset not in PRESETS:
+    if preset not in PRESETS:
         raise TwotowerError(f"unknown preset {preset!r}; choose one of "
                             f"{', '.join(PRESETS)}")
     out = out.resolve()
@@ -578,8 +314,8 @@ def build(root: Path, out: Path, preset: str, seed: int, device: str,
 
 # --- command line ---------------------------------------------------------------------
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m twotower.book COMMAND``; returns the exit status."""
+def _parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m twotower.book``."""
     parser = argparse.ArgumentParser(prog="python -m twotower.book",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--root", type=Path, default=None,
@@ -608,47 +344,62 @@ def main(argv: list[str] | None = None) -> int:
     vendor = commands.add_parser("vendor", help="fetch the HTML's MathJax and widget "
                                  "assets (make setup runs this)")
     vendor.add_argument("--out", type=Path, default=Path("_build"))
-    args = parser.parse_args(argv)
+    return parser
+
+
+def _build_command(args: argparse.Namespace, root: Path) -> int:
+    """``build``, ``html`` and ``vendor``: what makes the book."""
+    if args.command == "build":
+        return build(root, args.out, args.preset, args.seed, args.device,
+                     args.chapters, html=not args.no_html, timeout=args.timeout,
+                     runs_dir=args.runs_dir)
+    if args.command == "html":
+        out = args.out.resolve()
+        result = build_html(root, out, out / "executed")
+        print_timings([], result)
+        return 0 if result["status"] == "ok" else 1
+    print(f"vendor assets in {fetch_vendor(args.out.resolve()) / 'vendor'}")
+    return 0
+
+
+def _chapter_command(args: argparse.Namespace, root: Path, config: dict) -> int:
+    """``student``, ``strip``, ``links`` and ``check``: what is done to the chapters."""
+    if args.command == "student":
+        for chapter in chapters(root):
+            target = args.out / chapter.name
+            removed = student_copy(chapter, target)
+            print(f"{target}: {removed} solution cells removed")
+        return 0
+    if args.command == "strip":
+        for chapter in chapters(root):
+            notebook = read_notebook(chapter)
+            if strip_notebook(notebook):
+                write_notebook(notebook, chapter)
+                print(f"stripped {chapter.relative_to(root)}")
+        return 0
+    if args.command == "links":
+        for chapter in chapters(root):
+            if rewrite_links(chapter, config, root):
+                print(f"updated links in {chapter.relative_to(root)}")
+        return 0
+    problems = [p for chapter in chapters(root)
+                for p in notebook_problems(chapter, config, root)
+                + structure_problems(chapter)]
+    for problem in problems:
+        print(problem)
+    print(f"{len(chapters(root))} chapters checked, {len(problems)} problems")
+    return 1 if problems else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m twotower.book COMMAND``; returns the exit status."""
+    args = _parser().parse_args(argv)
     try:
         root = find_root(args.root)
         config = read_config(root)
-        if args.command == "build":
-            return build(root, args.out, args.preset, args.seed, args.device,
-                         args.chapters, html=not args.no_html, timeout=args.timeout,
-                         runs_dir=args.runs_dir)
-        if args.command == "html":
-            out = args.out.resolve()
-            result = build_html(root, out, out / "executed")
-            print_timings([], result)
-            return 0 if result["status"] == "ok" else 1
-        if args.command == "student":
-            for chapter in chapters(root):
-                target = args.out / chapter.name
-                removed = student_copy(chapter, target)
-                print(f"{target}: {removed} solution cells removed")
-            return 0
-        if args.command == "strip":
-            for chapter in chapters(root):
-                notebook = _read(chapter)
-                if strip_notebook(notebook):
-                    _write(notebook, chapter)
-                    print(f"stripped {chapter.relative_to(root)}")
-            return 0
-        if args.command == "vendor":
-            print(f"vendor assets in {fetch_vendor(args.out.resolve()) / 'vendor'}")
-            return 0
-        if args.command == "links":
-            for chapter in chapters(root):
-                if rewrite_links(chapter, config, root):
-                    print(f"updated links in {chapter.relative_to(root)}")
-            return 0
-        problems = [p for chapter in chapters(root)
-                    for p in notebook_problems(chapter, config, root)
-                    + structure_problems(chapter)]
-        for problem in problems:
-            print(problem)
-        print(f"{len(chapters(root))} chapters checked, {len(problems)} problems")
-        return 1 if problems else 0
+        if args.command in ("build", "html", "vendor"):
+            return _build_command(args, root)
+        return _chapter_command(args, root, config)
     except TwotowerError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

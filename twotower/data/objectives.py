@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from twotower.models.tower_lm import IGNORE
+IGNORE = -100  # target id that takes no part in a loss (as in F.cross_entropy)
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,8 @@ class Batch:
         nb = device.type == "cuda"
         return Batch(self.input_ids.to(device, non_blocking=nb),
                      self.targets.to(device, non_blocking=nb), self.window,
-                     None if positions is None else positions.to(device, non_blocking=nb))
+                     None if positions is None
+                     else positions.to(device, non_blocking=nb))
 
     def rows(self, index) -> "Batch":
         """The same batch restricted to some rows (a slice or index)."""
@@ -86,7 +87,8 @@ class Objective:
     mlm_probability: float = 0.15
 
     def make_batch(self, windows: np.ndarray, generator: torch.Generator) -> Batch:
-        """``windows (B, T)`` int array -> :class:`Batch` (masks drawn from ``generator``)."""
+        """``windows (B, T)`` int array -> :class:`Batch` (masks drawn from
+        ``generator``)."""
         ids = torch.as_tensor(np.asarray(windows, dtype=np.int64))
         if self.family == "causal":
             targets = torch.full_like(ids, IGNORE)

@@ -12,23 +12,22 @@ vocabularies take turns, a fair-ish coin deciding at every position which one em
   rarely changes along a window: a word is predictable from the topic, which only the
   long-range context reveals, hardly from the previous token.
 
-Ids 0..4 are the special tokens (PAD, UNK, CLS, SEP, MASK) of the rest of the book, every
-window starts with CLS, then come ``n_local`` local ids and ``n_topic_words`` topic ids.
-A model that divides its work along the planted line would give one tower the local
-process and the other the topic process; :func:`planted_split_score` measures how far
-the measured preference follows that line.
+Ids 0..4 are the special tokens (PAD, UNK, CLS, SEP, MASK) of the rest of the book,
+every window starts with CLS, then come ``n_local`` local ids and ``n_topic_words``
+topic ids. A model that divides its work along the planted line would give one tower
+the local process and the other the topic process;
+:func:`twotower.analysis.planted_split.planted_split_score` measures how far the
+measured preference follows that line.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
 
 from twotower.errors import TwotowerError
-from twotower.analysis.preference import bootstrap_correlation
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 SPECIAL_IDS = tuple(range(len(SPECIAL_TOKENS)))
@@ -55,8 +54,8 @@ class PlantedLanguageConfig:
     def validate(self) -> "PlantedLanguageConfig":
         """Return ``self`` or raise :class:`TwotowerError` naming the bad field."""
         if not 1 <= self.local_successors <= self.n_local:
-            raise TwotowerError(f"local_successors must be in 1..n_local ({self.n_local}),"
-                                f" got {self.local_successors}")
+            raise TwotowerError(f"local_successors must be in 1..n_local "
+                                f"({self.n_local}), got {self.local_successors}")
         if not 1 <= self.topic_core <= self.n_topic_words:
             raise TwotowerError(f"topic_core must be in 1..n_topic_words "
                                 f"({self.n_topic_words}), got {self.topic_core}")
@@ -153,7 +152,7 @@ class PlantedLanguage:
         process = np.zeros((N, T), dtype=np.int8)
         topic = np.zeros((N, T), dtype=np.int16)
         current = rng.integers(0, K, N)  # (N,) hidden topic
-        last = rng.integers(0, L, N)  # (N,) the local state before the first local token
+        last = rng.integers(0, L, N)  # (N,) local state before the first local token
         for t in range(1, T):
             switch = rng.random(N) < cfg.topic_switch
             current = np.where(switch, rng.integers(0, K, N), current)
@@ -161,7 +160,8 @@ class PlantedLanguage:
             local_next = _draw(rng, local_cdf[last])
             word = _draw(rng, topic_cdf[current])
             last = np.where(is_topic, last, local_next)
-            windows[:, t] = np.where(is_topic, self.topic_ids[word], self.local_ids[last])
+            windows[:, t] = np.where(is_topic, self.topic_ids[word],
+                                     self.local_ids[last])
             process[:, t] = np.where(is_topic, 2, 1)
             topic[:, t] = current
         topic[:, 0] = topic[:, 1]
@@ -196,7 +196,8 @@ class PlantedLanguage:
             is_topic = ids >= self.topic_ids[0]
             word = np.clip(ids - self.topic_ids[0], 0, None)
             local = np.clip(ids - self.local_ids[0], 0, L - 1)
-            emit = self.topic_words[:, np.minimum(word, cfg.n_topic_words - 1)].T  # (N, K)
+            column = np.minimum(word, cfg.n_topic_words - 1)
+            emit = self.topic_words[:, column].T  # (N, K)
             p_word = (belief * emit).sum(1)
             # before the first local token the chain's state is uniform (see sample)
             p_local = np.where(last >= 0, self.transition[np.maximum(last, 0), local],
@@ -241,96 +242,3 @@ def conditional_entropies(sample: PlantedSample, vocab_size: int) -> pd.DataFram
                       "H(x | previous token)": entropy(prev[here], x[here]),
                       "H(x | topic)": entropy(topic[here], x[here])}
     return pd.DataFrame(rows).T
-
-
-# --- does the preference follow the planted line? ------------------------------------
-
-
-class SplitScore(NamedTuple):
-    """``r``: |point-biserial r| between pref and the local/topic label; ``ci``: its
-    bootstrap interval (tokens resampled, sign aligned); ``p``: permutation p-value."""
-
-    r: float
-    ci: tuple[float, float]
-    p: float
-
-
-def point_biserial(values: np.ndarray, in_group: np.ndarray) -> float:
-    """Pearson r between ``values (n,)`` and a 0/1 group indicator ``(n,)``."""
-    values, in_group = np.asarray(values, float), np.asarray(in_group, float)
-    if values.size < 3 or values.std() == 0 or in_group.std() == 0:
-        return float("nan")
-    return float(np.corrcoef(values, in_group)[0, 1])
-
-
-def permutation_test(values: np.ndarray, in_group: np.ndarray, n_perm: int = 2000,
-                     seed: int = 0) -> tuple[float, np.ndarray]:
-    """Two-sided permutation test of the point-biserial r (labels shuffled).
-
-    Returns:
-        ``(p, null)``: p-value ``(1 + #{|r_perm| >= |r|}) / (1 + n_perm)`` and the
-        ``(n_perm,)`` null |r| values.
-    """
-    values, in_group = np.asarray(values, float), np.asarray(in_group, float)
-    rng = np.random.default_rng(seed)
-    shuffled = in_group[np.argsort(rng.random((n_perm, in_group.size)), axis=1)]
-    v = (values - values.mean()) / values.std()
-    g = shuffled - shuffled.mean(1, keepdims=True)
-    null = np.abs(g @ v / (values.size * g.std(1)))
-    observed = abs(point_biserial(values, in_group))
-    return float((1 + (null >= observed - 1e-12).sum()) / (1 + n_perm)), null
-
-
-def local_topic_prefs(pref_df: pd.DataFrame, labels: np.ndarray
-                 ) -> tuple[np.ndarray, np.ndarray]:
-    """Finite prefs of the local and topic tokens ``(n,)``, and their 0/1 "is local"
-    label ``(n,)``."""
-    labels = np.asarray(labels)
-    ids = pref_df.index.to_numpy()
-    pref = pref_df["pref"].to_numpy(float)
-    keep = np.isfinite(pref) & np.isin(labels[ids], ("local", "topic"))
-    return pref[keep], (labels[ids][keep] == "local").astype(float)
-
-
-def planted_split_score(pref_df: pd.DataFrame, labels: np.ndarray, n_boot: int = 1000,
-                        n_perm: int = 2000, seed: int = 0) -> SplitScore:
-    """How well the preference separates the local from the topic tokens.
-
-    Args:
-        pref_df: from :func:`twotower.analysis.preference.token_preference` (index = id).
-        labels: ``(V,)`` per-id labels, :attr:`PlantedLanguage.labels`.
-
-    Returns:
-        :class:`SplitScore` ``(r, ci, p)``. Tower labels are arbitrary, so ``r`` is
-        |r| and the interval is of the sign-aligned r.
-    """
-    pref, is_local = local_topic_prefs(pref_df, labels)
-    r, low, high = bootstrap_correlation(pref, is_local, n_boot=n_boot, seed=seed)
-    p, _ = permutation_test(pref, is_local, n_perm=n_perm, seed=seed)
-    if r < 0:
-        low, high = -high, -low
-    return SplitScore(abs(r), (float(low), float(high)), p)
-
-
-def split_shares(pref_df: pd.DataFrame, labels: np.ndarray) -> dict:
-    """Which tower took the local tokens, how cleanly, and by how much.
-
-    Returns:
-        ``local_tower`` (``"A"`` or ``"B"``: the tower that prefers more local tokens),
-        ``share_local`` (share of the local tokens it prefers), ``share_topic`` (share
-        of the topic tokens the other tower prefers), ``balanced``: the balanced
-        accuracy of the sign of pref as a guess of the label, either way round (0.5 is
-        chance; a global gap alone cannot raise it), and ``separation``: the absolute
-        difference between the mean pref of the local and of the topic tokens, in nats.
-    """
-    pref, is_local = local_topic_prefs(pref_df, labels)
-    a_local = float((pref[is_local == 1] > 0).mean())
-    a_topic = float((pref[is_local == 0] > 0).mean())
-    tower = "A" if a_local >= 0.5 else "B"
-    share_local = a_local if tower == "A" else 1 - a_local
-    share_topic = 1 - a_topic if tower == "A" else a_topic
-    accuracy = (a_local + 1 - a_topic) / 2
-    separation = abs(pref[is_local == 1].mean() - pref[is_local == 0].mean())
-    return {"local_tower": tower, "share_local": share_local,
-            "share_topic": share_topic, "balanced": max(accuracy, 1 - accuracy),
-            "separation": float(separation)}

@@ -2,12 +2,13 @@
 
 Introduced in chapter 11 (*Replication scorecard*), whose first screen shows it.
 
-:func:`claim_answers` condenses the scorecard (:mod:`twotower.experiments.scorecard`) to one row
-per claim of the paper: the answer at the scale measured, the numbers it rests on, and
-what a "does not hold" can and cannot rule out there: the power of the cross-seed
-instrument on planted divisions (:mod:`twotower.experiments.power`) and the trend of claim 2's
-primary test along training (:mod:`twotower.experiments.learning_curve`). Nothing is trained here:
-what chapter 9 did not leave on disk is reported as not measured.
+:func:`claim_answers` condenses the scorecard (:mod:`twotower.experiments.scorecard`) to
+one row per claim of the paper: the answer at the scale measured, the numbers it rests
+on, and what a "does not hold" can and cannot rule out there: the power of the
+cross-seed instrument on planted divisions (:mod:`twotower.experiments.power`) and the
+trend of claim 2's primary test along training
+(:mod:`twotower.experiments.learning_curve`). Nothing is trained here: what chapter 9
+did not leave on disk is reported as not measured.
 """
 
 from __future__ import annotations
@@ -18,8 +19,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from twotower.experiments import scorecard
+from twotower.analysis.stability import collect_runs
+from twotower.config import get_preset
+from twotower.experiments import learning_curve as lc
+from twotower.experiments import power, scorecard
+from twotower.experiments.replication import is_cpu_scale, part2_plan
 from twotower.experiments.scorecard import FAILS, HOLDS, NOT_MEASURED
+from twotower.training.run_folder import RunSpec, is_finished
 
 CLAIMS = {
     "1": "two identical towers train side by side through one fused head",
@@ -85,8 +91,6 @@ def _claim4(card: pd.DataFrame) -> tuple[str, str]:
 def power_note(runs_dir: str | Path, preset: str, n_perm: int = 1000) -> str:
     """What the cross-seed instrument detects at ``preset``, from chapter 9's
     planted runs (or why it is not known)."""
-    from twotower.experiments import power
-
     if power.pending_flops(preset, runs_dir=runs_dir) > 0:
         return "power not measured at this scale (chapter 9 trains the planted runs)"
     table = power.power_table(power.ensure_power_runs(runs_dir, preset),
@@ -112,18 +116,13 @@ def trend_note(runs_dir: str | Path, preset: str, seed: int = 0,
                n_perm: int = 200) -> str:
     """The trend of claim 2's primary difference along training (chapter 9's
     learning curve), or why it is not known."""
-    from twotower.experiments import learning_curve as lc
-    from twotower.config import get_preset
-    from twotower.book.display import run_path
-    from twotower.experiments.replication import is_cpu_scale, part2_plan
-
     plan = part2_plan(is_cpu_scale(preset), seed)
-    paths = {"two-tower": [run_path(runs_dir, preset, "causal", s)
+    paths = {"two-tower": [RunSpec(preset, "causal", s).path(runs_dir)
                            for s in plan["seeds"]["causal"]],
-             "independent": [run_path(runs_dir, preset, "causal", s, "independent")
+             "independent": [RunSpec(preset, "causal", s, "independent").path(runs_dir)
                              for s in plan["control_seeds"]["independent"]]}
-    if not all((Path(p) / "results.json").exists() for ps in paths.values()
-               for p in ps) or any(lc.pending_flops(ps) > 0 for ps in paths.values()):
+    if not all(is_finished(p) for ps in paths.values() for p in ps) \
+            or any(lc.pending_flops(ps) > 0 for ps in paths.values()):
         return "trend along training not measured (chapter 9 makes the curve)"
     table, found = lc.curve_table({k: lc.ensure_curve(v) for k, v in paths.items()},
                                   n_perm=n_perm)
@@ -142,14 +141,12 @@ def claim_answers(card: pd.DataFrame, runs_dir: str | Path, preset: str, *,
     """One row per claim of the paper: ``answer``, ``evidence`` and ``power`` (what a
     "does not hold" can rule out), at the scale of ``card``
     (:func:`twotower.experiments.scorecard.build_scorecard` of the same runs)."""
-    from twotower.analysis.stability import collect_runs
-
     runs = collect_runs(runs_dir, preset)
     found = {"1": _claim1(runs), "2": _claim2(card), "3": _claim3(card),
              "4": _claim4(card)}
-    power = power_note(runs_dir, preset, n_perm)
-    notes = {"1": "", "2": f"{power}; {trend_note(runs_dir, preset, seed)}",
-             "3": f"the same r_x instrument: {power}",
+    detects = power_note(runs_dir, preset, n_perm)
+    notes = {"1": "", "2": f"{detects}; {trend_note(runs_dir, preset, seed)}",
+             "3": f"the same r_x instrument: {detects}",
              "4": "see the probe's chain-tree and untrained baselines in the table "
                   "below (the probe rows say 'instrument fails' when it cannot speak)"}
     return pd.DataFrame([{"claim": f"{k}. {CLAIMS[k]}", "answer": found[k][0],

@@ -15,6 +15,7 @@ subprocess so its peak memory is its own. Speed is a benchmark, never a timed te
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import resource
 import subprocess
@@ -26,11 +27,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from twotower.analysis.preference import naive_token_preference, token_preference
 from twotower.config import FAMILIES, RunConfig, get_preset
+from twotower.data.objectives import Objective, step_generator
+from twotower.data.scores import TokenScores
+from twotower.data.synthetic import CLS_ID, SPECIAL_IDS, PlantedLanguage
+from twotower.experiments.planted import PLANTED_PRESETS, _windows
 from twotower.models.flops import train_flops_per_token
 from twotower.models.tower_lm import TwoTowerLM, select_targets
-from twotower.data.objectives import Objective, step_generator
+from twotower.training.readouts import TowerReadouts, freeze, score_readouts
 from twotower.training.runtime import autocast, resolve_device, resolve_precision
+from twotower.training.stacked import train_stacked
+from twotower.training.trainer import WindowBatches, train
 
 SPECIAL = (0, 1, 2, 3, 4)
 
@@ -178,7 +186,7 @@ def run_case(case: str, preset: str, family: str, steps: int, warmup: int,
            "precision": str(dtype).replace("torch.", "") if dtype else "float32"}
     if case == "train":
         model = TwoTowerLM(cfg.model)
-        loss_fn = model.batch_loss
+        loss_fn = model.loss
         if plain_ce:
             def loss_fn(b):
                 fused = model.fuse(model.features(b.input_ids))
@@ -192,7 +200,6 @@ def run_case(case: str, preset: str, family: str, steps: int, warmup: int,
                                   frac))
         out["note"] = "authors' design: 2 x GPT2LMHeadModel, per-tower losses discarded"
     elif case in ("readouts", "scoring"):
-        from twotower.training.readouts import TowerReadouts, freeze, score_readouts
         model = freeze(TwoTowerLM(cfg.model)).to(dev)
         readouts = TowerReadouts(cfg.model.d_model, cfg.model.vocab_size).to(dev)
         if case == "readouts":
@@ -218,9 +225,6 @@ def run_case(case: str, preset: str, family: str, steps: int, warmup: int,
 def bench_preference(n_tokens: int = 10_000_000, n_loop: int = 200_000,
                      vocab_size: int = 30528) -> dict:
     """Vectorised ``token_preference`` on 10M scores vs the Python loop on a subset."""
-    from twotower.analysis.preference import naive_token_preference, token_preference
-    from twotower.training.readouts import TokenScores
-
     rng = np.random.default_rng(0)
     ids = np.minimum(rng.zipf(1.2, n_tokens), vocab_size) - 1
     ll = -rng.exponential(3.0, size=(2, n_tokens)).astype(np.float32)
@@ -241,8 +245,8 @@ def bench_preference(n_tokens: int = 10_000_000, n_loop: int = 200_000,
 
 
 def _subprocess(args: list[str]) -> dict:
-    proc = subprocess.run([sys.executable, "-m", "twotower.experiments.bench", "--one", *args],
-                          capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "twotower.experiments.bench", "--one",
+                           *args], capture_output=True, text=True)
     if proc.returncode:
         return {"case": args[0], "error": proc.stderr.strip().splitlines()[-1:]}
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -312,15 +316,8 @@ def stacked_seeds(seeds: int, steps: int, preset: str = "small") -> dict:
     """Seconds for ``seeds`` seeds of chapter 2's planted model (``preset``'s planted
     config, ``steps`` steps each) trained one after another with
     :func:`twotower.training.trainer.train`, then as one stacked computation
-    (:func:`twotower.training.stacked.train_stacked`), in one process; and how far the weights
-    of the two ways differ."""
-    import dataclasses
-
-    from twotower.experiments.planted import PLANTED_PRESETS, _windows
-    from twotower.training.stacked import train_stacked
-    from twotower.data.synthetic import CLS_ID, SPECIAL_IDS, PlantedLanguage
-    from twotower.training.trainer import WindowBatches, train
-
+    (:func:`twotower.training.stacked.train_stacked`), in one process; and how far the
+    weights of the two ways differ."""
     cfg = PLANTED_PRESETS.get(preset, PLANTED_PRESETS["small"])
     joint = dataclasses.replace(cfg.joint, steps=steps, checkpoint_every=0)
     language = PlantedLanguage(cfg.language)
@@ -335,7 +332,7 @@ def stacked_seeds(seeds: int, steps: int, preset: str = "small") -> dict:
     start, separate = time.perf_counter(), []
     for seed, b in enumerate(batches):
         separate.append(model(seed))
-        train(separate[-1], separate[-1].batch_loss, b, joint, progress=False)
+        train(separate[-1], separate[-1].loss, b, joint, progress=False)
     separate_s = time.perf_counter() - start
     stacked = [model(s) for s in range(seeds)]
     start = time.perf_counter()

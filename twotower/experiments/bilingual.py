@@ -30,16 +30,19 @@ import torch
 from tokenizers import Tokenizer
 
 from twotower import atomic
-from twotower.data import sources
-from twotower.training import checkpoint as ckpt
 from twotower.config import DataConfig, RunConfig, get_preset
+from twotower.data import sources
+from twotower.data.objectives import Objective
+from twotower.data.sources import default_cache_dir
+from twotower.data.tokenizer import (SpecialIds, get_tokenizer, hub_is_reachable,
+                                     padded_vocab_size)
 from twotower.errors import TwotowerError, require
 from twotower.models.tower_lm import TwoTowerLM
-from twotower.data.objectives import Objective
-from twotower.training.readouts import TokenScores, TowerReadouts, freeze, score_readouts, train_readouts
+from twotower.training import checkpoint as ckpt
+from twotower.training.readouts import (TokenScores, TowerReadouts, freeze,
+                                        score_readouts, train_readouts)
+from twotower.training.run_folder import RESULTS, is_finished, read_results
 from twotower.training.runtime import seed_everything
-from twotower.data.sources import default_cache_dir
-from twotower.data.tokenizer import SpecialIds, get_tokenizer, hub_is_reachable, padded_vocab_size
 from twotower.training.trainer import WindowBatches, train
 
 LANGUAGES = ("en", "de", "fr")
@@ -88,7 +91,7 @@ def load_multi30k(languages: Sequence[str] = ("en", "de"), split: str = "train",
     source = sources.parse_source(source)
     folder = multi30k_dir(directory)
     if source == "local" or (source == "auto" and folder is not None):
-        require(folder is not None, f"source='local' needs a folder: pass directory=... "
+        require(folder is not None, "source='local' needs a folder: pass directory=... "
                                     f"or set {DIR_ENV}")
         files = {lang: folder / f"{FILE_SPLITS[split]}.{lang}.gz" for lang in languages}
         missing = [path.name for path in files.values() if not path.is_file()]
@@ -125,7 +128,8 @@ def _from_hub(languages: list[str], split: str) -> dict[str, list[str]]:
     import datasets
 
     require(hub_is_reachable(), f"the Hugging Face Hub does not answer, so {HUB_NAME} "
-                                "cannot be read; use source='bundled' (the same corpus)")
+                                "cannot be read; use source='bundled' (the same "
+                                "corpus)")
     try:
         table = datasets.load_dataset(HUB_NAME, split=split)
     except (ConnectionError, OSError) as error:
@@ -239,7 +243,8 @@ def _encode(tok: Tokenizer, text: list[str], budget: float = 0,
     ids: list[list[int]] = []
     total = 0
     for start in range(0, len(text), chunk):
-        for enc in tok.encode_batch(text[start:start + chunk], add_special_tokens=False):
+        for enc in tok.encode_batch(text[start:start + chunk],
+                                    add_special_tokens=False):
             if budget and total >= budget:
                 return ids
             ids.append(enc.ids)
@@ -306,7 +311,7 @@ def loss_per_character(model, lw: LanguageWindows, objective: Objective,
                                      torch.Generator().manual_seed(start))
         batch = batch.to(model.device)
         if batch.n_targets:
-            total += float(model.loss(batch.input_ids, batch.targets)) * batch.n_targets
+            total += float(model.loss(batch)) * batch.n_targets
     model.train(was_training)
     return total / max(int(lw.n_chars.sum()), 1)
 
@@ -380,10 +385,16 @@ def ensure_bilingual_run(run_dir: str | Path, cfg: RunConfig, data: BilingualDat
 
     Every window of every language is training data; validation is the Multi30k
     validation split. Resumes like :func:`twotower.experiments.pipeline.run`.
+
+    ``run_dir`` is named like a run (chapter 13 uses the variant ``multi30k-en-de`` of
+    :class:`twotower.training.run_folder.RunSpec`), but this is not a run of the run
+    cache (:mod:`twotower.experiments.store`): its config depends on ``data`` (the
+    tokenizer's vocabulary, the window), and its ``results.json`` records each phase
+    as it finishes, so a run made without readouts gets them later without training
+    its joint phase again.
     """
     run_dir = Path(run_dir)
-    results_path = run_dir / "results.json"
-    results = json.loads(results_path.read_text()) if results_path.exists() else {}
+    results = read_results(run_dir) if is_finished(run_dir) else {}
     objective = objective_for(data)
     train_b = WindowBatches(data.train.windows, objective, cfg.train.batch_size,
                             cfg.train.seed)
@@ -392,7 +403,7 @@ def ensure_bilingual_run(run_dir: str | Path, cfg: RunConfig, data: BilingualDat
     if "joint" in results:
         ckpt.load_weights(ckpt.latest_checkpoint(run_dir / "joint"), model)
     else:
-        results["joint"] = train(model, model.batch_loss,
+        results["joint"] = train(model, model.loss,
                                  train_b, cfg.train, phase="joint", run_dir=run_dir,
                                  progress=progress)
         results["loss_per_char"] = {lang: loss_per_character(
@@ -415,6 +426,6 @@ def ensure_bilingual_run(run_dir: str | Path, cfg: RunConfig, data: BilingualDat
         scores = score_readouts(model, heads, val_b, cfg.train.device)
         score_language = data.val.language[scores.window]
     run_dir.mkdir(parents=True, exist_ok=True)
-    atomic.write_text(results_path, json.dumps(results, indent=1, default=float))
+    atomic.write_text(run_dir / RESULTS, json.dumps(results, indent=1, default=float))
     return BilingualRun(run_dir, cfg, data, model.cpu(), heads, scores, score_language,
                         results)

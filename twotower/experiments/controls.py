@@ -8,9 +8,10 @@ readouts on the same positions, ``pref = ll_A - ll_B``) and removes one ingredie
 the claim:
 
 ``split``
-    (a) no second tower: a parameter-matched :class:`~twotower.models.tower_lm.SingleTowerLM`
-    (the chapter 6 baseline), whose D' output units are split at random into two halves
-    of D'/2; a readout is trained on each half alone (:class:`SplitSingleTower`).
+    (a) no second tower: a parameter-matched
+    :class:`~twotower.models.tower_lm.SingleTowerLM` (the chapter 6 baseline), whose D'
+    output units are split at random into two halves of D'/2; a readout is trained on
+    each half alone (:class:`SplitSingleTower`).
 ``independent``
     (b) no cooperation: two towers of the same shape, each with its *own* embedding and
     its own head, trained on the same batches with ``loss = loss_A + loss_B``
@@ -28,8 +29,10 @@ the claim:
     random initialisation and batch order.
 
 A control is a run like any other: ``python -m twotower run --control split ...`` or
-``RunConfig(control=...)`` through :func:`twotower.experiments.pipeline.run`, written to a run
-directory with the same ``scores.npz``, ``preference.csv`` and ``results.json``.
+``RunConfig(control=...)`` through :func:`twotower.experiments.store.train_run`, written
+to a run folder with the same ``scores.npz``, ``preference.csv`` and ``results.json``;
+:func:`twotower.experiments.store.ensure` trains it once, named by its
+:class:`~twotower.training.run_folder.RunSpec` (the control is its variant).
 Shapes: K towers (2), B windows, T positions, D features per tower, V vocabulary.
 """
 
@@ -45,17 +48,20 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from twotower.training import checkpoint as ckpt
 from twotower import config
-from twotower.training import distributed
-from twotower.config import ModelConfig, RunConfig, get_preset, read_run_config
+from twotower.config import ModelConfig, RunConfig, read_run_config
 from twotower.data.windows import prepare_data
 from twotower.errors import require
+from twotower.experiments.pipeline import (LoadedRun, load_run, loaded_run,
+                                           score_and_save, start_run)
 from twotower.models.hooks import HookedModule
-from twotower.models.tower_lm import SingleTowerLM, TwoTowerLM, matched_single_tower_config
-from twotower.experiments.pipeline import (LoadedRun, load_run, loaded_run, read_results, rescore,
-                       save_results, score_and_save, scoring_is_current, start_run)
+from twotower.models.tower_lm import (SingleTowerLM, TwoTowerLM,
+                                      matched_single_tower_config)
+from twotower.training import checkpoint as ckpt
+from twotower.training import distributed
 from twotower.training.readouts import TowerReadouts, train_readouts
+from twotower.training.run_folder import (RESULTS, is_finished, read_results,
+                                          save_results)
 from twotower.training.runtime import seed_everything
 from twotower.training.trainer import WindowBatches, train
 
@@ -109,19 +115,14 @@ class IndependentTowersLM(HookedModule):
         """``(B, T) -> (B, T, V)`` ensemble log-probabilities."""
         return self.head_logits(self.fuse(self.features(input_ids)))
 
-    def tower_losses(self, input_ids: torch.Tensor, targets: torch.Tensor,
-                     positions: torch.Tensor | None = None) -> torch.Tensor:
-        """``(2,)``: each tower's own head's mean cross-entropy."""
-        return torch.stack([m.loss(input_ids, targets, positions) for m in self.models])
+    def tower_losses(self, batch) -> torch.Tensor:
+        """``(2,)``: each tower's own head's mean cross-entropy on ``batch``."""
+        return torch.stack([m.loss(batch) for m in self.models])
 
-    def loss(self, input_ids: torch.Tensor, targets: torch.Tensor,
-             positions: torch.Tensor | None = None) -> torch.Tensor:
-        """``loss_A + loss_B``: the gradient of each term reaches its own tower only."""
-        return self.tower_losses(input_ids, targets, positions).sum()
-
-    def batch_loss(self, batch) -> torch.Tensor:
-        """:meth:`loss` of a :class:`twotower.data.objectives.Batch`."""
-        return self.loss(batch.input_ids, batch.targets, batch.positions)
+    def loss(self, batch) -> torch.Tensor:
+        """``loss_A + loss_B`` of a :class:`twotower.data.objectives.Batch`: the
+        gradient of each term reaches its own tower only."""
+        return self.tower_losses(batch).sum()
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -136,7 +137,7 @@ def train_independent(model: IndependentTowersLM, batches: WindowBatches, cfg,
     other's step). ``cfg`` is a :class:`~twotower.config.TrainConfig`; other keyword
     arguments go to :func:`twotower.training.trainer.train`.
     """
-    return train(model, model.batch_loss, batches, cfg,
+    return train(model, model.loss, batches, cfg,
                  phase="independent", meta={"n_towers": 2},
                  clip_groups=[list(m.parameters()) for m in model.models],
                  **train_kwargs)
@@ -240,7 +241,7 @@ def _trained_or_reused(model: nn.Module, phase: str, cfg: RunConfig, out: Path,
     same settings (it is the same computation), else train it into ``out``."""
     found = _finished_phase(source, cfg, phase) if source is not None else None
     if found is None:
-        return train(model, model.batch_loss,
+        return train(model, model.loss,
                      cfg=cfg.train, phase=phase, run_dir=out, **train_kwargs)
     ckpt.load_weights(found, model)
     # relative to this run, so that a copied runs directory still finds it
@@ -282,7 +283,8 @@ def run_control(cfg: RunConfig, out: str | Path, *, cache_dir: str | Path | None
     """Train and score the control ``cfg.control`` into the run directory ``out``.
 
     The same data, batches, readout training and paired scoring as
-    :func:`twotower.experiments.pipeline.run`; only the model behind the readouts changes.
+    :func:`twotower.experiments.pipeline.run`; only the model behind the readouts
+    changes.
 
     ``reseeded`` trains phase 1 exactly as the main run does (or reuses it), then
     readouts whose seed is the run's seed + :data:`RESEED_OFFSET`: how much of the
@@ -334,9 +336,8 @@ def load_control(path: str | Path, cache_dir: str | Path | None = None) -> Loade
     """Load a finished control run, its model frozen, like
     :func:`twotower.experiments.pipeline.load_run` loads a main run."""
     path = Path(path)
-    require((path / "results.json").exists(), f"{path} is not a finished control run "
-            f"(no results.json); run `python -m twotower run --control ... --out "
-            f"{path}` first")
+    require(is_finished(path), f"{path} is not a finished control run (no {RESULTS}); "
+            f"run `python -m twotower run --control ... --out {path}` first")
     cfg = read_run_config(path)
     if cfg.control == "untrained":
         return load_run(path, cache_dir)
@@ -356,34 +357,3 @@ def load_control(path: str | Path, cache_dir: str | Path | None = None) -> Loade
         model = inner if reseeded else SplitSingleTower(inner, cfg.train.seed)
     return loaded_run(path, cfg, data, model)
 
-
-def ensure_scored(path: str | Path) -> None:
-    """Rescore a finished run (main or control) that an older version scored, so that
-    every analysis reads today's scores (:func:`twotower.experiments.pipeline.rescore`)."""
-    if not scoring_is_current(path):
-        cfg = read_run_config(path)
-        rescore(load_control(path) if cfg.control else load_run(path))
-
-
-def ensure_control(runs_dir: str, preset: str, control: str, seed: int = 0, *,
-                   family: str = "causal", device: str = "auto", callbacks=(),
-                   progress: bool = True) -> LoadedRun:
-    """The finished control run of ``(preset, family, seed)``: loaded, or trained first.
-
-    It lives at ``run_path(runs_dir, preset, family, seed, variant=control)``; the
-    split control reuses the single tower of the main run of the same seed (when that
-    run was made with ``baseline=True``), the reseeded control its phase 1.
-    """
-    from twotower.book.display import run_path
-
-    path = Path(run_path(runs_dir, preset, family, seed, variant=control))
-    if not (path / "results.json").exists():
-        cfg = get_preset(preset, family).with_seed(seed)
-        cfg = dataclasses.replace(
-            cfg, control=control,
-            train=dataclasses.replace(cfg.train, device=device),
-            readout=dataclasses.replace(cfg.readout, device=device))
-        run_control(cfg, path, callbacks=callbacks, progress=progress,
-                    reuse_from=run_path(runs_dir, preset, family, seed))
-    ensure_scored(path)
-    return load_control(path)

@@ -33,12 +33,15 @@ import tempfile
 import time
 import traceback
 import xml.etree.ElementTree as ET
+from importlib import resources
 from pathlib import Path
 
 import torch
 
 from twotower import atomic
 from twotower.config import FAMILIES, get_preset
+from twotower.experiments.bench import matmul_peak, run_case
+from twotower.experiments import pipeline
 from twotower.training.runtime import resolve_device, resolve_precision
 
 # Dense bf16 tensor-core peaks from the vendors' datasheets (FLOP/s, without sparsity).
@@ -50,8 +53,6 @@ DATASHEET_BF16 = {"H200": 989e12, "H100 80GB HBM3": 989e12, "H100 SXM": 989e12,
 def measured_reports() -> list[dict]:
     """The reports shipped with the package (``twotower/_measured/gpucheck-*.json``),
     each as written by this check on a real GPU; newest first."""
-    from importlib import resources
-
     folder = resources.files("twotower") / "_measured"
     found = [json.loads(f.read_text(encoding="utf-8")) for f in folder.iterdir()
              if f.name.startswith("gpucheck-") and f.name.endswith(".json")]
@@ -103,8 +104,6 @@ class Report:
 
 def environment(device: torch.device) -> dict:
     """What ran the check: versions, the device, and its measured matmul peak."""
-    from twotower.experiments.bench import matmul_peak
-
     env = {"date": datetime.date.today().isoformat(), "python": platform.python_version(),
            "torch": torch.__version__, "device": str(device),
            "cuda": torch.version.cuda, "hostname": platform.node()}
@@ -173,8 +172,6 @@ def run_bench(device: torch.device, env: dict, quick: bool, steps: int,
     """Each case in this process; peak memory reset between cases on a GPU. Cases
     that would start after ``deadline`` (``time.perf_counter()``) are listed as
     skipped."""
-    from twotower.experiments.bench import run_case
-
     rows = []
     for case in bench_cases(quick):
         if time.perf_counter() > deadline:
@@ -206,8 +203,6 @@ def run_bench(device: torch.device, env: dict, quick: bool, steps: int,
 def run_pipeline(device: torch.device, quick: bool, steps: int, readout_steps: int,
                  work: Path) -> dict:
     """A ``colab``-sized run on the bundled WikiText-2 (``smoke`` with ``--quick``)."""
-    from twotower.experiments.pipeline import run
-
     cfg = get_preset("smoke" if quick else "colab", "causal")
     data = dataclasses.replace(cfg.data, corpus="wikitext-2", source="bundled",
                                tokenizer="train")
@@ -219,7 +214,7 @@ def run_pipeline(device: torch.device, quick: bool, steps: int, readout_steps: i
     cfg = dataclasses.replace(cfg, data=data, train=train, readout=readout,
                               score_batches=cfg.score_batches or 64).validate()
     t = time.perf_counter()
-    results = run(cfg, work / "run", cache_dir=work / "cache", progress=False)
+    results = pipeline.run(cfg, work / "run", cache_dir=work / "cache", progress=False)
     keep = ("scores", "preference", "split_half", "seconds", "data", "parameters",
             "joint_training", "readout_training")
     out = {k: results[k] for k in keep if k in results}

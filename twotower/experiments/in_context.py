@@ -2,23 +2,23 @@
 
 Introduced in chapter 10 (*Syntax or semantics?*).
 
-The type-level test (:mod:`twotower.analysis.syntax`) gives each word type its dominant tag, so
-"the" is always a determiner and "run" always whatever it mostly is. Here each
+The type-level test (:mod:`twotower.analysis.syntax`) gives each word type its dominant
+tag, so "the" is always a determiner and "run" always whatever it mostly is. Here each
 occurrence counts. Both readouts of a run score every subword of gold UD sentences
-(:func:`score_sentences`); the per-position difference ``ll_A - ll_B`` minus its
-type's mean over those sentences (what the type explains is taken out, so only the
-context is left) is regressed on the position's word's gold UPOS, dependency
-relation, arc length and depth, each demeaned within the type too, and everything
-within the sentence as well (type and sentence fixed effects;
-:func:`context_regression`). If one tower specialises in syntax, the preference of one
-type should move with the role the word plays in each sentence.
+(:func:`score_sentences`); the per-position difference ``ll_A - ll_B`` minus its type's
+mean over those sentences (what the type explains is taken out, so only the context is
+left) is regressed on the position's word's gold UPOS, dependency relation, arc length
+and depth, each demeaned within the type too, and everything within the sentence as well
+(type and sentence fixed effects; :func:`context_regression`). If one tower specialises
+in syntax, the preference of one type should move with the role the word plays in each
+sentence.
 
-Per run: the share of that within-type variance the four explain (R²), each group's
-own share (the R² lost without it), and a permutation p (the differences shuffled
-among the positions of each type, the whole fit repeated). Across runs: the correlation
-of two runs' fitted context effects over the same positions, sign-aligned over seeds
-as for the preferences (:mod:`twotower.analysis.across_seeds`), with its interval over seeds;
-the untrained-towers control gives what random towers' readouts reach.
+Per run: the share of that within-type variance the four explain (R²), each group's own
+share (the R² lost without it), and a permutation p (the differences shuffled among the
+positions of each type, the whole fit repeated). Across runs: the correlation of two
+runs' fitted context effects over the same positions, sign-aligned over seeds as for the
+preferences (:mod:`twotower.analysis.across_seeds`), with its interval over seeds; the
+untrained-towers control gives what random towers' readouts reach.
 """
 
 from __future__ import annotations
@@ -30,7 +30,11 @@ import numpy as np
 import pandas as pd
 
 from twotower.analysis.across_seeds import align_signs, aligned_mean, jackknife
+from twotower.analysis.stats import permutation_p
+from twotower.analysis.tower_probes import encode_sentences, pad_sentences
 from twotower.errors import require
+from twotower.experiments.pipeline import make_objective
+from twotower.experiments.store import load_run
 from twotower.models.tower_lm import IGNORE
 from twotower.data.objectives import Batch, Objective, step_generator
 from twotower.data.ud import Sentence, tree_depths
@@ -47,8 +51,9 @@ def score_sentences(model, readouts, tokenizer, objective: Objective,
     """Both readouts' log-probability of every subword target of gold sentences.
 
     The sentences are tokenized as in training
-    (:func:`twotower.analysis.tower_probes.encode_sentences`; longer than the window: left out)
-    and scored as a run is (:meth:`twotower.data.objectives.Objective.scoring_batches`:
+    (:func:`twotower.analysis.tower_probes.encode_sentences`; longer than the window:
+    left out) and scored as a run is
+    (:meth:`twotower.data.objectives.Objective.scoring_batches`:
     every target once, fixed masks).
 
     Returns:
@@ -57,8 +62,6 @@ def score_sentences(model, readouts, tokenizer, objective: Objective,
         ``diff`` (``ll_a - ll_b``), the word's ``upos``, ``deprel`` (subtype dropped),
         ``arc`` (``|head - position|``, 0 at the root) and ``depth``.
     """
-    from twotower.analysis.tower_probes import encode_sentences, pad_sentences
-
     kept, ids, word_ids = encode_sentences(sentences, tokenizer, model.cfg.max_len)
     require(kept, "no sentence fits the model's window; use shorter sentences")
     batches, where = [], []  # where: (sentence, token) of each target, in score order
@@ -95,18 +98,15 @@ def score_sentences(model, readouts, tokenizer, objective: Objective,
 def score_run(path, sentences: Sequence[Sentence], *, device: str = "auto",
               batch_size: int = 32) -> pd.DataFrame:
     """:func:`score_sentences` for a finished run folder, main run or control."""
-    from twotower.config import read_run_config
-    from twotower.experiments.controls import load_control
-    from twotower.experiments.pipeline import load_run, make_objective
-
-    run = (load_control if read_run_config(path).control else load_run)(path)
+    run = load_run(path)
     return score_sentences(run.model, run.readouts, run.data.tokenizer,
                            make_objective(run.config, run.data), sentences,
                            batch_size=batch_size, device=device)
 
 
 def _design(frame: pd.DataFrame) -> dict[str, np.ndarray]:
-    """Each group's columns: one-hot tags/relations (rare ones pooled), log arc, depth."""
+    """Each group's columns: one-hot tags/relations (rare ones pooled), log arc,
+    depth."""
     out = {}
     for group in ("upos", "deprel"):
         counts = frame[group].value_counts()
@@ -189,13 +189,13 @@ def context_regression(frame: pd.DataFrame, n_perm: int = 200, seed: int = 0
                                                 if o != g])))[0] for g in GROUPS}
     rng = np.random.default_rng(seed)
     by_type = np.argsort(codes, kind="stable")  # positions grouped by type
-    exceed = 0
-    for _ in range(n_perm):  # each type's differences shuffled among its positions
+    null = np.empty(n_perm)
+    for k in range(n_perm):  # each type's differences shuffled among its positions
         shuffled = np.empty_like(raw)
         shuffled[by_type] = raw[np.lexsort((rng.random(len(raw)), codes))]
-        exceed += _r2(_demean(shuffled, groupings), basis)[0] >= r2
+        null[k] = _r2(_demean(shuffled, groupings), basis)[0]
     return ContextFit(len(frame), len(types), r2, partial,
-                      (exceed + 1) / (n_perm + 1), fitted)
+                      permutation_p(r2, null, "greater", tolerance=0.0), fitted)
 
 
 @dataclass(frozen=True)
@@ -224,7 +224,8 @@ def context_agreement(fits: Sequence[ContextFit], label: str = "") -> ContextAgr
     np.fill_diagonal(matrix, np.nan)
     signs = align_signs(matrix)
     _, low, high = jackknife(matrix, signs)
-    return ContextAgreement(label, matrix, signs, aligned_mean(matrix, signs), low, high)
+    return ContextAgreement(label, matrix, signs, aligned_mean(matrix, signs), low,
+                            high)
 
 
 CONDITIONS = {"two-tower": "", "independent": "independent", "untrained": "untrained"}
@@ -235,7 +236,7 @@ def fit_conditions(runs, sentences: Sequence[Sentence], *, n_perm: int = 200,
                    conditions: dict[str, str] = CONDITIONS
                    ) -> dict[tuple[str, int], ContextFit]:
     """:func:`context_regression` of every causal run of each condition (name ->
-    the run's variant, as in :func:`twotower.book.display.run_path`), keyed by
+    the run's variant, as in :class:`twotower.training.run_folder.RunSpec`), keyed by
     ``(condition, seed)``; ``runs`` are chapter 9's
     :class:`twotower.analysis.stability.RunPreference` objects."""
     fits = {}
@@ -265,7 +266,8 @@ def agreement_table(fits: dict[tuple[str, int], ContextFit]) -> pd.DataFrame:
 def context_table(fits: dict[str, ContextFit]) -> pd.DataFrame:
     """One row per run: positions, types, R², each group's share, permutation p."""
     return pd.DataFrame({name: {"positions": f.n_positions, "types": f.n_types,
-                                "R²": f.r2, **{f"ΔR² {g}": f.partial[g] for g in GROUPS},
+                                "R²": f.r2,
+                                **{f"ΔR² {g}": f.partial[g] for g in GROUPS},
                                 "p": f.p_value} for name, f in fits.items()}).T
 
 

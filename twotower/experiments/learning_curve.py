@@ -6,15 +6,16 @@ A null at the end of training could mean that there is nothing to find, or that 
 runs stopped before it appeared. The curve reads each run at :data:`CURVE_FRACTIONS` of
 its phase 1: the towers as they were after that many steps, frozen, with readouts
 trained and scored exactly as at the end (same readout settings and seed, same scored
-positions). Each point is a run directory of its own (``<run>/curve/step-0000080/``)
-that :func:`twotower.analysis.stability.load_preference_run` reads, so every instrument of
+positions). Each point is a run folder of its own (``<run>/curve/step-0000080/``) that
+:func:`twotower.analysis.stability.load_preference_run` reads, so every instrument of
 chapter 9 applies to it unchanged.
 
 Weights at a step come from the run's own checkpoints when it kept them, else from
 training phase 1 again up to that step (``<run>/curve/<phase>/``) on the full run's
 schedule: the same computation, so the same weights (a test checks it). Step 0 of a
 two-tower run is its untrained control when that run exists (the same initialisation
-and readouts).
+and readouts; its folder's :class:`~twotower.training.run_folder.RunSpec` has the
+variant ``untrained``).
 
 :func:`curve_table` gives the seed-level statistic of each condition at each point,
 :func:`fit_trend` its trend in log training tokens with a jackknife interval over
@@ -33,12 +34,20 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from twotower.training import checkpoint as ckpt
 from twotower.analysis.across_seeds import (MIN_SEEDS, aligned_mean, seed_stability,
-                           stability_difference)
+                                            stability_difference)
+from twotower.analysis.stability import RunPreference, load_preference_run
 from twotower.config import RunConfig, read_run_config
 from twotower.errors import require
-from twotower.analysis.stability import RunPreference, load_preference_run
+from twotower.experiments.controls import IndependentTowersLM, train_independent
+from twotower.experiments.pipeline import score_and_save, start_run
+from twotower.models.flops import preset_cost
+from twotower.models.tower_lm import TwoTowerLM
+from twotower.training import checkpoint as ckpt
+from twotower.training.readouts import train_readouts
+from twotower.training.run_folder import RunSpec, is_finished, save_results
+from twotower.training.runtime import seed_everything
+from twotower.training.trainer import train
 
 CURVE_FRACTIONS = (0.0, 0.1, 0.3, 1.0)  # of phase 1's steps
 
@@ -65,10 +74,6 @@ def _checkpoint(folder: Path, step: int) -> Path | None:
 
 def _new_model(cfg: RunConfig):
     """The run's model exactly as its phase 1 initialises it."""
-    from twotower.experiments.controls import IndependentTowersLM
-    from twotower.models.tower_lm import TwoTowerLM
-    from twotower.training.runtime import seed_everything
-
     seed_everything(cfg.train.seed)
     kind = IndependentTowersLM if cfg.control == "independent" else TwoTowerLM
     return kind(cfg.model)
@@ -78,10 +83,6 @@ def ensure_snapshots(run: str | Path, steps: Sequence[int], *, progress: bool = 
                      ) -> dict[int, Path]:
     """Checkpoints of phase 1 at ``steps`` (0 < step < the run's steps), from the run
     or trained again up to the last one missing. Returns step -> checkpoint folder."""
-    from twotower.experiments.controls import train_independent
-    from twotower.experiments.pipeline import start_run
-    from twotower.training.trainer import train
-
     run = Path(run)
     cfg = read_run_config(run)
     phase, curve = _phase(cfg), run / "curve"
@@ -102,20 +103,31 @@ def ensure_snapshots(run: str | Path, steps: Sequence[int], *, progress: bool = 
             train_independent(model, train_b, again, run_dir=curve,
                               progress=progress, until=max(missing))
         else:
-            train(model, model.batch_loss, train_b, again, phase=phase, run_dir=curve,
+            train(model, model.loss, train_b, again, phase=phase, run_dir=curve,
                   meta={"n_towers": 2}, progress=progress, until=max(missing))
     return {s: _checkpoint(run / phase, s) or _checkpoint(curve / phase, s)
             for s in inner}
 
 
+def _untrained_control(run: Path) -> Path | None:
+    """The folder of a main run's untrained control, beside it (None for a folder
+    that is not named as a main run)."""
+    if not RunSpec.matches(run.name):
+        return None
+    spec = RunSpec.parse(run.name)
+    if spec.variant:
+        return None
+    return dataclasses.replace(spec, variant="untrained").path(run.parent)
+
+
 def point_dir(run: str | Path, step: int) -> Path:
-    """The run directory of the curve point at ``step`` (see the module docstring)."""
+    """The run folder of the curve point at ``step`` (see the module docstring)."""
     run = Path(run)
     cfg = read_run_config(run)
     if step == cfg.train.steps:
         return run
-    untrained = run.with_name(run.name + "-untrained")
-    if step == 0 and not cfg.control and (untrained / "results.json").exists():
+    untrained = _untrained_control(run)
+    if step == 0 and not cfg.control and untrained and is_finished(untrained):
         return untrained
     return run / "curve" / f"step-{step:07d}"
 
@@ -124,11 +136,8 @@ def ensure_point(run: str | Path, step: int, *, progress: bool = False
                  ) -> RunPreference:
     """The curve point of ``run`` at ``step``: read, or made (snapshot, readouts,
     scores) and then read."""
-    from twotower.experiments.pipeline import save_results, score_and_save, start_run
-    from twotower.training.readouts import train_readouts
-
     out = point_dir(run, step)
-    if not (out / "results.json").exists():
+    if not is_finished(out):
         cfg = read_run_config(run)
         model = _new_model(cfg)
         if step > 0:
@@ -160,7 +169,7 @@ def ensure_curve(runs: Sequence[str | Path],
     require(len(runs) > 0, "ensure_curve needs at least one run directory")
     steps = curve_steps(read_run_config(runs[0]), fractions)
     for run in runs:
-        todo = [s for s in steps if not (point_dir(run, s) / "results.json").exists()]
+        todo = [s for s in steps if not is_finished(point_dir(run, s))]
         ensure_snapshots(run, todo, progress=progress)
     return {s: [ensure_point(run, s, progress=progress)
                 for run in (runs[:untrained] if s == 0 else runs)] for s in steps}
@@ -170,15 +179,13 @@ def pending_flops(runs: Sequence[str | Path],
                   fractions: Sequence[float] = CURVE_FRACTIONS, *,
                   untrained: int = MIN_SEEDS) -> float:
     """Training FLOPs :func:`ensure_curve` still needs for ``runs``
-    (:func:`twotower.models.flops.preset_cost`): phase 1 again up to each run's last missing
-    snapshot, and one readout training per missing point."""
-    from twotower.models.flops import preset_cost
-
+    (:func:`twotower.models.flops.preset_cost`): phase 1 again up to each run's last
+    missing snapshot, and one readout training per missing point."""
     total = 0.0
     for k, run in enumerate(map(Path, runs)):
         cfg = read_run_config(run)
         todo = [s for s in curve_steps(cfg, fractions) if (s > 0 or k < untrained)
-                and not (point_dir(run, s) / "results.json").exists()]
+                and not is_finished(point_dir(run, s))]
         readouts = preset_cost(dataclasses.replace(
             cfg, train=dataclasses.replace(cfg.train, steps=0)), 1.0).total_flops
         phase1 = preset_cost(cfg, 1.0).total_flops - readouts

@@ -1,20 +1,13 @@
 """The whole replication run: data -> phase 1 -> readouts -> scores -> preference.
 
-Introduced in chapter 6 and used by every later chapter through :func:`load_run`.
+Introduced in chapter 6 (*Training on a GPU (or not)*) and used by every later chapter
+through :func:`load_run`.
 
-A run directory holds::
-
-    config.json        the resolved RunConfig (vocabulary size from the tokenizer)
-    metrics.jsonl      one JSON line per logged step and validation pass, all phases
-    joint/step-*/      phase 1 checkpoints (model.safetensors, state.pt, meta.json)
-    readouts/step-*/   phase 2/3 checkpoints (both readouts)
-    baseline/step-*/   the matched single-tower model (when asked)
-    scores.npz         per scored position: target id, log-prob of each readout, joint
-    preference.csv     token, id, count, ll_a, ll_b, pref, pref_se
-    results.json       losses, perplexities, preference summary, split-half ceiling
-
-Every phase resumes from its newest checkpoint, so rerunning the same command after a
-crash continues where it stopped.
+:func:`run` writes the run folder that :mod:`twotower.training.run_folder` describes;
+every phase resumes from its newest checkpoint, so rerunning the same command after a
+crash continues where it stopped. The controls of chapter 9 reuse its steps
+(:func:`start_run`, :func:`score_and_save`) in :mod:`twotower.experiments.controls`, and
+:mod:`twotower.experiments.store` chooses between the two.
 """
 
 from __future__ import annotations
@@ -27,21 +20,24 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 from torch import nn
 
 from twotower import atomic
+from twotower.analysis.preference import (preference_summary, split_half,
+                                          token_preference)
+from twotower.config import RunConfig, config_to_dict, read_run_config
+from twotower.data.objectives import Objective
+from twotower.data.windows import PreparedData, prepare_data
+from twotower.errors import TwotowerError, require
+from twotower.models.tower_lm import (SingleTowerLM, TwoTowerLM,
+                                      matched_single_tower_config)
 from twotower.training import checkpoint as ckpt
 from twotower.training import distributed
-from twotower.config import RunConfig, config_to_dict, read_run_config
-from twotower.data.windows import PreparedData, prepare_data
-from twotower.errors import TwotowerError
-from twotower.models.tower_lm import SingleTowerLM, TwoTowerLM, matched_single_tower_config
-from twotower.data.objectives import Objective
-from twotower.analysis.preference import preference_summary, split_half, token_preference
-from twotower.training.readouts import (TokenScores, TowerReadouts, freeze, loss_summary,
-                       score_readouts, train_readouts)
+from twotower.training.readouts import (TokenScores, TowerReadouts, freeze,
+                                        loss_summary, score_readouts, train_readouts)
+from twotower.training.run_folder import (CONFIG, PREFERENCE, RESULTS, SCORES,
+                                          is_finished, read_results, save_results)
 from twotower.training.runtime import resolve_device, resolve_precision, seed_everything
 from twotower.training.trainer import WindowBatches, evaluate, train
 
@@ -70,7 +66,7 @@ def make_objective(cfg: RunConfig, data: PreparedData) -> Objective:
 
 def _check_run_dir(out: Path, cfg: RunConfig) -> None:
     """Refuse a run directory made with another config; nothing in it is touched."""
-    saved_path = out / "config.json"
+    saved_path = out / CONFIG
     if not saved_path.exists():
         return
     saved = atomic.read_json(saved_path, "move the run directory away or use another "
@@ -111,23 +107,27 @@ def start_run(cfg: RunConfig, out: Path, cache_dir: str | None = None):
     _check_run_dir(out, cfg)
     if distributed.current().is_main:
         out.mkdir(parents=True, exist_ok=True)
-        atomic.write_text(out / "config.json", json.dumps(config_to_dict(cfg), indent=1))
+        atomic.write_text(out / CONFIG, json.dumps(config_to_dict(cfg), indent=1))
     objective = make_objective(cfg, data)
     train_b = WindowBatches(data.train, objective, cfg.train.batch_size, cfg.train.seed)
     val_b = WindowBatches(data.val, objective, cfg.train.batch_size, cfg.train.seed)
     return cfg, data, train_b, val_b
 
+
 def run(cfg: RunConfig, out: str | Path, *, cache_dir: str | Path | None = None,
         callbacks: Iterable = (), progress: bool = True) -> dict:
-    """Run (or resume) every phase and write the run directory described above.
+    """Run (or resume) every phase of the two-tower model and write its run folder.
 
     Returns:
         The contents of ``results.json``.
+
+    Raises:
+        TwotowerError: for a control's config (chapter 9's controls train other
+            models: :func:`twotower.experiments.store.train_run` runs either kind).
     """
-    if cfg.control:  # the controls of chapter 9 train other models
-        from twotower.experiments.controls import run_control
-        return run_control(cfg, out, cache_dir=cache_dir, callbacks=callbacks,
-                           progress=progress)
+    require(not cfg.control, f"the control {cfg.control!r} trains another model: run "
+            "it with twotower.experiments.store.train_run (python -m twotower run "
+            "--control ...)")
     out = Path(out)
     started = time.perf_counter()
     world = distributed.current()
@@ -137,7 +137,7 @@ def run(cfg: RunConfig, out: str | Path, *, cache_dir: str | Path | None = None,
     t = time.perf_counter()
     seed_everything(cfg.train.seed)
     model = TwoTowerLM(cfg.model)
-    joint = train(model, model.batch_loss, train_b,
+    joint = train(model, model.loss, train_b,
                   cfg.train, phase="joint", val=val_b, run_dir=out, callbacks=callbacks,
                   meta={"n_towers": 2}, progress=progress)
     timings["joint"] = time.perf_counter() - t
@@ -153,12 +153,8 @@ def run(cfg: RunConfig, out: str | Path, *, cache_dir: str | Path | None = None,
     base = None
     if cfg.baseline:  # every process trains (DDP); rank 0 scores below
         t = time.perf_counter()
-        seed_everything(cfg.train.seed)
-        base = SingleTowerLM(matched_single_tower_config(cfg.model))
-        base_summary = train(base, base.batch_loss, train_b,
-                             cfg.train, phase="baseline", val=val_b, run_dir=out,
-                             callbacks=callbacks, meta={"n_towers": 1},
-                             progress=progress)
+        base, base_summary = _train_baseline(cfg, out, train_b, val_b, callbacks,
+                                             progress)
         timings["baseline"] = time.perf_counter() - t
     if not world.is_main:  # scoring and the result files are rank 0's job
         return {}
@@ -167,24 +163,45 @@ def run(cfg: RunConfig, out: str | Path, *, cache_dir: str | Path | None = None,
     scored = val_b.score_batches(cfg.score_batches)
     results = {
         **score_and_save(out, cfg, data, model, readouts, scored),
-        "data": {"corpus": data.corpus_name, "source": data.source,
-                 "train_tokens": data.n_train_tokens, "val_tokens": data.n_val_tokens,
-                 "vocab_size": cfg.model.vocab_size},
+        "data": _data_summary(data, cfg),
         "parameters": {"two_tower": model.num_parameters()},
         "joint_training": joint, "readout_training": readout_summary,
     }
     if base is not None:  # the baseline's loss on exactly the scored positions
-        device = resolve_device(cfg.train.device)
-        same = evaluate(base.batch_loss, base, scored,
-                        device, resolve_precision(cfg.train.precision, device))
-        results["baseline"] = {**base_summary, "scored_loss": same["val_loss"],
-                               "scored_ppl": same["val_ppl"], "d_model": base.cfg.d_model}
+        results["baseline"] = _scored_baseline(base, base_summary, cfg, scored)
         results["parameters"]["single_tower"] = base.num_parameters()
     timings["scoring"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - started
     results["seconds"] = timings
     save_results(out, results)
     return results
+
+
+def _train_baseline(cfg: RunConfig, out: Path, train_b: WindowBatches,
+                    val_b: WindowBatches, callbacks: Iterable, progress: bool
+                    ) -> tuple[SingleTowerLM, dict]:
+    """The parameter-matched single tower, trained on the same batches (chapter 6)."""
+    seed_everything(cfg.train.seed)
+    base = SingleTowerLM(matched_single_tower_config(cfg.model))
+    return base, train(base, base.loss, train_b, cfg.train, phase="baseline", val=val_b,
+                       run_dir=out, callbacks=callbacks, meta={"n_towers": 1},
+                       progress=progress)
+
+
+def _scored_baseline(base: SingleTowerLM, summary: dict, cfg: RunConfig,
+                     scored: list) -> dict:
+    """The baseline's training summary and its loss on the scored positions."""
+    device = resolve_device(cfg.train.device)
+    same = evaluate(base.loss, base, scored,
+                    device, resolve_precision(cfg.train.precision, device))
+    return {**summary, "scored_loss": same["val_loss"], "scored_ppl": same["val_ppl"],
+            "d_model": base.cfg.d_model}
+
+
+def _data_summary(data: PreparedData, cfg: RunConfig) -> dict:
+    return {"corpus": data.corpus_name, "source": data.source,
+            "train_tokens": data.n_train_tokens, "val_tokens": data.n_val_tokens,
+            "vocab_size": cfg.model.vocab_size}
 
 
 def score_and_save(out: Path, cfg: RunConfig, data: PreparedData, model: nn.Module,
@@ -195,10 +212,10 @@ def score_and_save(out: Path, cfg: RunConfig, data: PreparedData, model: nn.Modu
     scores = score_readouts(model, readouts, scored, cfg.train.device)  # fp32
     if data.val_article is not None:
         scores = dataclasses.replace(scores, article=data.val_article[scores.window])
-    scores.save(out / "scores.npz")
+    scores.save(out / SCORES)
     df = token_preference(scores, cfg.model.vocab_size, cfg.min_count,
                           id_to_token(data, cfg.model.vocab_size))
-    with atomic.replacing(out / "preference.csv") as tmp:
+    with atomic.replacing(out / PREFERENCE) as tmp:
         df.reset_index()[list(PREFERENCE_COLUMNS)].to_csv(tmp, index=False)
     return {
         "family": cfg.model.family, "preset": cfg.preset, "seed": cfg.train.seed,
@@ -236,24 +253,6 @@ def rescore(run: LoadedRun) -> dict:
     return results
 
 
-def save_results(out: Path, results: dict) -> None:
-    """Write ``results.json`` atomically (the last file a run writes: its presence
-    means the run finished)."""
-    atomic.write_text(out / "results.json", json.dumps(_jsonable(results), indent=1))
-
-
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (np.floating, np.integer)):
-        return obj.item()
-    if isinstance(obj, float) and not np.isfinite(obj):
-        return None
-    return obj
-
-
 @dataclass(frozen=True, eq=False)
 class LoadedRun:
     """A finished run, ready for analysis in a chapter."""
@@ -275,8 +274,8 @@ def load_run(path: str | Path, cache_dir: str | Path | None = None) -> LoadedRun
         TwotowerError: when the directory is not a finished run.
     """
     path = Path(path)
-    if not (path / "results.json").exists():
-        raise TwotowerError(f"{path} is not a finished run (no results.json); run "
+    if not is_finished(path):
+        raise TwotowerError(f"{path} is not a finished run (no {RESULTS}); run "
                             f"`python -m twotower run --out {path}` first")
     cfg = read_run_config(path)
     data = prepare_data(cfg.data, cache_dir)
@@ -288,19 +287,13 @@ def load_run(path: str | Path, cache_dir: str | Path | None = None) -> LoadedRun
     return loaded_run(path, cfg, data, model)
 
 
-def read_results(path: str | Path) -> dict:
-    """``results.json`` of a finished run directory."""
-    return atomic.read_json(Path(path) / "results.json", "rerun the run command with "
-                            f"--out {path} to write it again")
-
-
 def loaded_run(path: Path, cfg: RunConfig, data, model: nn.Module) -> LoadedRun:
     """A finished run around its (already loaded) ``model``: the readouts, scores,
     preference table and results saved in ``path``, everything frozen."""
     readouts = TowerReadouts(model.cfg.d_model, cfg.model.vocab_size, 2)
     ckpt.load_weights(ckpt.latest_checkpoint(path / "readouts"), readouts)
-    pref = pd.read_csv(path / "preference.csv", keep_default_na=False,
+    pref = pd.read_csv(path / PREFERENCE, keep_default_na=False,
                        na_values=[""]).set_index("id")
     return LoadedRun(path, cfg, data, freeze(model), freeze(readouts),
-                     TokenScores.load(path / "scores.npz"), pref,
+                     TokenScores.load(path / SCORES), pref,
                      read_results(path))

@@ -3,8 +3,8 @@
 Introduced in chapter 2 (*A language with a planted division*).
 
 One call of :func:`run_planted` does what chapters 5 to 8 take apart, on the language of
-:mod:`twotower.data.synthetic`: phase 1 (the two-tower model through its fused head), phases
-2/3 (a readout per frozen tower), scoring both readouts on the same validation
+:mod:`twotower.data.synthetic`: phase 1 (the two-tower model through its fused head),
+phases 2/3 (a readout per frozen tower), scoring both readouts on the same validation
 positions, and the token preference. With ``control=True`` it also reads out the same
 model *at initialisation* (readouts trained, towers never trained): the control that
 shows how much "division" random towers already produce.
@@ -30,13 +30,16 @@ import torch
 
 from twotower import atomic
 from twotower.config import ModelConfig, TrainConfig, config_to_dict
-from twotower.models.tower_lm import TwoTowerLM
+from twotower.models.tower_lm import TwoTowerLM, mean_cross_entropy, select_targets
 from twotower.data.objectives import Objective
+from twotower.training import checkpoint as ckpt
+from twotower.training.stacked import save_each, train_stacked
 from twotower.analysis.preference import token_preference
 from twotower.training.readouts import TokenScores, score_readouts, train_readouts
-from twotower.data.synthetic import (CLS_ID, SPECIAL_IDS, PlantedLanguage, PlantedLanguageConfig,
-                        LABELS, local_topic_prefs, permutation_test,
-                        planted_split_score, split_shares)
+from twotower.analysis.planted_split import (local_topic_prefs, permutation_test,
+                                             planted_split_score, split_shares)
+from twotower.data.synthetic import (CLS_ID, LABELS, SPECIAL_IDS, PlantedLanguage,
+                                     PlantedLanguageConfig)
 from twotower.training.trainer import WindowBatches, train
 
 
@@ -137,10 +140,8 @@ def routed_loss(model: TwoTowerLM, batch, owner: torch.Tensor, strength: float
     At each position whose target has an owner, with probability ``strength`` the
     other tower's features enter the head detached: the prediction is unchanged (no
     information leaks to the head) but that loss trains only the owning tower.
-    ``strength`` 0 is :meth:`TwoTowerLM.batch_loss`; 1 routes every position.
+    ``strength`` 0 is :meth:`TwoTowerLM.loss`; 1 routes every position.
     """
-    from twotower.models.tower_lm import mean_cross_entropy, select_targets
-
     features = model.features(batch.input_ids)  # (2, B, T, D)
     target_owner = owner.to(batch.targets.device)[batch.targets.clamp(min=0)]
     target_owner = torch.where(batch.targets < 0, -1, target_owner)
@@ -162,8 +163,19 @@ def _windows(cfg: PlantedRunConfig, language: PlantedLanguage, seed: int):
 
 
 def run_directory(cfg: PlantedRunConfig, seed: int, runs_dir: str | Path) -> Path:
-    """Where :func:`run_planted` keeps the run of ``cfg`` and ``seed``."""
+    """Where :func:`run_planted` keeps the run of ``cfg`` and ``seed``.
+
+    Not a :class:`~twotower.training.run_folder.RunSpec` name: a planted run is named
+    by a hash of its whole config (:meth:`PlantedRunConfig.key`), which no preset
+    holds.
+    """
     return Path(runs_dir) / f"planted-{cfg.key()}" / f"seed{seed}"
+
+
+def is_trained(run_dir: str | Path) -> bool:
+    """Whether a planted run folder holds the scores of its trained towers (phase 1
+    and their readouts done): :func:`run_planted` then trains nothing for them."""
+    return (Path(run_dir) / "scores.npz").exists()
 
 
 def run_planted(cfg: PlantedRunConfig, seed: int, runs_dir: str | Path, *,
@@ -187,7 +199,8 @@ def run_planted(cfg: PlantedRunConfig, seed: int, runs_dir: str | Path, *,
     V = language.vocab_size
     run_dir = run_directory(cfg, seed, runs_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    atomic.write_text(run_dir / "config.json", json.dumps(config_to_dict(cfg), indent=1))
+    atomic.write_text(run_dir / "config.json",
+                      json.dumps(config_to_dict(cfg), indent=1))
     joint = dataclasses.replace(cfg.joint, seed=seed, device=device)
     readout = dataclasses.replace(cfg.readout, seed=seed, device=device)
     objective = Objective("causal", SPECIAL_IDS, pad_id=0, cls_id=CLS_ID, mask_id=4,
@@ -210,11 +223,12 @@ def run_planted(cfg: PlantedRunConfig, seed: int, runs_dir: str | Path, *,
         init_scores = read(TwoTowerLM(cfg.resolved_model(V)), "init_scores")
     torch.manual_seed(seed)
     model = TwoTowerLM(cfg.resolved_model(V))
-    loss = model.batch_loss
+    loss = model.loss
     if cfg.division:
         owner = owners(language, seed)
-        loss = lambda batch: routed_loss(model, batch, owner, cfg.division)  # noqa: E731
-    if not (run_dir / "scores.npz").exists():  # phase 1 (resumes from a checkpoint)
+        loss = lambda batch: routed_loss(  # noqa: E731
+            model, batch, owner, cfg.division)
+    if not is_trained(run_dir):  # phase 1 (resumes from a checkpoint)
         train(model, loss, batches, joint,
               val=val, run_dir=run_dir, callbacks=callbacks, progress=progress)
     scores = read(model, "scores")
@@ -230,17 +244,14 @@ def run_planted_seeds(cfg: PlantedRunConfig, seeds: Iterable[int],
                       stacked: bool = True) -> list[PlantedRun]:
     """:func:`run_planted` for every seed. With ``stacked``, phase 1 of the seeds not
     yet started is trained for all of them as one computation
-    (:func:`twotower.training.stacked.train_stacked`: the same weights up to rounding, in a
-    fraction of the time for a model this small) and saved as each seed's finished
+    (:func:`twotower.training.stacked.train_stacked`: the same weights up to rounding,
+    in a fraction of the time for a model this small) and saved as each seed's finished
     phase 1; a planted division (``cfg.division``) or dropout trains them one by one.
     """
-    from twotower.training import checkpoint as ckpt
-    from twotower.training.stacked import save_each, train_stacked
-
     seeds = list(seeds)
     language = PlantedLanguage(cfg.language)
     dirs = {s: run_directory(cfg, s, runs_dir) for s in seeds}
-    todo = [s for s in seeds if not (dirs[s] / "scores.npz").exists()
+    todo = [s for s in seeds if not is_trained(dirs[s])
             and ckpt.latest_checkpoint(dirs[s] / "joint") is None]
     if stacked and len(todo) > 1 and not cfg.division and cfg.model.dropout == 0:
         objective = Objective("causal", SPECIAL_IDS, pad_id=0, cls_id=CLS_ID,
@@ -270,7 +281,8 @@ def process_losses(scores: TokenScores, labels: np.ndarray) -> pd.DataFrame:
         better one on one process.
     """
     kind = np.asarray(labels)[scores.target]
-    rows = {"tower A": scores.ll[0], "tower B": scores.ll[1], "joint head": scores.joint}
+    rows = {"tower A": scores.ll[0], "tower B": scores.ll[1],
+            "joint head": scores.joint}
     return pd.DataFrame({p: {name: float(-ll[kind == p].mean()) for name, ll in
                              rows.items()} for p in LABELS[1:]})
 
@@ -278,8 +290,8 @@ def process_losses(scores: TokenScores, labels: np.ndarray) -> pd.DataFrame:
 def summarise(run: PlantedRun, n_boot: int = 1000, n_perm: int = 2000) -> pd.DataFrame:
     """One row per model (``trained``, ``untrained``): |r| with its interval, the
     permutation p, ``null_95`` (the 95% quantile of |r| under shuffled labels), the
-    shares of :func:`twotower.data.synthetic.split_shares` and the readout losses per
-    process (``loss tower A local``, ...)."""
+    shares of :func:`twotower.analysis.planted_split.split_shares` and the readout
+    losses per process (``loss tower A local``, ...)."""
     rows = {}
     labels = run.language.labels
     for name, scores, pref in (("trained", run.scores, run.pref),

@@ -16,7 +16,8 @@ from collections.abc import Sequence
 import numpy as np
 from tokenizers import Tokenizer
 
-from twotower.experiments.bilingual import BilingualData, loss_per_character, objective_for
+from twotower.experiments.bilingual import (BilingualData, loss_per_character,
+                                            objective_for)
 from twotower.config import RunConfig
 from twotower.errors import require
 from twotower.models.tower_lm import TwoTowerLM
@@ -89,7 +90,7 @@ def adaptation_curve(cfg: RunConfig, data: BilingualData, *, source: str = "en",
         t = dataclasses.replace(cfg.train, steps=steps, checkpoint_every=0,
                                 warmup_steps=max(1, steps // 10))
         batches = WindowBatches(windows, objective, t.batch_size, t.seed)
-        train(model, model.batch_loss, batches, t,
+        train(model, model.loss, batches, t,
               phase="adapt", callbacks=callbacks, progress=progress)
 
     phase(data.train.of(data.languages.index(source)).windows, pretrain_steps)

@@ -10,9 +10,9 @@ of graded strength, and measure it with the same instrument at the same scale.
 Where: the planted language of :mod:`twotower.data.synthetic` (a local and a topic
 process; :data:`LANGUAGE`), with the *architecture and batch of the preset* (layers,
 width, heads, batch, learning rate) and a share of its phase-1 steps. How: gradient
-routing (:func:`twotower.experiments.planted.routed_loss`): at each position, with probability
-``strength``, only the tower that owns the target's process learns from its loss.
-``none`` (0) is the ordinary two-tower model. Which tower owns which process
+routing (:func:`twotower.experiments.planted.routed_loss`): at each position, with
+probability ``strength``, only the tower that owns the target's process learns from its
+loss. ``none`` (0) is the ordinary two-tower model. Which tower owns which process
 alternates with the seed, so the alignment of signs across seeds is exercised as on
 real text.
 
@@ -33,11 +33,13 @@ import pandas as pd
 
 from twotower.analysis.across_seeds import seed_stability
 from twotower.config import RunConfig, TrainConfig, get_preset
-from twotower.experiments.planted import (PLANTED_PRESETS, PlantedRun, PlantedRunConfig, owners,
-                      run_planted)
+from twotower.experiments.planted import (PLANTED_PRESETS, PlantedRun,
+                                          PlantedRunConfig, is_trained, owners,
+                                          run_directory, run_planted)
+from twotower.models.flops import preset_cost
 from twotower.analysis.stability import RunPreference
-from twotower.data.synthetic import (PlantedLanguageConfig, local_topic_prefs,
-                        planted_split_score)
+from twotower.analysis.planted_split import local_topic_gap, planted_split_score
+from twotower.data.synthetic import PlantedLanguage, PlantedLanguageConfig
 
 STRENGTHS = {"none": 0.0, "weak": 0.01, "medium": 0.05, "strong": 0.2}
 # Chapter 2's language with fewer, sharper and steadier topics: at a quarter of the
@@ -47,8 +49,8 @@ STRENGTHS = {"none": 0.0, "weak": 0.01, "medium": 0.05, "strong": 0.2}
 LANGUAGE = PlantedLanguageConfig(n_topics=4, topic_core=6, topic_core_mass=0.95,
                                  topic_switch=0.005)
 # The fewest seeds that give an interval over seeds. Claim 2's primary test has more
-# (twotower.experiments.replication.PRIMARY_SEEDS): what is detected here is a conservative
-# estimate of what it detects.
+# (twotower.experiments.replication.PRIMARY_SEEDS): what is detected here is a
+# conservative estimate of what it detects.
 POWER_SEEDS = 3
 TOKEN_SHARE = 0.25  # of the preset's phase-1 steps (the planted language is simple)
 ALPHA = 0.05
@@ -78,10 +80,6 @@ def pending_flops(preset: str, strengths: dict[str, float] | None = None,
                   runs_dir: str | Path | None = None) -> float:
     """Training FLOPs of the runs of :func:`ensure_power_runs` not yet in ``runs_dir``
     (all of them without one), counted by :func:`twotower.models.flops.preset_cost`."""
-    from twotower.models.flops import preset_cost
-    from twotower.experiments.planted import run_directory
-    from twotower.data.synthetic import PlantedLanguage
-
     total = 0.0
     for s in (STRENGTHS if strengths is None else strengths).values():
         cfg = power_config(preset, s)
@@ -90,7 +88,7 @@ def pending_flops(preset: str, strengths: dict[str, float] | None = None,
                            1.0).total_flops
         for seed in range(POWER_SEEDS) if seeds is None else seeds:
             done = runs_dir is not None and \
-                (run_directory(cfg, seed, runs_dir) / "scores.npz").exists()
+                is_trained(run_directory(cfg, seed, runs_dir))
             total += 0.0 if done else cost
     return total
 
@@ -104,11 +102,11 @@ def _as_run(run: PlantedRun) -> RunPreference:
 
 def division_gap(run: PlantedRun) -> float:
     """Owner-aligned size of the division (nats): mean pref of the tokens tower A
-    owns minus that of the tokens tower B owns (``pref = ll_A - ll_B``)."""
-    pref, is_local = local_topic_prefs(run.pref, run.language.labels)
+    owns minus that of the tokens tower B owns (``pref = ll_A - ll_B``): the
+    :func:`twotower.analysis.planted_split.local_topic_gap`, turned to the owner."""
+    gap = local_topic_gap(run.pref, run.language.labels)
     a_owns_local = int(owners(run.language, run.seed)[run.language.local_ids[0]]) == 0
-    a_owned = is_local == (1.0 if a_owns_local else 0.0)
-    return float(pref[a_owned].mean() - pref[~a_owned].mean())
+    return gap if a_owns_local else -gap
 
 
 def ensure_power_runs(runs_dir: str | Path, preset: str,

@@ -2,7 +2,8 @@
 
 Introduced in chapter 9 (*Is the preference stable?*); chapters 10 and 11 read the same
 runs. :func:`ensure_replication_runs` trains (or loads) several seeds of every family,
-the controls of :mod:`twotower.experiments.controls` and narrower or wider towers;
+the controls of :mod:`twotower.experiments.controls` and narrower or wider towers, each
+once, through the run cache (:mod:`twotower.experiments.store`);
 :func:`replication_flops` says what that costs at any preset; :func:`plot_intervals`
 draws the forest plots of the three chapters.
 """
@@ -11,49 +12,15 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 
-from twotower.config import RunConfig, get_preset
-from twotower.models.flops import preset_cost
+from twotower.analysis import plotting
 from twotower.analysis.stability import RunPreference, load_preference_run
-
-
-def width_variant(cfg: RunConfig, factor: float) -> RunConfig:
-    """The same run with towers ``factor`` times as wide (d_model and d_ff).
-
-    The width stays a multiple of ``n_heads`` (transformers) or of 2 (biLM).
-    """
-    m = cfg.model
-    step = 2 if m.family == "bilm" else m.n_heads
-    width = max(step, int(round(m.d_model * factor / step)) * step)
-    model = dataclasses.replace(m, d_model=width,
-                                d_ff=max(1, int(round(m.d_ff * factor))))
-    return dataclasses.replace(cfg, model=model.validate())
-
-
-def ensure_width_run(runs_dir: str, preset: str, family: str, seed: int,
-                     factor: float, *, device: str = "auto",
-                     progress: bool = True) -> RunPreference:
-    """The run of :func:`width_variant` (variant ``width{factor}``), trained once."""
-    from twotower.experiments.controls import ensure_scored
-    from twotower.book.display import run_path
-    from twotower.experiments.pipeline import run
-
-    path = Path(run_path(runs_dir, preset, family, seed, variant=f"width{factor:g}"))
-    if not (path / "results.json").exists():
-        cfg = width_variant(get_preset(preset, family).with_seed(seed), factor)
-        cfg = dataclasses.replace(
-            cfg, train=dataclasses.replace(cfg.train, device=device),
-            readout=dataclasses.replace(cfg.readout, device=device))
-        run(cfg, path, progress=progress)
-    ensure_scored(path)
-    return load_preference_run(path)
-
-
-FAMILIES = ("causal", "mlm", "bilm")
-CONTROLS = ("split", "independent", "untrained", "reseeded")
+from twotower.config import FAMILIES, RunConfig, get_preset
+from twotower.experiments.store import (RunSpec, ensure_finished, width_name,
+                                        width_variant)
+from twotower.models.flops import preset_cost
 
 
 CPU_SCALE_FLOPS = 1e15  # a preset whose phase 1 costs less is run on a CPU
@@ -102,7 +69,10 @@ def ensure_replication_runs(runs_dir: str, preset: str, *,
 
     The causal run of the first seed is the one of chapter 6, with its single-tower
     baseline (the split control of that seed reuses it). Controls and width variants
-    are causal; width variants use the first causal seed.
+    (:func:`twotower.experiments.store.width_variant`) are causal; width variants use
+    the first causal seed. Each run is trained only if its folder is not finished
+    (:func:`twotower.experiments.store.ensure_finished`), and read without loading
+    its model.
 
     Args:
         seeds: family -> seeds of its two-tower runs, e.g. ``{"causal": [0, 1, 2]}``.
@@ -112,31 +82,15 @@ def ensure_replication_runs(runs_dir: str, preset: str, *,
     Returns:
         Main runs (by family, then seed), then controls, then width variants.
     """
-    from twotower.experiments.controls import ensure_control, ensure_scored
-    from twotower.book.display import ensure_run, run_path
-
-    def missing(path: str) -> bool:  # finished runs are read, not loaded as models
-        return not (Path(path) / "results.json").exists()
-
-    paths, first = [], seeds["causal"][0]
-    for family, chosen in seeds.items():
-        for seed in chosen:
-            paths.append(run_path(runs_dir, preset, family, seed))
-            if missing(paths[-1]):
-                ensure_run(runs_dir, preset, family, seed, device=device,
-                           progress=progress,
-                           baseline=(family, seed) == ("causal", first))
-    for control, chosen in control_seeds.items():
-        for seed in chosen:
-            paths.append(run_path(runs_dir, preset, "causal", seed, variant=control))
-            if missing(paths[-1]):
-                ensure_control(runs_dir, preset, control, seed, device=device,
-                               progress=progress)
-    for factor in widths:
-        paths.append(ensure_width_run(runs_dir, preset, "causal", first, factor,
-                                      device=device, progress=progress).path)
-    for path in paths:  # runs an older version scored get today's scores
-        ensure_scored(path)
+    first = seeds["causal"][0]
+    specs = [RunSpec(preset, family, seed)
+             for family, chosen in seeds.items() for seed in chosen]
+    specs += [RunSpec(preset, "causal", seed, control)
+              for control, chosen in control_seeds.items() for seed in chosen]
+    specs += [RunSpec(preset, "causal", first, width_name(f)) for f in widths]
+    main = RunSpec(preset, "causal", first)
+    paths = [ensure_finished(spec, runs_dir, device=device, progress=progress,
+                             baseline=spec == main) for spec in specs]
     return [load_preference_run(p) for p in paths]
 
 
@@ -145,13 +99,11 @@ def replication_flops(preset: str, *, seeds: dict[str, Sequence[int]],
                       widths: Sequence[float] = ()) -> float:
     """Approximate training FLOPs of :func:`ensure_replication_runs` for ``preset``.
 
-    Counted with :func:`twotower.models.flops.preset_cost`: a main run, an independent-towers
-    control or a width variant as one run; the baseline and each split control's
-    single tower (except the first seed's, reused) as one phase 1; an untrained
-    control as its readouts.
+    Counted with :func:`twotower.models.flops.preset_cost`: a main run, an
+    independent-towers control or a width variant as one run; the baseline and each
+    split control's single tower (except the first seed's, reused) as one phase 1; an
+    untrained control as its readouts.
     """
-    from twotower.models.flops import preset_cost
-
     def cost(cfg: RunConfig) -> float:
         return preset_cost(cfg, 1.0).total_flops
 
@@ -181,8 +133,6 @@ def run_commands(preset: str, plan: dict, runs_dir: str = "_build/runs") -> list
     """The shell commands that train the runs of ``plan`` at ``preset`` (say on a GPU
     machine), one per run, into the folders chapters 9-11 look in; the width variants
     are left to the chapter (it trains them itself)."""
-    from twotower.book.display import run_path
-
     folder = f"{runs_dir}/{preset}"
     first = plan["seeds"]["causal"][0]
     lines = []
@@ -191,12 +141,12 @@ def run_commands(preset: str, plan: dict, runs_dir: str = "_build/runs") -> list
             extra = " --baseline" if (family, seed) == ("causal", first) else ""
             lines.append(f"python -m twotower run --preset {preset} --family {family} "
                          f"--seed {seed}{extra} --out "
-                         f"{run_path(folder, preset, family, seed)}")
+                         f"{RunSpec(preset, family, seed).path(folder)}")
     for control, seeds in plan["control_seeds"].items():
         for seed in seeds:
             lines.append(f"python -m twotower run --preset {preset} --control "
                          f"{control} --seed {seed} --out "
-                         f"{run_path(folder, preset, 'causal', seed, control)}")
+                         f"{RunSpec(preset, 'causal', seed, control).path(folder)}")
     return lines
 
 
@@ -213,8 +163,6 @@ def plot_intervals(ax, labels: Sequence[str], values, lows, highs, *,
             (e.g. the noise ceiling as ``"|"``).
         zero: draw a vertical line at 0.
     """
-    from twotower.analysis import plotting
-
     y = np.arange(len(labels))[::-1]
     colors = list(colors) if colors is not None else [plotting.SHARED_COLOR] * len(y)
     values, lows, highs = (np.asarray(v, float) for v in (values, lows, highs))

@@ -24,11 +24,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from twotower.config import ModelConfig
+from twotower.data.objectives import IGNORE
 from twotower.errors import TwotowerError
 from twotower.models.hooks import HookedModule, HookPoint
 from twotower.models.towers import StackedLinear, build_towers
-
-IGNORE = -100  # target id that takes no part in a loss (as in F.cross_entropy)
 
 
 CE_CHUNK_BYTES = 256 * 2**20  # fp32 working memory of one chunk of rows
@@ -210,20 +209,23 @@ class TowerLM(HookedModule):
         """Fused-head logits. ``(B, T) -> (B, T, V)``."""
         return self.head_logits(self.fuse(self.features(input_ids)))
 
-    def loss(self, input_ids: torch.Tensor, targets: torch.Tensor,
-             positions: torch.Tensor | None = None) -> torch.Tensor:
+    def loss(self, batch) -> torch.Tensor:
+        """The mean cross-entropy (fp32) of a :class:`twotower.data.objectives.Batch`:
+        the loss that :func:`twotower.training.trainer.train` takes (``model.loss``)."""
+        return self.cross_entropy(batch.input_ids, batch.targets, batch.positions)
+
+    def cross_entropy(self, input_ids: torch.Tensor, targets: torch.Tensor,
+                      positions: torch.Tensor | None = None) -> torch.Tensor:
         """Mean cross-entropy (fp32) over positions whose target is not ``IGNORE``.
 
-        The head runs only at those positions: for the masked LM that is 15% of the
-        work of :meth:`forward`. ``positions``: see :func:`select_targets`.
+        :meth:`loss` on tensors rather than a batch. The head runs only at those
+        positions: for the masked LM that is 15% of the work of :meth:`forward`.
+        ``input_ids`` and ``targets`` are ``(B, T)``; ``positions``: see
+        :func:`select_targets`.
         """
         fused = self.fuse(self.features(input_ids))  # (B, T, W)
         hidden, target = select_targets(fused, targets, positions)
         return mean_cross_entropy(self.head_logits(hidden), target)  # (N, V) logits
-
-    def batch_loss(self, batch) -> torch.Tensor:
-        """:meth:`loss` of a :class:`twotower.data.objectives.Batch` (what ``train`` takes)."""
-        return self.loss(batch.input_ids, batch.targets, batch.positions)
 
     def num_parameters(self) -> int:
         """Trainable parameters, the tied decoder counted once."""

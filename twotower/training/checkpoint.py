@@ -210,3 +210,18 @@ def load_state(path: Path) -> dict:
 def load_meta(path: Path) -> dict:
     """``meta.json`` of a checkpoint."""
     return atomic.read_json(Path(path) / META, "use an earlier checkpoint")
+
+
+def rng_state() -> dict:
+    """This process's random state (CPU, and every GPU's when there is one)."""
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Take back a random state that :func:`rng_state` returned."""
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

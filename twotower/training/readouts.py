@@ -15,7 +15,6 @@ random subsets: bug 4), with log-probabilities in fp32 (bug 5).
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,10 +22,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from twotower import atomic
 from twotower.config import TrainConfig
 from twotower.models.tower_lm import IGNORE, TowerLM, mean_cross_entropy, select_targets
 from twotower.data.objectives import Batch
+from twotower.data.scores import TokenScores
 from twotower.training.runtime import autocast, resolve_device, resolve_precision
 from twotower.training.trainer import WindowBatches, train
 
@@ -95,55 +94,6 @@ def train_readouts(model: TowerLM, batches: WindowBatches, cfg: TrainConfig, *,
                     clip_groups=[list(r.parameters()) for r in readouts.readouts],
                     progress=progress)
     return readouts.eval(), summary
-
-
-@dataclass(frozen=True)
-class TokenScores:
-    """Per scored position: the target id and each predictor's log-probability of it.
-
-    ``ll[k]`` is readout k's fp32 log-probability of the true token; ``joint`` the
-    fused head's. All arrays have one entry per scored position (N,). ``window`` and
-    ``article`` say where each position lies (the index of its scored window, and of
-    that window's article): statistics resample or split by them, since positions of
-    one passage are not independent. They are None in scores written by twotower
-    versions before they existed, and ``article`` for text without articles.
-    """
-
-    target: np.ndarray  # (N,) int32
-    ll: np.ndarray  # (K, N) float32
-    joint: np.ndarray  # (N,) float32
-    window: np.ndarray | None = None  # (N,) int32
-    article: np.ndarray | None = None  # (N,) int32
-
-    def subset(self, keep: np.ndarray) -> "TokenScores":
-        """The positions where ``keep`` (a boolean mask or an index) selects."""
-        def part(a):
-            return None if a is None else a[keep]
-        return TokenScores(self.target[keep], self.ll[:, keep], self.joint[keep],
-                           part(self.window), part(self.article))
-
-    @property
-    def ll_a(self) -> np.ndarray:
-        return self.ll[0]
-
-    @property
-    def ll_b(self) -> np.ndarray:
-        return self.ll[1]
-
-    def save(self, path: Path) -> None:
-        """Write ``path`` (``.npz``) atomically: a crash leaves the old file or none."""
-        where = {name: value for name in ("window", "article")
-                 if (value := getattr(self, name)) is not None}
-        with atomic.replacing(path) as tmp, open(tmp, "wb") as f:
-            np.savez_compressed(f, target=self.target, ll=self.ll, joint=self.joint,
-                                **where)
-
-    @classmethod
-    def load(cls, path: Path) -> "TokenScores":
-        with np.load(path) as z:
-            return cls(z["target"], z["ll"], z["joint"],
-                       *(z[name] if name in z.files else None
-                         for name in ("window", "article")))
 
 
 def _true_logprob(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
