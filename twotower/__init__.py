@@ -13,7 +13,8 @@ ones (``tests/test_layers.py`` keeps it so):
 * :mod:`twotower.models`: the layers, the towers and the language models;
 * :mod:`twotower.training`: the training loop, readouts, checkpoints, run folders;
 * :mod:`twotower.analysis`: the instruments and their statistics;
-* :mod:`twotower.experiments`: the runs the book needs (one run cache) and what they show;
+* :mod:`twotower.experiments`: the runs the book needs (one run cache) and what they
+  show;
 * :mod:`twotower.book`: what a chapter needs beside them, and the book's build.
 
 Chapters use one namespace::
@@ -48,7 +49,8 @@ NAMES = {
                      "count_parameters", "matched_single_tower_config"),
                     "twotower.models.tower_lm"),
     # training
-    **dict.fromkeys(("train", "evaluate", "WindowBatches"), "twotower.training.trainer"),
+    **dict.fromkeys(("train", "evaluate", "WindowBatches"),
+                    "twotower.training.trainer"),
     **dict.fromkeys(("load_metrics", "read_results", "is_finished"),
                     "twotower.training.run_folder"),
     # analysis
@@ -57,7 +59,8 @@ NAMES = {
     "bootstrap_means": "twotower.analysis.stats",
     # experiments: the one run cache
     **dict.fromkeys(("RunSpec", "ensure", "load_run"), "twotower.experiments.store"),
-    **dict.fromkeys(("make_objective", "resolve_config"), "twotower.experiments.pipeline"),
+    **dict.fromkeys(("make_objective", "resolve_config"),
+                    "twotower.experiments.pipeline"),
     # book: a chapter's set-up and displays
     **dict.fromkeys(("setup", "runs_on_drive"), "twotower.book.setup"),
     "LiveLossPlot": "twotower.book.live",

@@ -2,14 +2,15 @@
 
 Introduced in chapter 6 (*Training on a GPU (or not)*).
 
-Every file ``twotower`` writes that a later step reads (checkpoints, caches, results) goes
-through :func:`replacing`: the content is written to a uniquely named temporary file in
-the same folder, flushed to disk (``fsync``), renamed onto the destination (``rename`` is
-atomic on POSIX and Windows file systems), and the folder entry is flushed. A reader, or a
-run restarted after ``kill -9`` or a power cut, sees the old file or the new one, never a
-half-written one. Two processes writing the same file (two ranks filling a cache) do not
-collide: each has its own temporary name and the last rename wins. :func:`read_json`
-reads such a file back, with a one-line error when it is missing or damaged.
+Every file ``twotower`` writes that a later step reads (checkpoints, caches, results)
+goes through :func:`replacing`: the content is written to a uniquely named temporary
+file in the same folder, flushed to disk (``fsync``), renamed onto the destination
+(``rename`` is atomic on POSIX and Windows file systems), and the folder entry is
+flushed. A reader, or a run restarted after ``kill -9`` or a power cut, sees the old
+file or the new one, never a half-written one. Two processes writing the same file (two
+ranks filling a cache) do not collide: each has its own temporary name and the last
+rename wins. :func:`read_json` reads such a file back, with a one-line error when it is
+missing or damaged.
 """
 
 from __future__ import annotations
@@ -98,6 +99,6 @@ def read_json(file: str | Path, fix: str) -> dict:
     except (OSError, ValueError) as err:  # UnicodeDecodeError and JSONDecodeError too
         raise TwotowerError(f"{file} is unreadable ({str(err)[:100]}); {fix}") from None
     if not isinstance(value, dict):
-        raise TwotowerError(f"{file} holds a JSON {type(value).__name__}, not an object; "
-                            f"{fix}")
+        raise TwotowerError(f"{file} holds a JSON {type(value).__name__}, not an "
+                            f"object; {fix}")
     return value

@@ -71,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--family", default="causal", choices=FAMILIES)
     run.add_argument("--seed", type=_non_negative, default=0)
     run.add_argument("--out", required=True, help="run directory (rerun to resume)")
-    run.add_argument("--steps", type=_positive(), help="phase 1 steps (preset's default)")
+    run.add_argument("--steps", type=_positive(),
+                     help="phase 1 steps (preset's default)")
     run.add_argument("--readout-steps", type=_positive(), help="phase 2/3 steps")
     run.add_argument("--batch-size", type=_positive(), help="windows per step")
     run.add_argument("--lr", type=_positive(float), help="peak learning rate")
@@ -81,7 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="steps between checkpoints (0: only at the end)")
     run.add_argument("--device", help="auto (default), cpu, cuda, cuda:N, mps")
     run.add_argument("--precision", choices=PRECISIONS)
-    run.add_argument("--corpus", help="wikitext-2, wikitext-103 or a path to .txt files")
+    run.add_argument("--corpus",
+                     help="wikitext-2, wikitext-103 or a path to .txt files")
     run.add_argument("--source", choices=("auto", "bundled", "online", "hub"),
                      help="bundled copy, the Hub (online; hub means the same), or auto")
     run.add_argument("--baseline", action="store_true",
@@ -99,8 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("data", help="list the bundled corpora, check them, and say where "
                    "each comes from online")
     sub.add_parser("bench", help="speed figures (see python -m twotower bench --help)")
-    sub.add_parser("gpucheck", help="CUDA tests, speed and one colab-sized run on a GPU, "
-                   "as one JSON report (see python -m twotower gpucheck --help)")
+    sub.add_parser("gpucheck", help="CUDA tests, speed and one colab-sized run on a "
+                   "GPU, as one JSON report (see python -m twotower gpucheck --help)")
     return parser
 
 
@@ -111,7 +113,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
         "checkpoint_every": args.checkpoint_every,
         "device": args.device, "precision": args.precision, "compile": args.compile,
-        "detect_anomaly": args.detect_anomaly}.items() if v is not None and v is not False}
+        "detect_anomaly": args.detect_anomaly}.items()
+                  if v is not None and v is not False}
     readout_over = {k: v for k, v in train_over.items() if k not in ("steps", "lr")}
     if args.readout_steps:
         readout_over["steps"] = args.readout_steps
@@ -159,7 +162,8 @@ def _file_system_advice(err: OSError) -> str:
     if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
         fix = "free disk space"
     elif err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        fix = "choose a folder you can write to (--out, --cache-dir) or fix its permissions"
+        fix = ("choose a folder you can write to (--out, --cache-dir) or fix its "
+               "permissions")
     else:
         fix = "check the paths given to --out, --corpus and --cache-dir"
     return (f"file system error{where} ({err.strerror or err}); {fix}, then rerun the "
@@ -201,7 +205,8 @@ def main(argv: list[str] | None = None) -> int:
                                   progress=not args.quiet)
         scores, pref = results["scores"], results["preference"]
         print(f"done in {time.perf_counter() - started:.1f}s -> {args.out}")
-        print(f"joint ppl {scores['joint_ppl']:.1f}, readout A {scores['readout_a_ppl']:.1f},"
+        print(f"joint ppl {scores['joint_ppl']:.1f}, "
+              f"readout A {scores['readout_a_ppl']:.1f},"
               f" readout B {scores['readout_b_ppl']:.1f}; pref over "
               f"{pref['n_tokens']} tokens: sd {pref.get('sd', float('nan')):.3f}, "
               f"split-half r {results['split_half']['r']:.2f}")

@@ -3,9 +3,9 @@
 Introduced in chapter 1 (*Is language divisible?*).
 
 Call :func:`setup` once at the top of a chapter (``twotower.book.setup.setup`` does
-it for you). It sets matplotlib's rcParams, registers and enables an Altair theme with the same
-colours and fonts, and makes Altair render charts as static SVG through vl-convert, so
-the HTML book needs no JavaScript from a CDN to show them.
+it for you). It sets matplotlib's rcParams, registers and enables an Altair theme with
+the same colours and fonts, and makes Altair render charts as static SVG through
+vl-convert, so the HTML book needs no JavaScript from a CDN to show them.
 
 Tower A is always drawn in :data:`TOWER_COLORS` ``["A"]`` (blue) and tower B in
 ``["B"]`` (orange); whatever is shared by both towers is grey. The architecture

@@ -171,7 +171,8 @@ class ProbeFit:
 
 def _mean_loss(probe: _Probe, batches: Sequence[ProbeBatch]) -> float:
     with torch.no_grad():  # summed on the probe's device: one read, not one per batch
-        return float(torch.stack([probe_loss(probe, b) for b in batches]).double().mean())
+        return float(torch.stack([probe_loss(probe, b)
+                                  for b in batches]).double().mean())
 
 
 def train_probe(

@@ -19,13 +19,13 @@ from twotower.data import sources
 # npm packages served from the build: name -> (exact version, the registry's integrity
 # hash of its tarball), so every build gets the same bytes, with no npm needed
 VENDOR = {
-    "mathjax": ("3.2.2", "sha512-Bt+SSVU8eBG27zChVewOicYs7Xsdt40qm4+UpHyX7k0/O9NliPc+x77k"
-                         "1/FEsPsjKPZGJvtRZM1vO+geW0OhGw=="),
+    "mathjax": ("3.2.2", "sha512-Bt+SSVU8eBG27zChVewOicYs7Xsdt40qm4+UpHyX7k0/O9NliPc+x7"
+                         "7k1/FEsPsjKPZGJvtRZM1vO+geW0OhGw=="),
     "@jupyter-widgets/html-manager": (
-        "1.0.15", "sha512-5thBIV6ymNgmPVOHvzx+gGy8ZSKmSazhtGw4/c4xJDVzRhG9PTeQsRjF3FUTopv"
-                  "Fi//SABeNz1yp47bCrJ3CQA=="),
-    "requirejs": ("2.3.8", "sha512-7/cTSLOdYkNBNJcDMWf+luFvMriVm7eYxp4BcFCsAX0wF421Vyce5S"
-                           "XP17c+Jd5otXKGNehIonFlyQXSowL6Mw=="),
+        "1.0.15", "sha512-5thBIV6ymNgmPVOHvzx+gGy8ZSKmSazhtGw4/c4xJDVzRhG9PTeQsRjF3FUTo"
+                  "pvFi//SABeNz1yp47bCrJ3CQA=="),
+    "requirejs": ("2.3.8", "sha512-7/cTSLOdYkNBNJcDMWf+luFvMriVm7eYxp4BcFCsAX0wF421Vyce"
+                           "5SXP17c+Jd5otXKGNehIonFlyQXSowL6Mw=="),
 }
 NPM_REGISTRY = "https://registry.npmjs.org"
 # what of each npm tarball is kept, and where it goes under <html>/vendor/

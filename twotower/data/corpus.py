@@ -1,4 +1,5 @@
-"""Text in: WikiText bundled with the package or from the Hub, or your own ``.txt`` files.
+"""Text in: WikiText bundled with the package or from the Hub, or your own ``.txt``
+files.
 
 Introduced in chapter 3 (*Data and tokens*).
 
@@ -135,9 +136,9 @@ def load_corpus(
         source = "bundled"
     elif source == "auto":
         if not hub_is_reachable():
-            log.warning("%s needs the Hugging Face Hub, which does not answer: using the "
-                        "bundled %s instead, so sizes and results differ from an online "
-                        "run", corpus, FALLBACK)
+            log.warning("%s needs the Hugging Face Hub, which does not answer: "
+                        "using the bundled %s instead, so sizes and results "
+                        "differ from an online run", corpus, FALLBACK)
             return _load_bundled(FALLBACK, cache)
         source = "online"
     if source == "online":

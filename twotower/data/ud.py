@@ -69,7 +69,8 @@ def ud_english_ewt_paths(
     source: str = "auto",
     cache_dir: str | os.PathLike | None = None,
 ) -> list[Path]:
-    """The CoNLL-U files of UD English EWT: bundled, from the official release, or yours.
+    """The CoNLL-U files of UD English EWT: bundled, from the official release, or
+    yours.
 
     Args:
         directory: a folder of your own ``en_ewt-ud-{split}.conllu`` files (another
@@ -113,8 +114,9 @@ def _local_ud_paths(folder: str | os.PathLike | None,
     missing = [path.name for path in paths if not path.is_file()]
     if missing:
         raise TwotowerError(
-            f"UD English EWT files {', '.join(missing)} not found in {folder}; put them "
-            f"there (from {UD_EWT_URL}), unset {UD_DIR_ENV}, or use source='bundled'")
+            f"UD English EWT files {', '.join(missing)} not found in {folder}; put "
+            f"them there (from {UD_EWT_URL}), unset {UD_DIR_ENV}, or use "
+            "source='bundled'")
     return paths
 
 

@@ -2,13 +2,13 @@
 
 Introduced in chapter 3 (*Data and tokens*).
 
-The pipeline is :func:`~twotower.data.corpus.load_corpus` -> ``split_articles`` (validation
-held out by article) -> a WordPiece tokenizer trained on the training articles ->
-``tokenize_articles`` (ids cached on disk as a memmap, so a corpus is tokenized once) ->
-``make_windows`` (``[CLS]`` + ``max_len - 1`` tokens of one article, PAD at the end).
-:func:`prepare_data` runs all of it from a :class:`~twotower.config.DataConfig`.
-The authors' windows cross document boundaries (bug 6 of chapter 11's audit); ours
-never do.
+The pipeline is :func:`~twotower.data.corpus.load_corpus` -> ``split_articles``
+(validation held out by article) -> a WordPiece tokenizer trained on the training
+articles -> ``tokenize_articles`` (ids cached on disk as a memmap, so a corpus is
+tokenized once) -> ``make_windows`` (``[CLS]`` + ``max_len - 1`` tokens of one article,
+PAD at the end). :func:`prepare_data` runs all of it from a
+:class:`~twotower.config.DataConfig`. The authors' windows cross document boundaries
+(bug 6 of chapter 11's audit); ours never do.
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ from twotower.errors import TwotowerError
 from twotower.data.tokenizer import SpecialIds, fingerprint, get_tokenizer
 from twotower.data.tokenizer import padded_vocab_size
 
-from twotower.data.corpus import (Corpus, default_cache_dir, load_corpus, split_articles,  # noqa: F401
-                     clean_wikitext, wikitext_articles)
+from twotower.data.corpus import (Corpus, default_cache_dir, load_corpus,  # noqa: F401
+                                  split_articles, clean_wikitext, wikitext_articles)
 
 log = logging.getLogger(__name__)
 

@@ -6,8 +6,8 @@ Prints, per family at a preset: training tokens/s, analytic FLOPs per token, ach
 FLOP/s, MFU against the matmul peak measured in the same run (fp32 and bf16), and peak
 memory; the same for readout training and for scoring; the vectorised preference against
 a Python loop of the authors' per-token averaging; and, when ``transformers`` is
-installed, a two-tower built the authors' way (two ``GPT2LMHeadModel`` towers sharing the
-embedding, each computing its own full-vocabulary loss that is then discarded, and a
+installed, a two-tower built the authors' way (two ``GPT2LMHeadModel`` towers sharing
+the embedding, each computing its own full-vocabulary loss that is then discarded, and a
 fused head on their last hidden states) at the same size. Each case runs in its own
 subprocess so its peak memory is its own. Speed is a benchmark, never a timed test.
 """
@@ -43,7 +43,8 @@ from twotower.training.trainer import WindowBatches, train
 SPECIAL = (0, 1, 2, 3, 4)
 
 
-def matmul_peak(dtype: torch.dtype, device: torch.device, seconds: float = 1.0) -> float:
+def matmul_peak(dtype: torch.dtype, device: torch.device,
+                seconds: float = 1.0) -> float:
     """Sustained FLOP/s of a square matmul (size adapted so slow dtypes finish)."""
     n = 256
     for _ in range(3):  # the first products pay for library start-up (cuBLAS, oneDNN)
@@ -165,8 +166,8 @@ def reference_two_tower(cfg: RunConfig) -> nn.Module:
                 out.loss  # computed over the full vocabulary, then discarded
                 hidden.append(out.hidden_states[-1])
             logits = self.head(torch.cat(hidden, -1))
-            return F.cross_entropy(logits.float().flatten(0, 1), batch.targets.flatten(),
-                                   ignore_index=-100)
+            return F.cross_entropy(logits.float().flatten(0, 1),
+                                   batch.targets.flatten(), ignore_index=-100)
 
     return AuthorsTwoTower()
 
@@ -230,7 +231,8 @@ def bench_preference(n_tokens: int = 10_000_000, n_loop: int = 200_000,
     ll = -rng.exponential(3.0, size=(2, n_tokens)).astype(np.float32)
     scores = TokenScores(ids.astype(np.int32), ll, ll[0])
     t = time.perf_counter()  # numba compiles (or loads its cache) on the first call
-    token_preference(TokenScores(scores.target[:10], ll[:, :10], ll[0, :10]), vocab_size)
+    token_preference(TokenScores(scores.target[:10], ll[:, :10], ll[0, :10]),
+                     vocab_size)
     first_call = time.perf_counter() - t
     t = time.perf_counter()
     token_preference(scores, vocab_size, 5)
@@ -355,8 +357,9 @@ def _flags(common: list[str]) -> list[str]:
 def print_table(results: list[dict]) -> None:
     peak = results[0]
     if "fp32_flops_per_s" in peak:
-        print(f"matmul peak on {peak['device']}: fp32 {peak['fp32_flops_per_s']/1e9:.0f} "
-              f"GFLOP/s, bf16 {peak['bf16_flops_per_s']/1e9:.1f} GFLOP/s")
+        print(f"matmul peak on {peak['device']}: "
+              f"fp32 {peak['fp32_flops_per_s']/1e9:.0f} GFLOP/s, "
+              f"bf16 {peak['bf16_flops_per_s']/1e9:.1f} GFLOP/s")
     print(f"{'case':<11}{'family':<8}{'precision':<10}{'tokens/s':>10}{'MFLOP/tok':>10}"
           f"{'GFLOP/s':>9}{'MFU32':>7}{'MFU16':>7}{'mem MiB':>9}")
     for r in results[1:]:
@@ -378,7 +381,8 @@ def print_table(results: list[dict]) -> None:
               f"{cell('flops_per_s', 1e-9, '.1f', 9)}{cell('mfu_fp32', 1, '.0%', 7)}"
               f"{cell('mfu_bf16', 1, '.0%', 7)}{r['peak_memory_mib']:>9.0f}")
         if "ours_over_reference" in r:
-            print(f"{'':<11}twotower / authors' design: {r['ours_over_reference']:.2f}x")
+            print(f"{'':<11}twotower / authors' design: "
+                  f"{r['ours_over_reference']:.2f}x")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""``python -m twotower gpucheck --out DIR``: everything a GPU has to show, in one report.
+"""``python -m twotower gpucheck --out DIR``: everything a GPU has to show, in one
+report.
 
 Introduced in chapter 6 (*Training on a GPU (or not)*). It needs no network and runs in
 well under 8 minutes on one H100/H200-class GPU. Three parts, each written into
@@ -104,7 +105,8 @@ class Report:
 
 def environment(device: torch.device) -> dict:
     """What ran the check: versions, the device, and its measured matmul peak."""
-    env = {"date": datetime.date.today().isoformat(), "python": platform.python_version(),
+    env = {"date": datetime.date.today().isoformat(),
+           "python": platform.python_version(),
            "torch": torch.__version__, "device": str(device),
            "cuda": torch.version.cuda, "hostname": platform.node()}
     if device.type == "cuda":
@@ -130,7 +132,8 @@ def run_tests(repo: Path, out: Path, timeout: float) -> dict:
     t = time.perf_counter()
     try:
         proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "gpu",
-                               "-p", "no:cacheprovider", f"--junitxml={xml}", str(tests)],
+                               "-p", "no:cacheprovider", f"--junitxml={xml}",
+                               str(tests)],
                               cwd=repo, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         return {"error": f"the CUDA tests ran past {timeout:.0f} s"}
@@ -140,8 +143,8 @@ def run_tests(repo: Path, out: Path, timeout: float) -> dict:
         cases = ET.parse(xml).getroot().iter("testcase")
         outcome = {}
         for case in cases:
-            kind = next((c.tag for c in case if c.tag in ("failure", "error", "skipped")),
-                        "passed")
+            kind = next((c.tag for c in case
+                         if c.tag in ("failure", "error", "skipped")), "passed")
             outcome[case.get("name")] = kind
         result["cases"] = outcome
         for kind in ("passed", "failure", "error", "skipped"):
@@ -185,11 +188,13 @@ def run_bench(device: torch.device, env: dict, quick: bool, steps: int,
             row = run_case("train", case["preset"], case["family"], steps, warmup,
                            str(device), "auto", compile_=case["compile"],
                            plain_ce=case.get("plain_ce", False))
-        except Exception as err:  # noqa: BLE001 - one failed case must not end the check
+        except Exception as err:  # noqa: BLE001
+            # one failed case must not end the check
             row = {**case, "error": f"{type(err).__name__}: {str(err)[:300]}"}
         row.update(compile=case["compile"], plain_ce=case.get("plain_ce", False),
                    wall_s=time.perf_counter() - t)
-        print(f"  bench {case}: {row.get('tokens_per_s', row.get('error'))}", flush=True)
+        print(f"  bench {case}: {row.get('tokens_per_s', row.get('error'))}",
+              flush=True)
         if "flops_per_s" in row:  # against the peak of the precision it ran in
             half = row.get("precision") in ("bfloat16", "float16")
             peak = env["measured_bf16_flops" if half else "measured_fp32_flops"]
@@ -206,7 +211,8 @@ def run_pipeline(device: torch.device, quick: bool, steps: int, readout_steps: i
     cfg = get_preset("smoke" if quick else "colab", "causal")
     data = dataclasses.replace(cfg.data, corpus="wikitext-2", source="bundled",
                                tokenizer="train")
-    train = dataclasses.replace(cfg.train, steps=steps, warmup_steps=max(1, steps // 10),
+    train = dataclasses.replace(cfg.train, steps=steps,
+                                warmup_steps=max(1, steps // 10),
                                 eval_every=0, checkpoint_every=0, device=str(device))
     readout = dataclasses.replace(cfg.readout, steps=readout_steps,
                                   warmup_steps=max(1, readout_steps // 10),

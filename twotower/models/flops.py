@@ -74,8 +74,10 @@ def preset_cost(cfg: RunConfig, sustained_flops: float) -> PresetCost:
     tokens = cfg.train.steps * cfg.train.batch_size * cfg.model.max_len
     readout_tokens = cfg.readout.steps * cfg.readout.batch_size * cfg.model.max_len
     m = cfg.model
-    readout_head = 2 * 3 * frac * (2 * m.d_model * m.d_model + 2 * m.d_model * m.vocab_size)
+    readout_head = 2 * 3 * frac * (2 * m.d_model * m.d_model
+                                   + 2 * m.d_model * m.vocab_size)
     readout_per_token = forward_flops_per_token(m, 2, 0.0) + 2 * readout_head
-    total = tokens * train_flops_per_token(m, 2, frac) + readout_tokens * readout_per_token
+    total = (tokens * train_flops_per_token(m, 2, frac)
+             + readout_tokens * readout_per_token)
     return PresetCost(cfg.preset, m.family, tokens, readout_tokens, total,
                       total / sustained_flops / 3600)

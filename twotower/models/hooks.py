@@ -2,12 +2,12 @@
 
 Introduced in chapter 5 (*Two towers, one head*).
 
-Every interesting activation passes through a :class:`HookPoint`, an identity module with
-a name such as ``"blocks.2.mlp_post"``. :meth:`HookedModule.hooks` attaches functions to
-them for the duration of a ``with`` block (and always removes them, even when the block
-raises); :meth:`HookedModule.run_with_cache` returns the named activations of one forward
-pass. Activations are never stored on the module itself (the authors' code patches the
-HuggingFace source to stash them on ``self``).
+Every interesting activation passes through a :class:`HookPoint`, an identity module
+with a name such as ``"blocks.2.mlp_post"``. :meth:`HookedModule.hooks` attaches
+functions to them for the duration of a ``with`` block (and always removes them, even
+when the block raises); :meth:`HookedModule.run_with_cache` returns the named
+activations of one forward pass. Activations are never stored on the module itself (the
+authors' code patches the HuggingFace source to stash them on ``self``).
 """
 
 from __future__ import annotations
@@ -39,7 +39,8 @@ class HookPoint(nn.Module):
 
     @property
     def active(self) -> bool:
-        """True while at least one hook is attached (lets a layer skip costly extras)."""
+        """True while at least one hook is attached (lets a layer skip costly
+        extras)."""
         return bool(self._forward_hooks)
 
 
@@ -56,7 +57,8 @@ class HookedModule(nn.Module):
         """All hook points by name, in forward order."""
         return {m.name: m for m in self.modules() if isinstance(m, HookPoint)}
 
-    def _resolve(self, names: "Iterable[str] | Callable[[str], bool] | None") -> list[str]:
+    def _resolve(self, names: "Iterable[str] | Callable[[str], bool] | None"
+                 ) -> list[str]:
         points = self.hook_points()
         if names is None:
             return list(points)
@@ -73,7 +75,8 @@ class HookedModule(nn.Module):
         return names
 
     @contextlib.contextmanager
-    def hooks(self, fwd_hooks: Iterable[tuple[str, HookFn]]) -> Iterator["HookedModule"]:
+    def hooks(self, fwd_hooks: Iterable[tuple[str, HookFn]]
+              ) -> Iterator["HookedModule"]:
         """Attach ``(name, fn)`` hooks for the duration of a ``with`` block.
 
         Example:

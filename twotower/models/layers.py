@@ -3,10 +3,10 @@
 Introduced in chapter 4 (*Three kinds of tower*).
 
 These are the versions to read. The model itself runs the two towers together with the
-stacked layers of :mod:`twotower.models.towers` (one batched matmul for both towers instead of
-two sequential stacks); ``tests/test_towers.py`` checks that both compute the same thing,
-and :func:`twotower.models.towers.StackedTransformer.reference_block` turns any tower's layer
-back into a :class:`TransformerBlock`.
+stacked layers of :mod:`twotower.models.towers` (one batched matmul for both towers
+instead of two sequential stacks); ``tests/test_towers.py`` checks that both compute the
+same thing, and :func:`twotower.models.towers.StackedTransformer.reference_block` turns
+any tower's layer back into a :class:`TransformerBlock`.
 
 Shapes use fixed letters: B batch, T time, D width of one tower, H heads, V vocabulary.
 """
@@ -56,7 +56,8 @@ def attention_by_hand(q, k, v, causal: bool, key_padding: torch.Tensor | None = 
                       ) -> tuple[torch.Tensor, torch.Tensor]:
     """softmax(Q K^T / sqrt(d)) V written out, for the book and for tests.
 
-    Args: q, k, v ``(B, ..., T, d)``; key_padding ``(B, T)`` True where a key is padding.
+    Args: q, k, v ``(B, ..., T, d)``; key_padding ``(B, T)`` True where a key is
+    padding.
 
     Returns: ``(output (B, ..., T, d), weights (B, ..., T, T))``.
     """

@@ -192,7 +192,8 @@ class TowerLM(HookedModule):
         if self.pos_emb is not None:
             x = x + self.pos_emb.weight[:T]
         x = F.dropout(self.emb_norm(x), self.cfg.dropout, self.training)
-        x = self.tower_in.forward_shared(x.view(B * T, -1)).view(self.n_towers, B, T, -1)
+        x = (self.tower_in.forward_shared(x.view(B * T, -1))
+             .view(self.n_towers, B, T, -1))
         return self.tower_out(self.towers(x, self.key_padding(input_ids)))
 
     def fuse(self, features: torch.Tensor) -> torch.Tensor:
@@ -265,7 +266,8 @@ def count_parameters(cfg: ModelConfig, n_towers: int) -> int:
         return TowerLM(cfg, n_towers).num_parameters()
 
 
-def matched_single_tower_config(cfg: ModelConfig, tolerance: float = 0.05) -> ModelConfig:
+def matched_single_tower_config(cfg: ModelConfig,
+                                tolerance: float = 0.05) -> ModelConfig:
     """A single-tower config whose parameter count is closest to the two-tower one.
 
     The width moves in steps of ``n_heads`` (transformers) or 2 (biLM); ``d_ff`` keeps
@@ -279,7 +281,8 @@ def matched_single_tower_config(cfg: ModelConfig, tolerance: float = 0.05) -> Mo
     ratio = cfg.d_ff / cfg.d_model
 
     def variant(width: int) -> ModelConfig:
-        return dataclasses.replace(cfg, d_model=width, d_ff=max(1, round(ratio * width)))
+        return dataclasses.replace(cfg, d_model=width,
+                                   d_ff=max(1, round(ratio * width)))
 
     # The count grows with the width: bisect for the first width at or above target.
     lo, hi = 1, 4 * cfg.d_model // step + 1  # in units of step
@@ -293,6 +296,7 @@ def matched_single_tower_config(cfg: ModelConfig, tolerance: float = 0.05) -> Mo
     best = min(candidates, key=lambda w: abs(count_parameters(variant(w), 1) - target))
     found = count_parameters(variant(best), 1)
     if abs(found - target) > tolerance * target:
-        raise TwotowerError(f"no single-tower width matches {target:,} parameters within "
-                            f"{tolerance:.0%} (closest {found:,}); change d_model")
+        raise TwotowerError(f"no single-tower width matches {target:,} parameters "
+                            f"within {tolerance:.0%} (closest {found:,}); "
+                            "change d_model")
     return variant(best)

@@ -6,12 +6,12 @@ The towers of a two-tower model have identical shapes, so their weights are stor
 stacked along a leading tower axis and every matmul of both towers is one batched matmul
 (``torch.baddbmm``) instead of two sequential stacks. Activations carry the tower as the
 leading axis: ``(K, B, T, D)``. :meth:`StackedTransformer.reference_block` converts any
-tower's layer to the readable :class:`twotower.models.layers.TransformerBlock`, and the tests
-check that both agree.
+tower's layer to the readable :class:`twotower.models.layers.TransformerBlock`, and the
+tests check that both agree.
 
 The LSTM towers (family ``bilm``) use ``nn.LSTM`` per tower and direction (cuDNN on a
-GPU); their backward stream really runs backwards in time (the authors' code multiplied it
-by an all-zero matrix: bug 1 of chapter 11's audit).
+GPU); their backward stream really runs backwards in time (the authors' code multiplied
+it by an all-zero matrix: bug 1 of chapter 11's audit).
 """
 
 from __future__ import annotations
@@ -43,7 +43,8 @@ class StackedLinear(nn.Module):
         return torch.baddbmm(self.bias.to(x.dtype), x, self.weight.to(x.dtype))
 
     def forward_shared(self, x: torch.Tensor) -> torch.Tensor:
-        """The same input for every tower: ``(N, D_in) -> (K, N, D_out)`` in one matmul."""
+        """The same input for every tower: ``(N, D_in) -> (K, N, D_out)`` in one
+        matmul."""
         K, D_in, D_out = self.weight.shape
         w = self.weight.transpose(0, 1).reshape(D_in, K * D_out)  # (D_in, K*D_out)
         y = (x @ w.to(x.dtype)).view(-1, K, D_out).transpose(0, 1)  # (K, N, D_out)
@@ -67,9 +68,10 @@ class StackedLayerNorm(nn.Module):
 class StackedBlock(nn.Module):
     """One pre-LN transformer block of every tower at once.
 
-    Hook points (all with the tower as leading axis): ``attn_pattern`` ``(K, B, H, T, T)``
-    (computed only while hooked; read-only), ``attn_out`` ``(K, B, T, D)``, ``resid_mid``
-    ``(K, B, T, D)``, ``mlp_post`` ``(K, B, T, F)`` (the MLP neurons after GELU),
+    Hook points (all with the tower as leading axis):
+    ``attn_pattern`` ``(K, B, H, T, T)`` (computed only while hooked; read-only),
+    ``attn_out`` ``(K, B, T, D)``, ``resid_mid`` ``(K, B, T, D)``,
+    ``mlp_post`` ``(K, B, T, F)`` (the MLP neurons after GELU),
     ``resid_post`` ``(K, B, T, D)``.
     """
 
@@ -89,7 +91,8 @@ class StackedBlock(nn.Module):
         self.mlp_post = HookPoint()
         self.resid_post = HookPoint()
 
-    def forward(self, x: torch.Tensor, key_padding: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor,
+                key_padding: torch.Tensor | None) -> torch.Tensor:
         """Args: x ``(K, B, T, D)``; key_padding ``(B, T)`` True at padding, or None."""
         K, B, T, D = x.shape
         H = self.n_heads
@@ -119,7 +122,8 @@ class StackedBlock(nn.Module):
 
 
 class StackedTransformer(nn.Module):
-    """``n_layers`` stacked blocks for K towers (causal for ``causal``, else bidirectional)."""
+    """``n_layers`` stacked blocks for K towers (causal for ``causal``, else
+    bidirectional)."""
 
     def __init__(self, n_stack: int, cfg: ModelConfig):
         super().__init__()
@@ -207,7 +211,8 @@ class BiLSTMTowers(nn.Module):
             fwd.append(F.pad(f[:, :-1], (0, 0, 1, 0)))  # position t sees x[< t]
             bwd.append(F.pad(b[:, 1:], (0, 0, 0, 1)))  # position t sees x[> t]
         f = torch.stack(fwd)
-        b = torch.stack(bwd) * (t[None, None, :, None] + 1 < lengths[None, :, None, None])
+        b = torch.stack(bwd) * (t[None, None, :, None] + 1
+                                < lengths[None, :, None, None])
         f, b = self.fwd_out(f), self.bwd_out(b)
         return F.dropout(torch.cat([f, b], dim=-1), self.dropout, self.training)
 

@@ -4,10 +4,10 @@ Introduced in chapter 6 (*Training on a GPU (or not)*).
 
 A checkpoint is a directory ``step-000123/`` holding ``model.safetensors`` (weights: no
 code can hide in them), ``state.pt`` (optimizer, schedule and RNG states: tensors and
-numbers only, read with ``torch.load(weights_only=True)``) and ``meta.json``. It is written
-under a temporary name, flushed to disk, then renamed, and only then does the ``latest``
-pointer move (itself replaced atomically), so a crash at any moment leaves the previous
-checkpoint intact.
+numbers only, read with ``torch.load(weights_only=True)``) and ``meta.json``. It is
+written under a temporary name, flushed to disk, then renamed, and only then does the
+``latest`` pointer move (itself replaced atomically), so a crash at any moment leaves
+the previous checkpoint intact.
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ WEIGHTS, STATE, META, LATEST = "model.safetensors", "state.pt", "meta.json", "la
 
 def save_checkpoint(directory: Path, step: int, module: nn.Module, state: dict,
                     meta: dict, keep: int = 2) -> Path:
-    """Write checkpoint ``directory/step-{step}`` atomically and keep the newest ``keep``.
+    """Write checkpoint ``directory/step-{step}`` atomically and keep the newest
+    ``keep``.
 
     Args:
         directory: the phase's checkpoint folder.
@@ -82,14 +83,16 @@ def save_checkpoint(directory: Path, step: int, module: nn.Module, state: dict,
     # Only now that the new checkpoint is in place: old ones beyond ``keep``, copies
     # set aside and the leftovers of saves a crash interrupted.
     stale = sorted(directory.glob("step-*"))[:-keep] if keep > 0 else []
-    for path in (*stale, *directory.glob(".old-step-*"), *directory.glob(".tmp-step-*")):
+    for path in (*stale, *directory.glob(".old-step-*"),
+                 *directory.glob(".tmp-step-*")):
         shutil.rmtree(path, ignore_errors=True)
     return final
 
 
 def _fault_injection_pause(tmp: Path, step: int) -> None:
     """For the crash tests: with ``TWOTOWER_FAULT_PAUSE_SAVE=<step>`` set, stop in the
-    middle of that step's save (files written, not yet renamed) and wait to be killed."""
+    middle of that step's save (files written, not yet renamed) and wait to be
+    killed."""
     if os.environ.get("TWOTOWER_FAULT_PAUSE_SAVE") == str(step):
         (tmp.parent / "PAUSED-IN-SAVE").write_text(str(step))
         while True:
@@ -135,8 +138,8 @@ def load_weights(path: Path, module: nn.Module) -> None:
         with safe_open(str(file), framework="pt") as f:
             stored = {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}
     except (SafetensorError, OSError, ValueError) as err:
-        raise TwotowerError(f"cannot read {file} ({str(err).splitlines()[0]}); the file "
-                            "is truncated or not safetensors: use an earlier "
+        raise TwotowerError(f"cannot read {file} ({str(err).splitlines()[0]}); the "
+                            "file is truncated or not safetensors: use an earlier "
                             "checkpoint") from None
     expected = {name: tuple(t.shape) for name, t in module.state_dict().items()}
     # Tied tensors are stored once (safetensors' save_model): an alias may be absent.

@@ -50,7 +50,8 @@ def init_from_env() -> Dist:
     """Join the process group ``torchrun`` describes in the environment, if any.
 
     Returns:
-        This process's :class:`Dist`; a single process when ``WORLD_SIZE`` is unset or 1.
+        This process's :class:`Dist`; a single process when ``WORLD_SIZE`` is unset
+        or 1.
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:

@@ -3,13 +3,13 @@
 Introduced in chapter 7 (*Reading each tower alone*).
 
 After joint training, the embedding and the towers are frozen with
-``requires_grad_(False)`` and left out of the optimiser (the authors only wrapped them in
-``no_grad`` while they stayed in the optimiser, so weight decay still moved them: bug 3).
-Each tower gets a fresh, untied readout that normalises *that tower's* output on its own
-(the authors normalised the concatenation of both towers and then sliced it, so each
-readout saw statistics of the other tower: bug 2). Both readouts are trained on the same
-batches and scored on identical positions and masks (the authors scored them on different
-random subsets: bug 4), with log-probabilities in fp32 (bug 5).
+``requires_grad_(False)`` and left out of the optimiser (the authors only wrapped them
+in ``no_grad`` while they stayed in the optimiser, so weight decay still moved them:
+bug 3). Each tower gets a fresh, untied readout that normalises *that tower's* output on
+its own (the authors normalised the concatenation of both towers and then sliced it, so
+each readout saw statistics of the other tower: bug 2). Both readouts are trained on the
+same batches and scored on identical positions and masks (the authors scored them on
+different random subsets: bug 4), with log-probabilities in fp32 (bug 5).
 """
 
 from __future__ import annotations
@@ -57,8 +57,8 @@ class TowerReadouts(nn.Module):
         """Mean over towers of each readout's mean cross-entropy (fp32).
 
         The towers are frozen, so each readout's gradient comes from its own term only
-        (scaled by 1/K, which AdamW does not notice); as a validation loss it is the mean
-        of the readouts' losses, so its exp is their geometric-mean perplexity.
+        (scaled by 1/K, which AdamW does not notice); as a validation loss it is the
+        mean of the readouts' losses, so its exp is their geometric-mean perplexity.
         """
         with torch.no_grad():
             features = model.features(batch.input_ids)  # (K, B, T, D)
@@ -109,8 +109,8 @@ def score_readouts(model: TowerLM, readouts: TowerReadouts, batches: Iterable[Ba
     In fp32 by default: the score of a token is a difference of log-probabilities, and
     bf16 logits round them to about 2 decimal digits. Streams over ``batches``;
     memory grows by 20 bytes per scored position. Batches that carry their window
-    index (:meth:`twotower.training.trainer.WindowBatches.score_batches`) give each position
-    its window; others give -1.
+    index (:meth:`twotower.training.trainer.WindowBatches.score_batches`) give each
+    position its window; others give -1.
     """
     device = resolve_device(device)
     dtype = resolve_precision(precision, device)
@@ -134,7 +134,8 @@ def score_readouts(model: TowerLM, readouts: TowerReadouts, batches: Iterable[Ba
                 for k, r in enumerate(readouts.readouts)]))
             targets.append(target.to(torch.int32))
     # kept on the device until the end: one transfer, no wait per batch
-    return TokenScores(torch.cat(targets).cpu().numpy(), torch.cat(lls, 1).cpu().numpy(),
+    return TokenScores(torch.cat(targets).cpu().numpy(),
+                       torch.cat(lls, 1).cpu().numpy(),
                        torch.cat(joints).cpu().numpy(), torch.cat(windows).numpy())
 
 

@@ -18,7 +18,8 @@ from twotower.errors import TwotowerError
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` -> CUDA if present, else Apple MPS, else CPU; other names are checked."""
+    """``"auto"`` -> CUDA if present, else Apple MPS, else CPU; other names are
+    checked."""
     if isinstance(device, torch.device):
         return device
     if device == "auto":
