@@ -1,5 +1,8 @@
 """Command line: ``python -m twotower run|presets|data|bench|gpucheck ...``.
 
+Introduced in chapter 6 (*Training on a GPU (or not)*), which runs a whole replication
+with ``python -m twotower run``.
+
 Every mistake a user can make ends in one line on stderr, ``error: ...`` naming the fix,
 and exit status 2; never a traceback from inside the library.
 """
@@ -15,13 +18,10 @@ import os
 import sys
 import time
 
+import twotower as tt
 from twotower.config import (CONTROLS, FAMILIES, PRECISIONS, PRESETS, RunConfig,
                              get_preset)
-from twotower.data import sources
 from twotower.errors import TwotowerError
-from twotower.experiments import bench, gpucheck, store
-from twotower.models.tower_lm import count_parameters
-from twotower.training.distributed import init_from_env
 
 
 def _number(kind: type, low: float, high: float = float("inf"),
@@ -135,14 +135,15 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 
 
 def _print_data() -> None:
-    for name, corpus in sources.CORPORA.items():
-        sources.check(name)  # one line naming a damaged file, before anything printed
-        files = sources.checksums(name)
-        size = sum((sources.data_dir() / name / file).stat().st_size for file in files)
+    for name, corpus in tt.sources.CORPORA.items():
+        tt.sources.check(name)  # one line naming a damaged file, before any output
+        files = tt.sources.checksums(name)
+        folder = tt.sources.data_dir() / name
+        size = sum((folder / file).stat().st_size for file in files)
         print(f"{name}: {corpus.title}\n  {len(files)} files, {size / 1e6:.2f} MB "
               f"compressed, checked against SHA256SUMS; license: {corpus.license}\n"
               f"  online: {corpus.official}")
-    print(f"in {sources.data_dir()}; each folder's LICENSE.md has the attribution")
+    print(f"in {tt.sources.data_dir()}; each folder's LICENSE.md has the attribution")
 
 
 def _print_presets() -> None:
@@ -152,7 +153,7 @@ def _print_presets() -> None:
         for family, cfg in by_family.items():
             m, t = cfg.model, cfg.train
             print(f"{name:<12} {family:<7} {m.n_layers:>6} {m.d_model:>7} "
-                  f"{count_parameters(m, 2):>12,} {t.steps:>7} {t.batch_size:>5} "
+                  f"{tt.count_parameters(m, 2):>12,} {t.steps:>7} {t.batch_size:>5} "
                   f"{m.max_len:>4}")
 
 
@@ -181,9 +182,9 @@ def _is_out_of_memory(err: BaseException) -> bool:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["bench"]:  # its own parser: python -m twotower bench --help
-        return bench.main(argv[1:])
+        return tt.bench.main(argv[1:])
     if argv[:1] == ["gpucheck"]:  # its own parser too
-        return gpucheck.main(argv[1:])
+        return tt.gpucheck.main(argv[1:])
     args = build_parser().parse_args(argv)
     # Under torchrun only rank 0 reports; the others print warnings and errors only.
     main_rank = os.environ.get("RANK", "0") == "0"
@@ -197,11 +198,11 @@ def main(argv: list[str] | None = None) -> int:
             _print_data()
             return 0
         cfg = config_from_args(args)
-        if not init_from_env().is_main:
-            store.train_run(cfg, args.out, cache_dir=args.cache_dir, progress=False)
+        if not tt.distributed.init_from_env().is_main:
+            tt.store.train_run(cfg, args.out, cache_dir=args.cache_dir, progress=False)
             return 0
         started = time.perf_counter()
-        results = store.train_run(cfg, args.out, cache_dir=args.cache_dir,
+        results = tt.store.train_run(cfg, args.out, cache_dir=args.cache_dir,
                                   progress=not args.quiet)
         scores, pref = results["scores"], results["preference"]
         print(f"done in {time.perf_counter() - started:.1f}s -> {args.out}")

@@ -1,5 +1,8 @@
 """One exception type for every mistake a reader can make.
 
+Met first in chapter 1 (*Is language divisible?*), whose set-up stops with one when a
+corpus the chapter reads is missing.
+
 Anything the user can fix (a bad argument, a missing file, a run directory made with
 another config, a loss that became NaN) raises :class:`TwotowerError` with a one-line
 message that names what was wrong and how to fix it. The CLI prints that line and exits
