@@ -77,7 +77,7 @@ def planted_split_score(pref_df: pd.DataFrame, labels: np.ndarray, n_boot: int =
         pref_df: from :func:`twotower.analysis.preference.token_preference` (index =
             id).
         labels: ``(V,)`` per-id labels,
-            :attr:`twotower.data.synthetic.PlantedLanguage.labels`.
+            ``labels`` of :class:`twotower.data.synthetic.PlantedLanguage`.
 
     Returns:
         :class:`SplitScore` ``(r, ci, p)``. Tower labels are arbitrary, so ``r`` is
