@@ -22,6 +22,7 @@ from twotower.config import ModelConfig, TrainConfig
 from twotower.models.tower_lm import TowerLM
 from twotower.data.objectives import Objective
 from twotower.data.tokenizer import SpecialIds
+from twotower.training import runtime
 
 # The special ids of a tokenizer trained by twotower.data.tokenizer.train_wordpiece.
 SPECIAL = SpecialIds(pad=0, unk=1, cls=2, sep=3, mask=4)
@@ -47,10 +48,14 @@ def private_twotower_cache(tmp_path_factory):
 @pytest.fixture(scope="session", autouse=True)
 def one_torch_thread():
     """Tiny models gain nothing from a second thread, and on a busy 2-core machine
-    OpenMP threads spinning against other processes make a step ~20x slower."""
+    OpenMP threads spinning against other processes make a step ~20x slower. A run
+    made in this process (default ``threads=0``) computes with one thread too."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
+    patch = pytest.MonkeyPatch()
+    patch.setattr(runtime, "machine_threads", lambda: 1)
     yield
+    patch.undo()
     torch.set_num_threads(before)
 
 

@@ -533,7 +533,7 @@ def test_a_full_disk_during_a_save_leaves_the_last_good_checkpoint(tiny_config,
     before = snapshot(tmp_path)
 
     def full_disk(obj, f, *args, **kwargs):  # half the file, then the disk is full
-        Path(f).write_bytes(b"\x00" * 100)
+        f.write(b"\x00" * 100)  # torch.save is given the open file (its errno survives)
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(ckpt.torch, "save", full_disk)

@@ -53,6 +53,15 @@ _non_negative = _number(int, 0)
 _fraction = _number(float, 0.0, 1.0)
 
 
+def _path(text: str) -> str:
+    """An argparse ``type`` for a path: anything but an empty or blank one (``""`` is
+    the current folder: a run would land in it)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"expected a path, got an empty one "
+                                         f"({text!r})")
+    return text
+
+
 class OneLineParser(argparse.ArgumentParser):
     """argparse that reports a bad argument in one line (no usage block)."""
 
@@ -70,7 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--preset", default="small", choices=list(PRESETS))
     run.add_argument("--family", default="causal", choices=FAMILIES)
     run.add_argument("--seed", type=_non_negative, default=0)
-    run.add_argument("--out", required=True, help="run directory (rerun to resume)")
+    run.add_argument("--out", required=True, type=_path,
+                     help="run directory (rerun to resume)")
     run.add_argument("--steps", type=_positive(),
                      help="phase 1 steps (preset's default)")
     run.add_argument("--readout-steps", type=_positive(), help="phase 2/3 steps")
@@ -82,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="steps between checkpoints (0: only at the end)")
     run.add_argument("--device", help="auto (default), cpu, cuda, cuda:N, mps")
     run.add_argument("--precision", choices=PRECISIONS)
-    run.add_argument("--corpus",
+    run.add_argument("--corpus", type=_path,
                      help="wikitext-2, wikitext-103 or a path to .txt files")
     run.add_argument("--source", choices=("auto", "bundled", "online", "hub"),
                      help="bundled copy, the Hub (online; hub means the same), or auto")
@@ -90,11 +100,16 @@ def build_parser() -> argparse.ArgumentParser:
                      help="also train the parameter-matched single-tower model")
     run.add_argument("--control", choices=[c for c in CONTROLS if c],
                      help="train a control of chapter 9 instead of the two-tower model")
+    run.add_argument("--threads", type=_positive(),
+                     help="CPU threads of the arithmetic (default: this machine's "
+                     "cores, or as many as a resumed run's checkpoints used; "
+                     "OMP_NUM_THREADS is not used, so that the same command gives the "
+                     "same bits)")
     run.add_argument("--compile", action="store_true", help="use torch.compile")
     run.add_argument("--detect-anomaly", action="store_true",
                      help="torch anomaly detection (slow; find where NaNs start)")
-    run.add_argument("--cache-dir", help="tokenizer and token cache (default "
-                     "$TWOTOWER_CACHE or ~/.cache/twotower)")
+    run.add_argument("--cache-dir", type=_path, help="tokenizer and token cache "
+                     "(default $TWOTOWER_CACHE or ~/.cache/twotower)")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
 
     sub.add_parser("presets", help="list the presets and their sizes")
@@ -130,8 +145,21 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
                                                                  dropout=args.dropout))
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, **data_over),
                               baseline=args.baseline or cfg.baseline,
-                              control=args.control or cfg.control)
+                              control=args.control or cfg.control,
+                              threads=args.threads or cfg.threads)
     return cfg.validate()
+
+
+def _note_unused_thread_settings(cfg: RunConfig) -> None:
+    """One line when the environment asks for a thread count that the run will not
+    use (torchrun's own OMP_NUM_THREADS=1 goes without saying)."""
+    asked = [f"{name}={os.environ[name]}" for name in ("OMP_NUM_THREADS",
+                                                       "MKL_NUM_THREADS")
+             if os.environ.get(name)]
+    if asked and not cfg.threads and "LOCAL_WORLD_SIZE" not in os.environ:
+        logging.info("%s not used: a run computes with --threads N (default: this "
+                     "machine's cores), so that the same command gives the same bits",
+                     " and ".join(asked))
 
 
 def _print_data() -> None:
@@ -198,6 +226,7 @@ def main(argv: list[str] | None = None) -> int:
             _print_data()
             return 0
         cfg = config_from_args(args)
+        _note_unused_thread_settings(cfg)
         if not tt.distributed.init_from_env().is_main:
             tt.store.train_run(cfg, args.out, cache_dir=args.cache_dir, progress=False)
             return 0

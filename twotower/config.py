@@ -24,6 +24,10 @@ FAMILIES = ("causal", "mlm", "bilm")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 MAX_SEED = 2**31  # seeds are combined with step numbers into 64-bit generator seeds
 MAX_STEPS = 10**9
+#: Metadata of a field that :func:`config_to_dict` leaves out while it holds its
+#: default, so that a field added later leaves the ``config.json`` of older run
+#: folders equal to a rerun's (a rerun with another value is refused as usual).
+SAVED_UNLESS_DEFAULT = {"saved_unless_default": True}
 #: Values of ``RunConfig.control``: "" is the two-tower model itself, the others the
 #: controls of chapter 9 (twotower.experiments.controls); the one list of controls.
 CONTROLS = ("", "independent", "split", "untrained", "reseeded")
@@ -170,6 +174,10 @@ class RunConfig:
     preset: str = ""  # name of the preset this came from (informational only)
     control: str = ""  # "" (the two-tower model) or a control of chapter 9:
     # "independent", "split", "untrained" or "reseeded" (see CONTROLS above)
+    threads: int = field(default=0, metadata=SAVED_UNLESS_DEFAULT)  # CPU threads of
+    # training and scoring (0: as many as the run's checkpoints used, else this
+    # machine's cores); fixed so that the same command gives the same bits
+    # (twotower.training.runtime.run_threads)
 
     def validate(self) -> "RunConfig":
         """Return ``self`` or raise :class:`TwotowerError` naming the bad field."""
@@ -182,6 +190,9 @@ class RunConfig:
         if not _is_int(self.score_batches) or self.score_batches < 0:
             raise TwotowerError(f"score_batches must be an integer >= 0 (0: all), got "
                                 f"{self.score_batches!r}")
+        if not _is_int(self.threads) or self.threads < 0:
+            raise TwotowerError(f"threads must be an integer >= 0 (0: this machine's "
+                                f"cores), got {self.threads!r}")
         if self.control not in CONTROLS:
             raise TwotowerError(f"unknown control {self.control!r}; choose one of "
                                 f"{', '.join(c for c in CONTROLS if c)}")
@@ -282,14 +293,20 @@ def get_preset(name: str, family: str = "causal") -> RunConfig:
 
 
 def config_to_dict(cfg) -> dict:
-    """``asdict`` with tuples turned into lists, ready for JSON."""
-    def lists(value):
+    """``asdict`` with tuples turned into lists, ready for JSON; a field marked
+    :data:`SAVED_UNLESS_DEFAULT` is left out while it holds its default."""
+    def plain(value):
+        if dataclasses.is_dataclass(value):
+            return {f.name: plain(getattr(value, f.name))
+                    for f in dataclasses.fields(value)
+                    if not (f.metadata.get("saved_unless_default")
+                            and getattr(value, f.name) == f.default)}
         if isinstance(value, dict):
-            return {k: lists(v) for k, v in value.items()}
+            return {k: plain(v) for k, v in value.items()}
         if isinstance(value, (list, tuple)):
-            return [lists(v) for v in value]
+            return [plain(v) for v in value]
         return value
-    return lists(dataclasses.asdict(cfg))
+    return plain(cfg)
 
 
 def read_run_config(run_dir) -> RunConfig:

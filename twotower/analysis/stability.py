@@ -40,7 +40,7 @@ from twotower.analysis.stats import (bootstrap_interval, row_pearson, shuffled_l
                                      spearman_brown)
 from twotower.data.scores import TokenScores
 from twotower.training.run_folder import (CONFIG, RESULTS, RunSpec, is_finished,
-                                          read_results)
+                                          read_preference, read_results, read_scores)
 
 ALIGNMENTS = ("r", "gap", "none")
 
@@ -84,16 +84,21 @@ class RunPreference:
 
 
 def load_preference_run(path: str | Path) -> RunPreference:
-    """Read a finished run directory without loading any model."""
+    """Read a finished run directory without loading any model.
+
+    Raises:
+        TwotowerError: when it is not a finished run, or its preference table or
+            scores are missing, damaged or not the files its results record (one
+            line naming the file and the fix: ``book/when_things_go_wrong.md``).
+    """
     path = Path(path)
     require(is_finished(path), f"{path} is not a finished run (no {RESULTS}); train "
             "it first (twotower.experiments.store.ensure)")
     cfg = read_run_config(path)
-    pref = pd.read_csv(path / "preference.csv", keep_default_na=False,
-                       na_values=[""]).set_index("id")
+    results = read_results(path)
     variant = RunSpec.parse(path.name).variant if RunSpec.matches(path.name) else ""
-    return RunPreference(path, cfg, read_results(path), pref,
-                         TokenScores.load(path / "scores.npz"), variant)
+    return RunPreference(path, cfg, results, read_preference(path, results),
+                         read_scores(path, results), variant)
 
 
 def collect_runs(runs_dir: str | Path, preset: str) -> list[RunPreference]:

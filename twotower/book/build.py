@@ -5,6 +5,7 @@ Introduced in chapter 1 (*Is language divisible?*), section "Running this notebo
 Usage (from the repository root)::
 
     python -m twotower.book build [--preset smoke] [--chapters 01 02] [--out _build]
+    python -m twotower.book build --force              # execute even unchanged ones
     python -m twotower.book student [--out student]   # exercise copies, no solutions
     python -m twotower.book check                      # stored chapters are clean
     python -m twotower.book strip                      # remove outputs in place
@@ -12,34 +13,43 @@ Usage (from the repository root)::
     python -m twotower.book vendor                     # the HTML's MathJax, widgets
 
 ``build`` (1) reads the chapters (``.ipynb`` entries) from ``_toc.yml`` in order; (2)
-executes each with papermill into ``<out>/executed/book/<name>.ipynb``, injecting
-``PRESET``, ``SEED``, ``DEVICE`` and ``RUNS_DIR`` (one runs directory per preset, so a
-chapter reuses what an earlier chapter trained), keeps going after a failing chapter and
-writes ``<out>/executed/timings.json``; (3) copies ``_config.yml``, ``_toc.yml``,
-``references.bib``, the pages and the executed notebooks to ``<out>/stage`` and runs
-``jupyter-book build`` there with warnings as errors, into ``<out>/html``. MathJax and
-the ipywidgets embedder come from the npm registry (checked tarballs, unpacked in
-``<out>/vendor``), so the HTML never asks a CDN for them. Before (1), :func:`preflight`
-checks in seconds that the build modules, the kernel, the bundled corpora and those
-assets are there, so nothing fails after hours of chapters. The exit status is
-non-zero if anything failed.
+executes each with papermill into ``<out>/executed/book/<name>.ipynb``
+(:mod:`twotower.book.execution`), injecting ``PRESET``, ``SEED``, ``DEVICE`` and
+``RUNS_DIR`` (one runs directory per preset, so a chapter reuses what an earlier
+chapter trained), keeps going after a failing chapter and rewrites
+``<out>/executed/timings.json`` as each chapter ends. A chapter whose notebook,
+parameters and package are unchanged since its last successful execution is not
+executed again (:mod:`twotower.book.manifest`; ``--force`` executes it anyway). (3)
+copies ``_config.yml``, ``_toc.yml``, ``references.bib``, the pages and the executed
+notebooks that passed with this build's preset, seed and device to ``<out>/stage``
+and runs ``jupyter-book build`` there with warnings as errors, into ``<out>/html``.
+MathJax and the ipywidgets embedder come from the npm registry (checked tarballs,
+unpacked in ``<out>/vendor``), so the HTML never asks a CDN for them. Before (1),
+:func:`preflight` checks in seconds that the build modules, the kernel, the bundled
+corpora and those assets are there, so nothing fails after hours of chapters. The exit
+status is non-zero if anything failed; Ctrl-C or SIGTERM ends the build in one line
+(status 130 or 143) with the timing table of what ended, and the same command goes on
+from there.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
 from importlib.util import find_spec
 from pathlib import Path
 
 import yaml
 
+from twotower.book.execution import (ChapterRun, execute_chapter, stop_on_sigterm,
+                                     stop_signal)
+from twotower.book.manifest import (Manifest, chapter_key, kernel_package,
+                                    package_fingerprint, print_timings,
+                                    read_build_parameters, write_timings)
 from twotower.book.notebooks import (notebook_problems, read_notebook, rewrite_links,
                                      strip_notebook, structure_problems, student_copy,
                                      write_notebook)
@@ -50,6 +60,15 @@ from twotower.errors import TwotowerError
 
 # what the build needs besides the package: the [book] extra of pyproject.toml
 BOOK_MODULES = ("papermill", "nbformat", "jupyter_book", "ipykernel", "yaml")
+
+
+class BuildInterrupted(TwotowerError):
+    """Ctrl-C or SIGTERM stopped the build, after it wrote the timing table of what
+    ended; ``exit_status`` is 130 (Ctrl-C) or 143 (SIGTERM)."""
+
+    def __init__(self, message: str, exit_status: int):
+        super().__init__(message)
+        self.exit_status = exit_status
 
 
 # --- the repository: _config.yml and _toc.yml -----------------------------------------
@@ -107,68 +126,39 @@ def select_chapters(all_chapters: list[Path], wanted: list[str] | None) -> list[
     return chosen
 
 
-# --- notebook hygiene -----------------------------------------------------------------
-
 # --- step 2: execute ------------------------------------------------------------------
 
-@dataclass
-class ChapterRun:
-    """Outcome of executing one chapter."""
-
-    name: str
-    status: str  # "ok" or "failed"
-    seconds: float
-    notebook: str  # path of the executed copy (kept when it failed)
-    error: str = ""
-
-
-def execute_chapter(source: Path, target: Path, parameters: dict,
-                    timeout: int | None = None) -> ChapterRun:
-    """Run one chapter with papermill; a failing cell is reported, not raised."""
-    import papermill
-
-    target.parent.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
-    status, error = "ok", ""
-    try:
-        papermill.execute_notebook(str(source), str(target), parameters=parameters,
-                                   kernel_name="python3", progress_bar=False,
-                                   cwd=str(target.parent), execution_timeout=timeout)
-    except papermill.PapermillExecutionError as failure:
-        status = "failed"
-        error = f"cell {failure.exec_count}: {failure.ename}: {failure.evalue}"
-    except Exception as failure:  # kernel died, timeout, bad notebook: keep going
-        status, error = "failed", f"{type(failure).__name__}: {failure}"
-    seconds = time.perf_counter() - start
-    if target.exists():
-        _hide_injected_parameters(target)
-    return ChapterRun(source.stem, status, round(seconds, 1), str(target), error)
-
-
-def _hide_injected_parameters(path: Path) -> None:
-    # the injected values stay readable in the HTML, behind a "show" toggle
-    notebook = read_notebook(path)
-    for cell in notebook.cells:
-        tags = cell.metadata.get("tags", [])
-        if "injected-parameters" in tags and "hide-cell" not in tags:
-            cell.metadata["tags"] = tags + ["hide-cell"]
-    write_notebook(notebook, path)
-
-
-def print_timings(runs: list[ChapterRun], html: dict | None) -> None:
-    """A table of what ran, how long it took, and where a failure is kept."""
-    rows = [(run.name, run.status, run.seconds) for run in runs]
-    if html:
-        rows.append(("HTML (jupyter-book)", html["status"], html["seconds"]))
-    width = max([len(row[0]) for row in rows] + [7])
-    print(f"\n{'chapter'.ljust(width)}  status   seconds")
-    for name, status, seconds in rows:
-        print(f"{name.ljust(width)}  {status:<7} {seconds:8.1f}")
-    print(f"{'total'.ljust(width)}  {'':<7} {sum(row[2] for row in rows):8.1f}")
-    for run in runs:
-        if run.status != "ok":
-            print(f"FAILED {run.name}: {run.error}\n  executed notebook kept at "
-                  f"{run.notebook}")
+def execute_chapters(root: Path, executed: Path, selected: list[Path], parameters: dict,
+                     runs: list[ChapterRun], force: bool = False,
+                     timeout: int | None = None) -> None:
+    """Execute ``selected`` in order into ``executed``, appending each outcome to
+    ``runs`` and rewriting the timing table as each ends. A chapter unchanged since its
+    last successful execution (:meth:`Manifest.unchanged`) is not executed again
+    unless ``force``. Ctrl-C is raised on, with the chapter it stopped in ``runs``.
+    """
+    manifest = Manifest(executed)
+    package = package_fingerprint(kernel_package(root))
+    for chapter in selected:
+        name = chapter.relative_to(root).as_posix()
+        key = chapter_key(chapter, parameters, package)
+        if not force and manifest.unchanged(name, key):
+            print(f"{name}: unchanged since its last execution, not executed again",
+                  flush=True)
+            runs.append(ChapterRun(chapter.stem, "unchanged", 0.0,
+                                   str(executed / name)))
+        else:
+            print(f"executing {name} with {parameters}", flush=True)
+            start = time.perf_counter()
+            try:
+                run = execute_chapter(chapter, executed / name, parameters, timeout)
+            except KeyboardInterrupt:
+                runs.append(ChapterRun(chapter.stem, "interrupted",
+                                       round(time.perf_counter() - start, 1), ""))
+                raise
+            manifest.record(name, key, run)
+            print(f"  {run.status} in {run.seconds:.1f} s", flush=True)
+            runs.append(run)
+        write_timings(executed, parameters, runs, None, "running")
 
 
 # --- step 3: HTML ---------------------------------------------------------------------
@@ -218,8 +208,11 @@ def _trim_toc(toc: dict, keep) -> dict:
     return walk(toc)
 
 
-def stage(root: Path, out: Path, executed: Path) -> tuple[Path, list[str]]:
-    """Copy the book, with the executed notebooks, to ``out/stage``."""
+def stage(root: Path, out: Path, executed: Path,
+          parameters: dict) -> tuple[Path, dict[str, str]]:
+    """Copy the book to ``out/stage``, with the executed copies that passed with the
+    preset, seed and device of ``parameters`` (:meth:`Manifest.why_not_shown`); return
+    the staging folder and the chapters left out, each with the reason."""
     staging = out / "stage"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
@@ -228,13 +221,14 @@ def stage(root: Path, out: Path, executed: Path) -> tuple[Path, list[str]]:
     shutil.copytree(root / "book", staging / "book",
                     ignore=shutil.ignore_patterns("*.ipynb", ".ipynb_checkpoints",
                                                   "__pycache__"))
-    missing = []
+    manifest, missing = Manifest(executed), {}
     for chapter in chapters(root):
-        run = executed / chapter.relative_to(root)
-        if run.is_file():
-            shutil.copy2(run, staging / chapter.relative_to(root))
+        name = chapter.relative_to(root)
+        reason = manifest.why_not_shown(name.as_posix(), parameters)
+        if reason:
+            missing[name.with_suffix("").as_posix()] = reason
         else:
-            missing.append(chapter.relative_to(root).with_suffix("").as_posix())
+            shutil.copy2(executed / name, staging / name)
     toc = yaml.safe_load((root / "_toc.yml").read_text(encoding="utf-8"))
     toc = _trim_toc(toc, lambda entry: str(Path(entry).with_suffix("")) not in missing)
     (staging / "_toc.yml").write_text(yaml.safe_dump(toc, sort_keys=False))
@@ -247,13 +241,13 @@ def _python_path(root: Path) -> str:
     return os.pathsep.join([str(root)] + paths)
 
 
-def build_html(root: Path, out: Path, executed: Path) -> dict:
+def build_html(root: Path, out: Path, executed: Path, parameters: dict) -> dict:
     """Stage the book and run jupyter-book with warnings as errors; copy to out/html."""
     start = time.perf_counter()
     extra = fetch_vendor(out)
-    staging, missing = stage(root, out, executed)
-    for name in missing:
-        print(f"note: {name} has no executed copy in {executed}; left out of the HTML")
+    staging, missing = stage(root, out, executed, parameters)
+    for name, reason in missing.items():
+        print(f"note: {name} left out of the HTML ({reason} in {executed})")
     (staging / "_vendor").symlink_to(extra.resolve(), target_is_directory=True)
     env = dict(os.environ, PYTHONPATH=_python_path(root))
     command = [sys.executable, "-c", "from jupyter_book.cli.main import main; main()",
@@ -274,13 +268,19 @@ def build_html(root: Path, out: Path, executed: Path) -> dict:
     else:
         status = "failed"
     return {"status": status, "seconds": round(time.perf_counter() - start, 1),
-            "html": str(html), "left_out": missing}
+            "html": str(html), "left_out": list(missing)}
 
 
 def build(root: Path, out: Path, preset: str, seed: int, device: str,
           wanted: list[str] | None, html: bool = True, timeout: int | None = None,
-          runs_dir: Path | None = None) -> int:
-    """Execute the chosen chapters, then build the HTML; return the exit status."""
+          runs_dir: Path | None = None, force: bool = False) -> int:
+    """Execute the chosen chapters that changed (all of them with ``force``), then
+    build the HTML; return the exit status.
+
+    Raises:
+        BuildInterrupted: on Ctrl-C or SIGTERM, once the timing table of what ended is
+            written.
+    """
     if preset not in PRESETS:
         raise TwotowerError(f"unknown preset {preset!r}; choose one of "
                             f"{', '.join(PRESETS)}")
@@ -292,24 +292,35 @@ def build(root: Path, out: Path, preset: str, seed: int, device: str,
     parameters = {"PRESET": preset, "SEED": seed, "DEVICE": device,
                   "RUNS_DIR": str(runs_dir)}
     os.environ["PYTHONPATH"] = _python_path(root)  # the kernels import this package
-    runs = []
-    for chapter in select_chapters(chapters(root), wanted):
-        print(f"executing {chapter.relative_to(root)} with {parameters}", flush=True)
-        run = execute_chapter(chapter, executed / chapter.relative_to(root), parameters,
-                              timeout)
-        print(f"  {run.status} in {run.seconds:.1f} s", flush=True)
-        runs.append(run)
-    result = build_html(root, out, executed) if html else None
-    executed.mkdir(parents=True, exist_ok=True)
-    (executed / "timings.json").write_text(json.dumps(
-        {"preset": preset, "seed": seed, "device": device, "runs_dir": str(runs_dir),
-         "chapters": [asdict(run) for run in runs], "html": result}, indent=2))
+    runs: list[ChapterRun] = []
+    during = "the chapters"
+    try:
+        execute_chapters(root, executed, select_chapters(chapters(root), wanted),
+                         parameters, runs, force, timeout)
+        during = "the HTML"
+        result = build_html(root, out, executed, parameters) if html else None
+    except KeyboardInterrupt as stop:
+        raise _interrupted(stop, during, executed, parameters, runs) from None
+    write_timings(executed, parameters, runs, result, "finished")
     print_timings(runs, result)
-    failed = any(run.status != "ok" for run in runs) or (result or {}).get("status",
-                                                                           "ok") != "ok"
+    failed = any(run.status == "failed" for run in runs) or \
+        (result or {}).get("status", "ok") != "ok"
     if result and result["status"] == "ok":
         print(f"HTML: {result['html']}/index.html")
     return 1 if failed else 0
+
+
+def _interrupted(stop: KeyboardInterrupt, during: str, executed: Path,
+                 parameters: dict, runs: list[ChapterRun]) -> BuildInterrupted:
+    # the one line that ends an interrupted build, once its timing table is written
+    table = write_timings(executed, parameters, runs, None, "interrupted")
+    what, status = stop_signal(stop)
+    stopped = [run.name for run in runs if run.status == "interrupted"]
+    return BuildInterrupted(
+        f"stopped by {what} during {stopped[0] if stopped else during}; the timings "
+        f"of the {len(runs) - len(stopped)} chapter(s) that ended are in {table}; the "
+        "same command goes on from there (chapters that passed are not executed again)",
+        status)
 
 
 # --- command line ---------------------------------------------------------------------
@@ -333,6 +344,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="shared runs directory (default <out>/runs/<preset>)")
     run.add_argument("--no-html", action="store_true", help="execute only")
     run.add_argument("--timeout", type=int, default=None, help="seconds per cell")
+    run.add_argument("--force", action="store_true", help="execute every chosen "
+                     "chapter, also those unchanged since their last execution")
     html = commands.add_parser("html", help="build the HTML from the executed copies")
     html.add_argument("--out", type=Path, default=Path("_build"))
     student = commands.add_parser("student", help="copies without the solution cells")
@@ -352,10 +365,11 @@ def _build_command(args: argparse.Namespace, root: Path) -> int:
     if args.command == "build":
         return build(root, args.out, args.preset, args.seed, args.device,
                      args.chapters, html=not args.no_html, timeout=args.timeout,
-                     runs_dir=args.runs_dir)
-    if args.command == "html":
-        out = args.out.resolve()
-        result = build_html(root, out, out / "executed")
+                     runs_dir=args.runs_dir, force=args.force)
+    if args.command == "html":  # with the preset, seed and device of the last build
+        executed = args.out.resolve() / "executed"
+        result = build_html(root, executed.parent, executed,
+                            read_build_parameters(executed))
         print_timings([], result)
         return 0 if result["status"] == "ok" else 1
     print(f"vendor assets in {fetch_vendor(args.out.resolve()) / 'vendor'}")
@@ -395,14 +409,19 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m twotower.book COMMAND``; returns the exit status."""
     args = _parser().parse_args(argv)
     try:
-        root = find_root(args.root)
-        config = read_config(root)
-        if args.command in ("build", "html", "vendor"):
-            return _build_command(args, root)
-        return _chapter_command(args, root, config)
+        with stop_on_sigterm():
+            root = find_root(args.root)
+            config = read_config(root)
+            if args.command in ("build", "html", "vendor"):
+                return _build_command(args, root)
+            return _chapter_command(args, root, config)
     except TwotowerError as error:
         print(f"error: {error}", file=sys.stderr)
-        return 2
+        return getattr(error, "exit_status", 2)
+    except KeyboardInterrupt as stop:
+        what, status = stop_signal(stop)
+        print(f"error: {args.command} stopped by {what}", file=sys.stderr)
+        return status
 
 
 if __name__ == "__main__":

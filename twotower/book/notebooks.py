@@ -3,11 +3,14 @@ the student copies without solutions.
 
 Introduced in chapter 1 (*Is language divisible?*), section "Running this notebook".
 :mod:`twotower.book.build` runs these as ``python -m twotower.book check``, ``strip``,
-``links`` and ``student``.
+``links`` and ``student``, and hashes a chapter (:func:`source_sha256`) so that a
+rebuild executes only the chapters that changed.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from pathlib import Path
 
@@ -80,6 +83,15 @@ def strip_notebook(notebook) -> bool:
     for key in VOLATILE_NOTEBOOK_KEYS:
         changed |= notebook.metadata.pop(key, None) is not None
     return changed
+
+
+def source_sha256(path: Path) -> str:
+    """A hash of a chapter as written: its cells and metadata with the outputs and the
+    volatile keys stripped, so running it or ``strip`` leaves the hash as it was."""
+    notebook = read_notebook(path)
+    strip_notebook(notebook)
+    text = json.dumps(notebook, sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def notebook_problems(path: Path, config: dict | None = None,

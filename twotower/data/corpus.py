@@ -11,6 +11,8 @@ holds out validation articles, so no article is on both sides.
 
 from __future__ import annotations
 
+import codecs
+import itertools
 import logging
 import os
 import re
@@ -31,6 +33,7 @@ HUB_CONFIGS = {"wikitext-2": "wikitext-2-raw-v1", "wikitext-103": "wikitext-103-
 BUNDLED_FILES = {"wikitext-2": ("valid.txt.xz", "test.txt.xz")}
 FALLBACK = "wikitext-2"  # what "auto" reads when a corpus needs the Hub and it is down
 PARAGRAPHS_PER_ARTICLE = 20  # plain text without title lines is cut into such articles
+READ_BYTES = 2**20  # a .txt file is read and decoded this many bytes at a time
 
 # " = Title = " starts an article; " = = Section = = " does not.
 _TITLE = re.compile(r"^= (?!=).*(?<!=) =$")
@@ -195,43 +198,103 @@ def _load_local(path: Path) -> Corpus:
         files = [path]
     articles: list[str] = []
     for file in files:
-        lines = _read_utf8(file).splitlines()
-        in_file, n_titles = wikitext_articles(lines)
-        articles += in_file if n_titles else _paragraph_articles(lines)
+        # Two streaming passes rather than the lines in memory: does it have titles?
+        if _has_titles(read_lines(file)):
+            articles += wikitext_articles(read_lines(file))[0]
+        else:
+            articles += _paragraph_articles(read_lines(file))
     return _checked(Corpus(path.name or str(path), "local", articles), str(path))
 
 
-def _read_utf8(file: Path) -> str:
-    """The text of ``file``: UTF-8 (a leading byte-order mark dropped), or UTF-16 when
-    it starts with a UTF-16 byte-order mark (Windows Notepad's "Unicode")."""
-    data = file.read_bytes()
-    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
-        encoding, start = "utf-16", 0  # the codec reads and drops the mark
-    else:
-        encoding, start = "utf-8", 3 if data.startswith(b"\xef\xbb\xbf") else 0
-    try:
-        return data[start:].decode(encoding)
-    except UnicodeDecodeError as error:
-        offset = start + error.start
-        line = data[:offset].count(b"\n") + 1
-        raise TwotowerError(
-            f"{file} is not {encoding.upper()} (byte 0x{data[offset]:02x} at offset "
-            f"{offset}, line {line}); re-save it as UTF-8 (e.g. iconv -f "
-            f"{'utf-16' if encoding == 'utf-16' else 'latin1'} -t utf-8)") from None
+def _has_titles(lines: Iterable[str]) -> bool:
+    """Whether :func:`wikitext_articles` would find a title line in ``lines``."""
+    previous_blank, pending_title = True, False
+    for raw in _with_end(lines):
+        line = clean_wikitext(raw).strip()
+        if pending_title and not line:
+            return True
+        pending_title = bool(line) and previous_blank and bool(_TITLE.match(line))
+        previous_blank = not line
+    return False
 
 
-def _paragraph_articles(lines: Sequence[str]) -> list[str]:
+def _paragraph_articles(lines: Iterable[str]) -> list[str]:
     """Blank-line-separated blocks are paragraphs; every 20 of them form an article."""
-    paragraphs, block = [], []
-    for line in (*lines, ""):
+    articles, paragraphs, block = [], [], []
+    for line in _with_end(lines):
         line = clean_wikitext(line).strip()
         if line:
             block.append(line)
         elif block:
             paragraphs.append(" ".join(block))
             block = []
-    return ["\n".join(paragraphs[i:i + PARAGRAPHS_PER_ARTICLE])
-            for i in range(0, len(paragraphs), PARAGRAPHS_PER_ARTICLE)]
+            if len(paragraphs) == PARAGRAPHS_PER_ARTICLE:
+                articles.append("\n".join(paragraphs))
+                paragraphs = []
+    if paragraphs:
+        articles.append("\n".join(paragraphs))
+    return articles
+
+
+def read_lines(file: Path) -> Iterator[str]:
+    """The lines of ``file`` as ``str.splitlines`` cuts its text, read
+    :data:`READ_BYTES` at a time, so a file is never in memory twice: UTF-8 (a leading
+    byte-order mark dropped), or UTF-16 when it starts with a UTF-16 byte-order mark
+    (Windows Notepad's "Unicode").
+
+    Raises:
+        TwotowerError: naming the file, the first bad byte, its line and a fix.
+    """
+    unfinished: list[str] = []  # the pieces of a line whose end is not read yet
+    carriage = ""  # a "\r" that ended the last block: maybe the first half of "\r\n"
+    for text in _decoded_blocks(file):
+        text = carriage + text
+        carriage = "\r" if text.endswith("\r") else ""
+        lines = text[:-1 if carriage else None].splitlines(keepends=True)
+        tail = lines.pop() if lines and lines[-1].splitlines()[0] == lines[-1] else ""
+        for line in lines:
+            line = line[:-2] if line.endswith("\r\n") else line[:-1]
+            if unfinished:
+                line = "".join([*unfinished, line])
+                unfinished = []
+            yield line
+        if tail:  # a line whose end is not read yet
+            unfinished.append(tail)
+    if carriage or unfinished:
+        yield "".join(unfinished)
+
+
+def _decoded_blocks(file: Path) -> Iterator[str]:
+    with open(file, "rb") as stream:
+        head = stream.read(3)
+        if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+            encoding, start = "utf-16", 0  # the codec reads and drops the mark
+        else:
+            encoding, start = "utf-8", 3 if head.startswith(b"\xef\xbb\xbf") else 0
+        decoder = codecs.getincrementaldecoder(encoding)()
+        offset = start  # of the next byte to decode
+        blocks = itertools.chain([head[start:]], iter(
+            lambda: stream.read(READ_BYTES), b""))
+        for data, final in itertools.chain(((b, False) for b in blocks), [(b"", True)]):
+            held = len(decoder.getstate()[0])  # bytes the decoder kept from before
+            try:
+                text = decoder.decode(data, final=final)
+            except UnicodeDecodeError as error:
+                bad = offset - held + error.start
+                raise _not_text(file, encoding, bad, error.object[error.start]
+                                ) from None
+            offset += len(data)
+            yield text
+
+
+def _not_text(file: Path, encoding: str, offset: int, byte: int) -> TwotowerError:
+    with open(file, "rb") as stream:  # its line: the newlines before the bad byte
+        line = 1 + sum(block.count(b"\n") for block in iter(
+            lambda: stream.read(min(READ_BYTES, offset - stream.tell())), b""))
+    return TwotowerError(
+        f"{file} is not {encoding.upper()} (byte 0x{byte:02x} at offset {offset}, "
+        f"line {line}); re-save it as UTF-8 (e.g. iconv -f "
+        f"{'utf-16' if encoding == 'utf-16' else 'latin1'} -t utf-8)")
 
 
 def _checked(corpus: Corpus, where: str) -> Corpus:

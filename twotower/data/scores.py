@@ -10,12 +10,17 @@ below both. It is saved as ``scores.npz`` in every run folder.
 
 from __future__ import annotations
 
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from twotower import atomic
+from twotower.errors import TwotowerError
+
+_ARRAYS = ("target", "ll", "joint", "window", "article")
 
 
 @dataclass(frozen=True)
@@ -60,8 +65,41 @@ class TokenScores:
                                 **where)
 
     @classmethod
-    def load(cls, path: Path) -> "TokenScores":
-        with np.load(path) as z:
-            return cls(z["target"], z["ll"], z["joint"],
-                       *(z[name] if name in z.files else None
-                         for name in ("window", "article")))
+    def load(cls, path: Path, fix: str = "score again to write it") -> "TokenScores":
+        """Read ``path`` as :meth:`save` wrote it.
+
+        Raises:
+            TwotowerError: naming the file, what is wrong and ``fix`` when it is
+                missing, truncated, not an ``.npz`` archive, or lacks an array or has
+                one of the wrong shape (see ``book/when_things_go_wrong.md``).
+        """
+        path = Path(path)
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                arrays = {name: z[name] for name in _ARRAYS if name in z.files}
+        except FileNotFoundError:
+            raise TwotowerError(f"{path} is missing; {fix}") from None
+        except (OSError, ValueError, EOFError, TypeError, zipfile.BadZipFile,
+                zlib.error) as err:  # TypeError: a .npy file (no ``with``)
+            reason = ("an .npy array" if isinstance(err, TypeError) else
+                      str(err).splitlines()[0][:100] or type(err).__name__)
+            raise TwotowerError(f"{path} is truncated or not an .npz file of scores "
+                                f"({reason}); {fix}") from None
+        problem = _shape_problem(arrays)
+        if problem:
+            raise TwotowerError(f"{path} is not a scores file of twotower ({problem}); "
+                                f"{fix}")
+        return cls(*(arrays.get(name) for name in _ARRAYS))
+
+
+def _shape_problem(arrays: dict[str, np.ndarray]) -> str:
+    """What is wrong with the arrays of a scores file ("" when nothing)."""
+    missing = [name for name in _ARRAYS[:3] if name not in arrays]
+    if missing:
+        return f"no array {missing[0]!r}"
+    n = arrays["target"].shape
+    shapes = {name: a.shape for name, a in arrays.items()}
+    if len(n) != 1 or arrays["ll"].ndim != 2 or arrays["ll"].shape[1:] != n or any(
+            shapes[name] != n for name in shapes if name not in ("target", "ll")):
+        return f"arrays of mismatched shapes {shapes}"
+    return ""

@@ -17,7 +17,7 @@ import logging
 import os
 import socket
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -37,7 +37,11 @@ MIN_VOCAB_SIZE = 100  # room for the five specials plus a basic alphabet
 MAX_VOCAB_SIZE = 2**31 - 1
 PRETRAINED_DEFAULT = "bert-base-uncased"
 # Bump when train_wordpiece changes: tokenizers cached by an old recipe get retrained.
+# (Not bumped for the fixed tie break: a cached tokenizer is one the old recipe could
+# give, and retraining it would change every cached run.)
 _RECIPE_VERSION = "wordpiece-v1"
+PIECE_CHARS = 2**14  # longest text handed to the tokenizer at once, when it can be cut
+_HASH_CHARS = 2**16  # fingerprint() encodes a long text this many characters at a time
 
 
 @dataclass(frozen=True)
@@ -76,7 +80,17 @@ class SpecialIds:
 
 
 def train_wordpiece(texts: Iterable[str], vocab_size: int) -> Tokenizer:
-    """Train an uncased BERT-style WordPiece tokenizer.
+    """Train an uncased BERT-style WordPiece tokenizer, the same one in every process.
+
+    The ``tokenizers`` trainer numbers the continuation pieces ``##a``, ``##b``, ... in
+    the order of a hash map seeded afresh in each process, and breaks ties between
+    merges of equal count by those numbers, so two processes could train different
+    vocabularies from the same text. Here a first pass finds the alphabet and the
+    continuation pieces, and the second pass gets them as fixed entries in sorted
+    order: the tie break, and so the tokenizer, depend on the text alone. Long texts
+    reach the trainer in pieces of at most :data:`PIECE_CHARS` characters cut between
+    words (:func:`training_pieces`), so memory stays bounded
+    (``book/when_things_go_wrong.md``).
 
     Args:
         texts: training text, any chunking (articles or paragraphs).
@@ -99,17 +113,25 @@ def train_wordpiece(texts: Iterable[str], vocab_size: int) -> Tokenizer:
             f"vocab_size={vocab_size} is out of range; use at least {MIN_VOCAB_SIZE} "
             "(e.g. 2048 for a smoke run, 8192 for a small model)"
         )
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]", continuing_subword_prefix="##"))
+    texts = texts if isinstance(texts, Sequence) else list(texts)
+    # Pass 1 stops before the first merge: its vocabulary is the specials, the
+    # alphabet (sorted by the trainer) and the continuation pieces (hash order).
+    first = _trained(texts, 0, SPECIAL_TOKENS).get_vocab(with_added_tokens=False)
+    alphabet = sorted(t for t in first if t not in SPECIAL_TOKENS and len(t) == 1)
+    pieces = sorted((t for t in first if t.startswith("##") and len(t) == 3),
+                    key=lambda t: t[2])
+    fixed = (*SPECIAL_TOKENS, *alphabet, *pieces)
+    if len(fixed) != len(first):  # a trainer that numbers things differently
+        raise TwotowerError(f"unexpected vocabulary from the tokenizers trainer "
+                            f"({len(first)} entries, {len(fixed)} understood); "
+                            "pin the tokenizers version named in pyproject.toml")
+    vocab = _trained(texts, vocab_size, fixed).get_vocab(with_added_tokens=False)
+    tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]",
+                                     continuing_subword_prefix="##"))
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tok.decoder = decoders.WordPiece(prefix="##")
-    trainer = trainers.WordPieceTrainer(
-        vocab_size=vocab_size,
-        special_tokens=list(SPECIAL_TOKENS),
-        continuing_subword_prefix="##",
-        show_progress=False,
-    )
-    tok.train_from_iterator(texts, trainer=trainer)
+    tok.add_special_tokens(list(SPECIAL_TOKENS))
     cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]",
@@ -117,6 +139,57 @@ def train_wordpiece(texts: Iterable[str], vocab_size: int) -> Tokenizer:
         special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
     )
     return tok
+
+
+def _trained(texts: Sequence[str], vocab_size: int, fixed: Sequence[str]) -> Tokenizer:
+    """WordPiece trained on ``texts`` with ``fixed`` as its first ids, in that order
+    (given to the trainer as special tokens, so the result serves only its vocabulary).
+    """
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]", continuing_subword_prefix="##"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    trainer = trainers.WordPieceTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(fixed),
+        continuing_subword_prefix="##",
+        show_progress=False,
+    )
+    tok.train_from_iterator(training_pieces(texts), trainer=trainer)
+    return tok
+
+
+def piece_spans(text: str, start: int = 0, end: int | None = None
+                ) -> Iterator[tuple[int, int]]:
+    """Cut ``text[start:end]`` into spans of at most :data:`PIECE_CHARS` characters,
+    each after the first beginning at a space or a newline (a longer run with neither
+    stays whole).
+
+    A space or a newline always ends a word for BERT's normaliser and pre-tokenizer,
+    which act on one word at a time, so the ids of the spans tokenized one by one are
+    the ids of the whole, and the words a trainer counts are the same.
+    """
+    end = len(text) if end is None else end
+    while end - start > PIECE_CHARS:
+        reach = start + PIECE_CHARS + 1
+        cut = max(text.rfind(" ", start + 1, reach), text.rfind("\n", start + 1, reach))
+        if cut == -1:  # no space within reach: cut at the next one, wherever it is
+            later = (text.find(" ", reach, end), text.find("\n", reach, end))
+            cut = min((i for i in later if i != -1), default=end)
+        yield start, cut
+        start = cut
+    if start < end:
+        yield start, end
+
+
+def training_pieces(texts: Iterable[str]) -> Iterator[str]:
+    """``texts`` with every text longer than :data:`PIECE_CHARS` cut by
+    :func:`piece_spans`: what :func:`train_wordpiece` feeds the trainer."""
+    for text in texts:
+        if len(text) <= PIECE_CHARS:
+            yield text
+        else:
+            for start, end in piece_spans(text):
+                yield text[start:end]
 
 
 def hub_is_reachable(timeout: float = 2.0) -> bool:
@@ -235,11 +308,22 @@ def padded_vocab_size(tok: Tokenizer, multiple: int = 64) -> int:
 
 
 def fingerprint(texts: Iterable[str]) -> str:
-    """SHA-256 hex digest of a sequence of strings (boundaries included)."""
+    """SHA-256 hex digest of a sequence of strings (boundaries included).
+
+    A long text is encoded :data:`_HASH_CHARS` characters at a time, never whole.
+    """
     digest = hashlib.sha256()
     for text in texts:
-        data = text.encode("utf-8", errors="surrogatepass")
         # Length-prefixing makes ["ab", "c"] and ["a", "bc"] hash differently.
-        digest.update(len(data).to_bytes(8, "little"))
-        digest.update(data)
+        parts = range(0, len(text), _HASH_CHARS)
+        size = len(text) if text.isascii() else sum(
+            len(_utf8(text[i:i + _HASH_CHARS])) for i in parts)
+        digest.update(size.to_bytes(8, "little"))
+        for i in parts:
+            digest.update(_utf8(text[i:i + _HASH_CHARS]))
     return digest.hexdigest()
+
+
+def _utf8(text: str) -> bytes:
+    # Lone surrogates (from a file read with errors="surrogateescape") still hash.
+    return text.encode("utf-8", errors="surrogatepass")

@@ -13,6 +13,7 @@ PAD at the end). :func:`prepare_data` runs all of it from a
 
 from __future__ import annotations
 
+import array
 import functools
 import json
 import logging
@@ -28,7 +29,7 @@ from twotower import atomic
 from twotower.config import DataConfig
 from twotower.errors import TwotowerError
 from twotower.data.tokenizer import SpecialIds, fingerprint, get_tokenizer
-from twotower.data.tokenizer import padded_vocab_size
+from twotower.data.tokenizer import padded_vocab_size, piece_spans
 
 from twotower.data.corpus import (Corpus, default_cache_dir, load_corpus,  # noqa: F401
                                   split_articles, clean_wikitext, wikitext_articles)
@@ -36,6 +37,7 @@ from twotower.data.corpus import (Corpus, default_cache_dir, load_corpus,  # noq
 log = logging.getLogger(__name__)
 
 MIN_TAIL_TOKENS = 8  # a shorter last window of an article is mostly padding: dropped
+BATCH_CHARS = 2**17  # characters of text handed to encode_batch at once (about)
 _STREAM_VERSION = "stream-v1"  # bump when tokenize_articles changes its output
 
 
@@ -80,7 +82,10 @@ def tokenize_articles(
     Files live in ``cache_dir/tokens``, named by a hash of the texts and the
     tokenizer's JSON. Each file is written under a temporary name and renamed, and the
     small ``.json`` that marks an entry complete is renamed last, so a crash never
-    leaves a cache entry that looks valid.
+    leaves a cache entry that looks valid. Paragraphs reach the tokenizer in batches of
+    about :data:`BATCH_CHARS` characters, a long one cut between words into pieces
+    (:func:`~twotower.data.tokenizer.piece_spans`, the same ids as whole), and ids go
+    to the file batch by batch: memory stays bounded however long a paragraph is.
     """
     sep = SpecialIds.from_tokenizer(tokenizer).sep
     vocab = tokenizer.get_vocab_size(with_added_tokens=True)
@@ -94,21 +99,23 @@ def tokenize_articles(
         return cached
     folder.mkdir(parents=True, exist_ok=True)
     literals = _special_literals(tokenizer)
-    lengths: list[int] = []
+    lengths = np.zeros(len(articles), dtype=np.int64)
+    paragraph_has_ids = False
     with atomic.replacing(ids_path) as tmp_ids, open(tmp_ids, "wb") as out:
-        for chunk in _chunks(articles, paragraphs=4096):
-            paragraphs = [_defuse(p, literals) for a in chunk for p in a.split("\n")]
-            encodings = iter(tokenizer.encode_batch(paragraphs,
-                                                    add_special_tokens=False))
-            for article in chunk:
-                flat: list[int] = []
-                for _ in range(article.count("\n") + 1):
-                    ids = next(encodings).ids
-                    if ids:
-                        flat += ids
-                        flat.append(sep)
-                lengths.append(len(flat))
-                out.write(np.asarray(flat, dtype=dtype).tobytes())
+        for batch in _batches(_pieces(articles), BATCH_CHARS):
+            texts = [_defuse(articles[a][i:j], literals) for a, i, j, _ in batch]
+            encodings = tokenizer.encode_batch(texts, add_special_tokens=False)
+            ids = array.array("H" if dtype == np.uint16 else "I")  # 2 or 4 bytes
+            for (article, _, _, ends_paragraph), encoding in zip(batch, encodings):
+                before = len(ids)
+                ids.extend(encoding.ids)
+                paragraph_has_ids |= len(ids) > before
+                if ends_paragraph and paragraph_has_ids:
+                    ids.append(sep)
+                if ends_paragraph:
+                    paragraph_has_ids = False
+                lengths[article] += len(ids) - before
+            out.write(ids)  # machine order, as np.memmap reads it back
     offsets = np.zeros(len(articles) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
     with atomic.replacing(offsets_path) as tmp, open(tmp, "wb") as f:
@@ -116,6 +123,34 @@ def tokenize_articles(
     meta = {"n_tokens": int(offsets[-1]), "dtype": dtype.name}
     atomic.write_text(meta_path, json.dumps(meta))
     return _read_stream(ids_path, offsets_path, meta_path, dtype)
+
+
+def _pieces(articles: Sequence[str]) -> Iterator[tuple[int, int, int, bool]]:
+    """``(article, start, end, ends_paragraph)`` for every piece of every paragraph:
+    each paragraph cut by :func:`~twotower.data.tokenizer.piece_spans` (an empty one
+    gives no piece), never copied whole."""
+    for a, article in enumerate(articles):
+        start = 0
+        while start <= len(article):
+            end = article.find("\n", start)
+            end = len(article) if end == -1 else end
+            spans = list(piece_spans(article, start, end))
+            for k, (i, j) in enumerate(spans):
+                yield a, i, j, k == len(spans) - 1
+            start = end + 1
+
+
+def _batches(pieces: Iterator[tuple[int, int, int, bool]], chars: int
+             ) -> Iterator[list[tuple[int, int, int, bool]]]:
+    batch, size = [], 0
+    for piece in pieces:
+        batch.append(piece)
+        size += piece[2] - piece[1]
+        if size >= chars:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
 
 
 def _special_literals(tokenizer: Tokenizer) -> tuple[str, ...]:
@@ -130,17 +165,6 @@ def _defuse(text: str, literals: tuple[str, ...]) -> str:
         for literal in literals:
             text = text.replace(literal, f"{literal[0]} {literal[1:]}")
     return text
-
-
-def _chunks(articles: Sequence[str], paragraphs: int) -> Iterator[Sequence[str]]:
-    start, count = 0, 0
-    for i, article in enumerate(articles):
-        count += article.count("\n") + 1
-        if count >= paragraphs:
-            yield articles[start:i + 1]
-            start, count = i + 1, 0
-    if start < len(articles):
-        yield articles[start:]
 
 
 def _read_stream(ids_path: Path, offsets_path: Path, meta_path: Path,
@@ -240,7 +264,7 @@ def prepare_data(cfg: DataConfig, cache_dir: str | os.PathLike | None = None
     train = windows["training"]
     if cfg.max_train_tokens:
         order = np.random.default_rng(cfg.split_seed).permutation(len(train))
-        real = np.count_nonzero(train[order] != special.pad, axis=1)
+        real = np.count_nonzero(train != special.pad, axis=1)[order]  # no copy
         keep = max(1, int(np.searchsorted(np.cumsum(real), cfg.max_train_tokens,
                                           side="right")))
         train = train[np.sort(order[:keep])]

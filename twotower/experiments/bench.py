@@ -10,6 +10,8 @@ installed, a two-tower built the authors' way (two ``GPT2LMHeadModel`` towers sh
 the embedding, each computing its own full-vocabulary loss that is then discarded, and a
 fused head on their last hidden states) at the same size. Each case runs in its own
 subprocess so its peak memory is its own. Speed is a benchmark, never a timed test.
+``--corpus-memory MB`` instead prints the peak memory and time of preparing a corpus
+of one MB-megabyte paragraph and 60 short ones (``book/when_things_go_wrong.md``).
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ import json
 import resource
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -32,6 +36,8 @@ from twotower.config import FAMILIES, RunConfig, get_preset
 from twotower.data.objectives import Objective, step_generator
 from twotower.data.scores import TokenScores
 from twotower.data.synthetic import CLS_ID, SPECIAL_IDS, PlantedLanguage
+from twotower.data.windows import prepare_data
+from twotower.errors import TwotowerError
 from twotower.experiments.planted import PLANTED_PRESETS, _windows
 from twotower.models.flops import train_flops_per_token
 from twotower.models.tower_lm import TwoTowerLM, select_targets
@@ -246,15 +252,16 @@ def bench_preference(n_tokens: int = 10_000_000, n_loop: int = 200_000,
             "loop_tokens_per_s": 1 / loop, "speedup": (n_tokens / vec) * loop}
 
 
-def _subprocess(args: list[str]) -> dict:
-    proc = subprocess.run([sys.executable, "-m", "twotower.experiments.bench", "--one",
-                           *args], capture_output=True, text=True)
+def _subprocess(args: list[str], one: bool = True) -> dict:
+    proc = subprocess.run([sys.executable, "-m", "twotower.experiments.bench",
+                           *(["--one"] if one else []), *args],
+                          capture_output=True, text=True)
     if proc.returncode:
         return {"case": args[0], "error": proc.stderr.strip().splitlines()[-1:]}
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m twotower bench", description=__doc__)
     p.add_argument("--preset", default="small")
     p.add_argument("--families", nargs="*", default=list(FAMILIES), choices=FAMILIES)
@@ -266,9 +273,29 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stacked", type=int, default=0, metavar="SEEDS",
                    help="instead: chapter 2's planted model, SEEDS seeds trained "
                    "one after another and then as one stacked computation")
+    p.add_argument("--corpus-memory", type=float, metavar="MB",
+                   help="instead: peak memory and time of preparing (smoke data "
+                   "settings) a .txt corpus of one MB-megabyte paragraph + 60 short")
     p.add_argument("--one", nargs=3, metavar=("CASE", "PRESET", "FAMILY"),
                    help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
+    p.add_argument("--prepare", metavar="CORPUS", help=argparse.SUPPRESS)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m twotower bench ...``: one of the special figures, or the whole table."""
+    args = _parser().parse_args(argv)
+    if args.prepare:
+        print(json.dumps(prepare_figures(args.prepare)))
+        return 0
+    if args.corpus_memory:
+        figures = corpus_memory(args.corpus_memory)
+        print(json.dumps(figures, indent=1) if args.json else
+              f"{figures['file_mb']:.0f} MB corpus, one paragraph of "
+              f"{args.corpus_memory:g} MB: prepared in {figures['wall_s']:.1f} s, peak "
+              f"memory {figures['peak_mb']:.0f} MB ({figures['import_mb']:.0f} MB "
+              f"after imports), {figures['growth_over_file']:.1f}x the file")
+        return 0
     common = [str(args.steps), str(args.warmup), args.device, args.precision]
     if args.stacked:
         figures = stacked_seeds(args.stacked, args.steps, args.preset)
@@ -284,20 +311,30 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(run_case(case, preset, family, args.steps, args.warmup,
                                   args.device, args.precision)))
         return 0
-    results = [_subprocess(["peak", args.preset, "causal", *_flags(common)])]
+    results = speed_table(args.preset, args.families, common)
+    if args.json:
+        print(json.dumps(results, indent=1))
+    else:
+        print_table(results)
+    return 0
+
+
+def speed_table(preset: str, families: list[str], common: list[str]) -> list[dict]:
+    """Every case of the speed table, each in its own subprocess, with MFU added."""
+    results = [_subprocess(["peak", preset, "causal", *_flags(common)])]
     peak = results[0]
     try:
         import transformers  # noqa: F401
         has_hf = True
     except ImportError:
         has_hf = False
-    for family in args.families:
+    for family in families:
         for case in ("train", "readouts", "scoring"):
-            results.append(_subprocess([case, args.preset, family, *_flags(common)]))
+            results.append(_subprocess([case, preset, family, *_flags(common)]))
         if family == "causal" and has_hf:
-            results.append(_subprocess(["reference", args.preset, family,
+            results.append(_subprocess(["reference", preset, family,
                                         *_flags(common)]))
-    results.append(_subprocess(["preference", args.preset, "causal", *_flags(common)]))
+    results.append(_subprocess(["preference", preset, "causal", *_flags(common)]))
     for r in results:
         if "flops_per_s" in r and "fp32_flops_per_s" in peak:
             r["mfu_fp32"] = r["flops_per_s"] / peak["fp32_flops_per_s"]
@@ -307,11 +344,52 @@ def main(argv: list[str] | None = None) -> int:
     ref = next((r for r in results if r.get("case") == "reference"), None)
     if ours and ref and "tokens_per_s" in ref:
         ref["ours_over_reference"] = ours["tokens_per_s"] / ref["tokens_per_s"]
-    if args.json:
-        print(json.dumps(results, indent=1))
-    else:
-        print_table(results)
-    return 0
+    return results
+
+
+def long_paragraph_corpus(path: Path, megabytes: float, seed: int = 0) -> Path:
+    """Write 30 short paragraphs, one of ``megabytes`` MB on one line, 30 short."""
+    rng = np.random.default_rng(seed)
+    words = np.array([f"w{i}{'ing' if i % 3 else 'ed'}" for i in range(5000)] +
+                     ["the", "of", "a", "and", "."] * 400)
+
+    def text(n_words: int) -> str:
+        return " ".join(words[rng.zipf(1.3, n_words) % len(words)])
+
+    with open(path, "w", encoding="utf-8") as out:
+        out.write("".join(text(80) + "\n\n" for _ in range(30)))
+        target = int(megabytes * 2**20)
+        while out.tell() < target:
+            out.write(text(100_000) + " ")
+        out.write("\n\n" + "".join(text(80) + "\n\n" for _ in range(30)))
+    return path
+
+
+def corpus_memory(megabytes: float) -> dict:
+    """Figures of :func:`prepare_figures` on a fresh long-paragraph corpus."""
+    with tempfile.TemporaryDirectory() as folder:
+        corpus = long_paragraph_corpus(Path(folder) / "long.txt", megabytes)
+        figures = _subprocess(["--prepare", str(corpus)], one=False)
+    if "error" in figures:
+        raise TwotowerError(f"preparing the corpus failed: {figures['error']}")
+    figures["growth_over_file"] = (
+        (figures["peak_mb"] - figures["import_mb"]) / figures["file_mb"])
+    return figures
+
+
+def prepare_figures(corpus: str) -> dict:
+    """Peak resident memory and seconds of :func:`prepare_data` on ``corpus`` with the
+    smoke preset's data settings and an empty cache (tokenizer trained, text tokenized).
+    """
+    import_mb = _peak_memory(torch.device("cpu"))
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as cache:
+        cfg = dataclasses.replace(get_preset("smoke").data, corpus=corpus)
+        data = prepare_data(cfg, cache_dir=cache)
+    return {"file_mb": Path(corpus).stat().st_size / 2**20, "import_mb": import_mb,
+            "peak_mb": _peak_memory(torch.device("cpu")),
+            "wall_s": time.perf_counter() - start,
+            "tokens": data.n_train_tokens + data.n_val_tokens}
 
 
 def stacked_seeds(seeds: int, steps: int, preset: str = "small") -> dict:

@@ -52,17 +52,17 @@ from twotower import config
 from twotower.config import ModelConfig, RunConfig, read_run_config
 from twotower.data.windows import prepare_data
 from twotower.errors import require
-from twotower.experiments.pipeline import (LoadedRun, load_run, loaded_run,
-                                           score_and_save, start_run)
+from twotower.experiments.pipeline import (LoadedRun, load_newest, load_run,
+                                           loaded_run, score_and_save, start_run)
 from twotower.models.hooks import HookedModule
 from twotower.models.tower_lm import (SingleTowerLM, TwoTowerLM,
                                       matched_single_tower_config)
 from twotower.training import checkpoint as ckpt
-from twotower.training import distributed
+from twotower.training import distributed, run_folder
 from twotower.training.readouts import TowerReadouts, train_readouts
 from twotower.training.run_folder import (RESULTS, is_finished, read_results,
                                           save_results)
-from twotower.training.runtime import seed_everything
+from twotower.training.runtime import computing_with_run_threads, seed_everything
 from twotower.training.trainer import WindowBatches, train
 
 CONTROLS = tuple(c for c in config.CONTROLS if c)  # "" is the two-tower model itself
@@ -277,6 +277,8 @@ def _control_model(cfg: RunConfig, out: Path, train_b: WindowBatches,
     return SplitSingleTower(single, seed), summary
 
 
+@run_folder.owning_run_folder  # one process writes ``out`` at a time
+@computing_with_run_threads  # cfg.threads, whatever OMP_NUM_THREADS says
 def run_control(cfg: RunConfig, out: str | Path, *, cache_dir: str | Path | None = None,
                 callbacks: Iterable = (), progress: bool = True,
                 reuse_from: str | Path | None = None) -> dict:
@@ -300,7 +302,8 @@ def run_control(cfg: RunConfig, out: str | Path, *, cache_dir: str | Path | None
         The contents of ``results.json``.
 
     Raises:
-        TwotowerError: for an unknown control.
+        TwotowerError: for an unknown control; for an empty ``out`` or one that
+            another process is writing (:func:`twotower.training.run_folder.owned`).
     """
     require(cfg.control in CONTROLS, f"unknown control {cfg.control!r}; choose one "
             f"of {', '.join(CONTROLS)}")
@@ -315,12 +318,15 @@ def run_control(cfg: RunConfig, out: str | Path, *, cache_dir: str | Path | None
                                     seed=readout_cfg.seed)
     readouts, readout_summary = train_readouts(model, readout_b, readout_cfg, val=val_b,
                                                run_dir=out, callbacks=callbacks,
-                                               progress=progress)
+                                               progress=progress,
+                                               towers_step=trained["steps"])
     if not world.is_main:
         return {}
     results = {
         **score_and_save(out, cfg, data, model, readouts,
-                         val_b.score_batches(cfg.score_batches)),
+                         val_b.score_batches(cfg.score_batches),
+                         towers_step=trained["steps"],
+                         readouts_step=readout_summary["steps"]),
         "control": cfg.control, "model_training": trained,
         "readout_training": readout_summary,
         "parameters": {"control": sum(p.numel() for p in model.parameters())},
@@ -328,13 +334,20 @@ def run_control(cfg: RunConfig, out: str | Path, *, cache_dir: str | Path | None
     }
     if isinstance(model, SplitSingleTower):
         results["halves"] = model.halves.tolist()
+    results = run_folder.kept_phase_summaries(out, results)  # a rerun's train_loss
     save_results(out, results)
     return results
 
 
 def load_control(path: str | Path, cache_dir: str | Path | None = None) -> LoadedRun:
     """Load a finished control run, its model frozen, like
-    :func:`twotower.experiments.pipeline.load_run` loads a main run."""
+    :func:`twotower.experiments.pipeline.load_run` loads a main run (every file
+    checked, the weights against the record of what made the scores).
+
+    Raises:
+        TwotowerError: when it is not a finished run, or a file is missing, damaged,
+            or not the one the scores were made from (one line).
+    """
     path = Path(path)
     require(is_finished(path), f"{path} is not a finished control run (no {RESULTS}); "
             f"run `python -m twotower run --control ... --out {path}` first")
@@ -344,16 +357,18 @@ def load_control(path: str | Path, cache_dir: str | Path | None = None) -> Loade
     data = prepare_data(cfg.data, cache_dir)
     if cfg.control == "independent":
         model = IndependentTowersLM(cfg.model)
-        ckpt.load_weights(ckpt.latest_checkpoint(path / "independent"), model)
-    else:  # split or reseeded: the model may live in the main run (reused)
-        reseeded = cfg.control == "reseeded"
-        inner = TwoTowerLM(cfg.model) if reseeded else \
-            SingleTowerLM(matched_single_tower_config(cfg.model))
-        results = read_results(path)
-        source = results["model_training"].get("reused")
-        phase = "joint" if reseeded else "baseline"
-        ckpt.load_weights(path / source if source else
-                          ckpt.latest_checkpoint(path / phase), inner)
-        model = inner if reseeded else SplitSingleTower(inner, cfg.train.seed)
-    return loaded_run(path, cfg, data, model)
+        return loaded_run(path, cfg, data, model,
+                          load_newest(path, "independent", model))
+    # split or reseeded: the model may live in the main run (reused)
+    reseeded = cfg.control == "reseeded"
+    inner = TwoTowerLM(cfg.model) if reseeded else \
+        SingleTowerLM(matched_single_tower_config(cfg.model))
+    source = (read_results(path).get("model_training") or {}).get("reused")
+    if source:
+        loaded_from = path / source
+        ckpt.load_weights(loaded_from, inner)
+    else:
+        loaded_from = load_newest(path, "joint" if reseeded else "baseline", inner)
+    model = inner if reseeded else SplitSingleTower(inner, cfg.train.seed)
+    return loaded_run(path, cfg, data, model, loaded_from)
 

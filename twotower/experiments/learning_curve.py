@@ -147,9 +147,12 @@ def ensure_point(run: str | Path, step: int, *, progress: bool = False
         readout_b = dataclasses.replace(train_b, batch_size=cfg.readout.batch_size,
                                         seed=cfg.readout.seed)
         readouts, summary = train_readouts(model, readout_b, cfg.readout, val=val_b,
-                                           run_dir=out, progress=progress)
+                                           run_dir=out, progress=progress,
+                                           towers_step=step)
         scored = val_b.score_batches(cfg.score_batches)
-        save_results(out, {**score_and_save(out, cfg, data, model, readouts, scored),
+        save_results(out, {**score_and_save(out, cfg, data, model, readouts, scored,
+                                            towers_step=step,
+                                            readouts_step=summary["steps"]),
                            "control": cfg.control, "curve_step": step,
                            "train_tokens_seen": tokens_at(cfg, step),
                            "readout_training": summary})

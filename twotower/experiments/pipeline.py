@@ -33,17 +33,20 @@ from twotower.errors import TwotowerError, require
 from twotower.models.tower_lm import (SingleTowerLM, TwoTowerLM,
                                       matched_single_tower_config)
 from twotower.training import checkpoint as ckpt
-from twotower.training import distributed
+from twotower.training import distributed, run_folder
 from twotower.training.readouts import (TokenScores, TowerReadouts, freeze,
                                         loss_summary, score_readouts, train_readouts)
-from twotower.training.run_folder import (CONFIG, PREFERENCE, RESULTS, SCORES,
-                                          is_finished, read_results, save_results)
-from twotower.training.runtime import resolve_device, resolve_precision, seed_everything
+from twotower.training.run_folder import (CONFIG, FILE_SHA256, MADE_FROM, PREFERENCE,
+                                          PREFERENCE_COLUMNS, RESULTS, SCORES,
+                                          file_sha256, is_finished, read_preference,
+                                          read_results, read_scores, save_results)
+from twotower.training.runtime import (computing_with_run_threads, reproducibility,
+                                       resolve_device, resolve_precision,
+                                       seed_everything)
 from twotower.training.trainer import WindowBatches, evaluate, train
 
 log = logging.getLogger(__name__)
 
-PREFERENCE_COLUMNS = ("token", "id", "count", "ll_a", "ll_b", "pref", "pref_se")
 # 2: every target position scored once (MLM: masked in one of several passes, always
 # with [MASK]), masks from a seed shared by all runs, fp32, window and article kept
 SCORING_VERSION = 2
@@ -114,6 +117,8 @@ def start_run(cfg: RunConfig, out: Path, cache_dir: str | None = None):
     return cfg, data, train_b, val_b
 
 
+@run_folder.owning_run_folder  # one process writes ``out`` at a time
+@computing_with_run_threads  # cfg.threads, whatever OMP_NUM_THREADS says
 def run(cfg: RunConfig, out: str | Path, *, cache_dir: str | Path | None = None,
         callbacks: Iterable = (), progress: bool = True) -> dict:
     """Run (or resume) every phase of the two-tower model and write its run folder.
@@ -123,7 +128,9 @@ def run(cfg: RunConfig, out: str | Path, *, cache_dir: str | Path | None = None,
 
     Raises:
         TwotowerError: for a control's config (chapter 9's controls train other
-            models: :func:`twotower.experiments.store.train_run` runs either kind).
+            models: :func:`twotower.experiments.store.train_run` runs either kind);
+            for an empty ``out`` or one that another process is writing
+            (:func:`twotower.training.run_folder.owned`).
     """
     require(not cfg.control, f"the control {cfg.control!r} trains another model: run "
             "it with twotower.experiments.store.train_run (python -m twotower run "
@@ -147,33 +154,48 @@ def run(cfg: RunConfig, out: str | Path, *, cache_dir: str | Path | None = None,
                                     seed=cfg.readout.seed)
     readouts, readout_summary = train_readouts(model, readout_b, cfg.readout, val=val_b,
                                                run_dir=out, callbacks=callbacks,
-                                               progress=progress)
+                                               progress=progress,
+                                               towers_step=joint["steps"])
     timings["readouts"] = time.perf_counter() - t
 
     base = None
     if cfg.baseline:  # every process trains (DDP); rank 0 scores below
         t = time.perf_counter()
-        base, base_summary = _train_baseline(cfg, out, train_b, val_b, callbacks,
-                                             progress)
+        base = _train_baseline(cfg, out, train_b, val_b, callbacks, progress)
         timings["baseline"] = time.perf_counter() - t
     if not world.is_main:  # scoring and the result files are rank 0's job
         return {}
 
     t = time.perf_counter()
+    results = _scored_results(out, cfg, data, val_b, model, joint, readouts,
+                              readout_summary, base)
+    timings["scoring"] = time.perf_counter() - t
+    timings["total"] = time.perf_counter() - started
+    results["seconds"] = timings
+    results = run_folder.kept_phase_summaries(out, results)  # a rerun's train_loss
+    save_results(out, results)
+    return results
+
+
+def _scored_results(out: Path, cfg: RunConfig, data: PreparedData, val_b: WindowBatches,
+                    model: TwoTowerLM, joint: dict, readouts: TowerReadouts,
+                    readout_summary: dict, base: tuple[SingleTowerLM, dict] | None
+                    ) -> dict:
+    """Score the validation windows and gather what ``results.json`` says of a run."""
     scored = val_b.score_batches(cfg.score_batches)
     results = {
-        **score_and_save(out, cfg, data, model, readouts, scored),
+        **score_and_save(out, cfg, data, model, readouts, scored,
+                         towers_step=joint["steps"],
+                         readouts_step=readout_summary["steps"]),
         "data": _data_summary(data, cfg),
         "parameters": {"two_tower": model.num_parameters()},
         "joint_training": joint, "readout_training": readout_summary,
     }
     if base is not None:  # the baseline's loss on exactly the scored positions
-        results["baseline"] = _scored_baseline(base, base_summary, cfg, scored)
-        results["parameters"]["single_tower"] = base.num_parameters()
-    timings["scoring"] = time.perf_counter() - t
-    timings["total"] = time.perf_counter() - started
-    results["seconds"] = timings
-    save_results(out, results)
+        single, base_summary = base
+        results["baseline"] = _scored_baseline(single, base_summary, cfg, scored)
+        results["parameters"]["single_tower"] = single.num_parameters()
+        results[MADE_FROM]["baseline"] = weights_record(single, base_summary["steps"])
     return results
 
 
@@ -204,11 +226,22 @@ def _data_summary(data: PreparedData, cfg: RunConfig) -> dict:
             "vocab_size": cfg.model.vocab_size}
 
 
+def weights_record(module: nn.Module, step: int | None) -> dict:
+    """What a run records of the weights its scores came from: the step and
+    :func:`twotower.training.checkpoint.weights_sha256` (chapter 6)."""
+    return {"step": step, "sha256": ckpt.weights_sha256(module)}
+
+
 def score_and_save(out: Path, cfg: RunConfig, data: PreparedData, model: nn.Module,
-                   readouts: TowerReadouts, scored: list) -> dict:
+                   readouts: TowerReadouts, scored: list, *,
+                   towers_step: int | None = None, readouts_step: int | None = None
+                   ) -> dict:
     """Score ``scored`` batches with each readout, write ``scores.npz`` and
     ``preference.csv`` (atomically), and return the results every run reports: family,
-    seed, losses, the preference summary and its split-half reliability."""
+    seed, losses, the preference summary and its split-half reliability, and the
+    record of what made both files (``made_from``: the step and weights' SHA-256 of
+    the towers and the readouts; ``file_sha256``: each file's), which loading
+    compares (:func:`load_run`)."""
     scores = score_readouts(model, readouts, scored, cfg.train.device)  # fp32
     if data.val_article is not None:
         scores = dataclasses.replace(scores, article=data.val_article[scores.window])
@@ -223,6 +256,10 @@ def score_and_save(out: Path, cfg: RunConfig, data: PreparedData, model: nn.Modu
         "scores": loss_summary(scores), "preference": preference_summary(df, scores),
         "split_half": dataclasses.asdict(split_half(scores, cfg.model.vocab_size,
                                                     cfg.min_count)),
+        MADE_FROM: {"towers": weights_record(model, towers_step),
+                    "readouts": weights_record(readouts, readouts_step)},
+        FILE_SHA256: {name: file_sha256(out / name) for name in (SCORES, PREFERENCE)},
+        "reproducibility": reproducibility(cfg.train.device),  # threads, CPU, torch
     }
 
 
@@ -237,7 +274,9 @@ def rescore(run: LoadedRun) -> dict:
     ``scores.npz``, ``preference.csv`` and the scoring part of ``results.json``.
 
     Nothing is trained: the towers and readouts on disk are scored as they are, so an
-    old run gets today's instruments in seconds to minutes.
+    old run gets today's instruments in seconds to minutes. The record of what made
+    the scores names the checkpoints ``run`` was loaded from (a run made before the
+    record gets one).
 
     Returns:
         The updated results.
@@ -246,16 +285,24 @@ def rescore(run: LoadedRun) -> dict:
     val_b = WindowBatches(run.data.val, make_objective(cfg, run.data),
                           cfg.train.batch_size, cfg.train.seed)
     log.info("rescoring %s (scoring version %d)", run.path, SCORING_VERSION)
-    results = {**run.results, **score_and_save(run.path, cfg, run.data, run.model,
-                                               run.readouts,
-                                               val_b.score_batches(cfg.score_batches))}
+    scored = score_and_save(run.path, cfg, run.data, run.model, run.readouts,
+                            val_b.score_batches(cfg.score_batches),
+                            towers_step=run.made_from["towers"]["step"],
+                            readouts_step=run.made_from["readouts"]["step"])
+    scored[MADE_FROM] = {**run.results.get(MADE_FROM, {}), **scored[MADE_FROM]}
+    results = {**run.results, **scored}
     save_results(run.path, results)
     return results
 
 
 @dataclass(frozen=True, eq=False)
 class LoadedRun:
-    """A finished run, ready for analysis in a chapter."""
+    """A finished run, ready for analysis in a chapter.
+
+    ``made_from`` holds the step and weights' SHA-256 of the towers and readouts that
+    were loaded: the record in ``results`` when the run has one (:func:`load_run`
+    refuses any other weights), what :func:`rescore` records when it scores them.
+    """
 
     path: Path
     config: RunConfig
@@ -265,13 +312,20 @@ class LoadedRun:
     scores: TokenScores
     preference: pd.DataFrame
     results: dict
+    made_from: dict = dataclasses.field(default_factory=dict)
 
 
 def load_run(path: str | Path, cache_dir: str | Path | None = None) -> LoadedRun:
     """Load a run directory written by :func:`run` (model and readouts frozen, on CPU).
 
+    Every file is checked, and the weights against the record of what made the
+    scores (:func:`score_and_save`): a missing or damaged file, or a checkpoint
+    deleted or replaced since, ends in one line naming it and the fix
+    (``book/when_things_go_wrong.md``, *A damaged run folder*).
+
     Raises:
-        TwotowerError: when the directory is not a finished run.
+        TwotowerError: when the directory is not a finished run, or a file is missing,
+            damaged, or not the one the scores were made from.
     """
     path = Path(path)
     if not is_finished(path):
@@ -280,20 +334,63 @@ def load_run(path: str | Path, cache_dir: str | Path | None = None) -> LoadedRun
     cfg = read_run_config(path)
     data = prepare_data(cfg.data, cache_dir)
     model = TwoTowerLM(cfg.model)
-    last = ckpt.latest_checkpoint(path / "joint")
+    return loaded_run(path, cfg, data, model, load_newest(path, "joint", model))
+
+
+def load_newest(path: Path, phase: str, module: nn.Module) -> Path:
+    """Load the newest checkpoint of the run ``path``'s ``phase`` into ``module``.
+
+    Returns:
+        The checkpoint's folder.
+    """
+    last = ckpt.latest_checkpoint(path / phase)
     if last is None:
-        raise TwotowerError(f"{path}/joint has no checkpoint; rerun the run command")
-    ckpt.load_weights(last, model)
-    return loaded_run(path, cfg, data, model)
+        raise TwotowerError(f"{path / phase} holds no checkpoint (deleted?); "
+                            f"{_fix(path, phase)}")
+    ckpt.load_weights(last, module)
+    return last
 
 
-def loaded_run(path: Path, cfg: RunConfig, data, model: nn.Module) -> LoadedRun:
-    """A finished run around its (already loaded) ``model``: the readouts, scores,
-    preference table and results saved in ``path``, everything frozen."""
+def loaded_run(path: Path, cfg: RunConfig, data, model: nn.Module,
+               towers_from: Path) -> LoadedRun:
+    """A finished run around its ``model``, loaded from the checkpoint
+    ``towers_from``: the readouts, scores, preference table and results saved in
+    ``path``, each checked against the record of what made the scores, everything
+    frozen."""
+    results = read_results(path)
     readouts = TowerReadouts(model.cfg.d_model, cfg.model.vocab_size, 2)
-    ckpt.load_weights(ckpt.latest_checkpoint(path / "readouts"), readouts)
-    pref = pd.read_csv(path / PREFERENCE, keep_default_na=False,
-                       na_values=[""]).set_index("id")
+    made_from = {
+        "towers": _checked(path, results, "towers", model, towers_from),
+        "readouts": _checked(path, results, "readouts", readouts,
+                             load_newest(path, "readouts", readouts))}
     return LoadedRun(path, cfg, data, freeze(model), freeze(readouts),
-                     TokenScores.load(path / SCORES), pref,
-                     read_results(path))
+                     read_scores(path, results), read_preference(path, results),
+                     results, made_from)
+
+
+def _checked(path: Path, results: dict, role: str, module: nn.Module,
+             loaded_from: Path) -> dict:
+    """The record of ``module`` (``"towers"`` or ``"readouts"``) as loaded from the
+    checkpoint ``loaded_from``, refused unless the run recorded these weights for
+    its scores (a run made before the record is not checked)."""
+    loaded = weights_record(module, int(ckpt.load_meta(loaded_from)["step"]))
+    recorded = (results.get(MADE_FROM) or {}).get(role)
+    if recorded is None or recorded.get("sha256") == loaded["sha256"]:
+        return loaded
+    step = recorded.get("step")
+    why = ("its weights were replaced" if step == loaded["step"] else
+           f"the checkpoint of step {step} is gone")
+    raise TwotowerError(
+        f"{loaded_from} (step {loaded['step']}) does not hold the {role} that "
+        f"{path / SCORES} was made from (step {step}, sha256 "
+        f"{str(recorded.get('sha256'))[:12]}): {why}; {_fix(path, role)}")
+
+
+def _fix(path: Path, part: str) -> str:
+    """How to make the run ``path`` whole again when ``part`` is missing or wrong."""
+    if part == "readouts":
+        return (f"delete {path / 'readouts'} and {path / RESULTS}, then rerun the "
+                "command or chapter that made the run: the readouts are trained "
+                "again, the towers are kept")
+    return (f"put back the checkpoint the scores were made from, or delete {path} and "
+            "rerun the command or chapter that made the run, to train it again")

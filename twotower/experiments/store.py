@@ -32,8 +32,9 @@ from twotower.experiments import pipeline
 from twotower.experiments.controls import CONTROLS, load_control, run_control
 from twotower.experiments.pipeline import LoadedRun, rescore, scoring_is_current
 from twotower.training.run_folder import RunSpec, is_finished
+from twotower.training.runtime import fixed_threads, run_threads
 
-#: The prefix of the variant of towers of another width: ``width0.5``, ``width2``...
+#: Prefix of the variants with towers of another width (``width0.5``, ``width2``...).
 WIDTH = "width"
 
 
@@ -131,7 +132,8 @@ def ensure_scored(path: str | Path) -> None:
     every analysis reads today's scores (:func:`twotower.experiments.pipeline.rescore`).
     """
     if not scoring_is_current(path):
-        rescore(load_run(path))
+        with fixed_threads(run_threads(read_run_config(path).threads, path)):
+            rescore(load_run(path))
 
 
 def ensure_finished(spec: RunSpec, runs_dir: str | Path, *, device: str = "auto",

@@ -7,16 +7,24 @@ code can hide in them), ``state.pt`` (optimizer, schedule and RNG states: tensor
 numbers only, read with ``torch.load(weights_only=True)``) and ``meta.json``. It is
 written under a temporary name, flushed to disk, then renamed, and only then does the
 ``latest`` pointer move (itself replaced atomically), so a crash at any moment leaves
-the previous checkpoint intact.
+the previous checkpoint intact. The temporary name holds the writer's process id, so
+two processes saving the same step never share it. A full disk ends in one line naming
+the folder and the space the checkpoint needs; a ``state.pt`` that is no checkpoint at
+all (damaged, random bytes) is told apart from one that carries code.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 import pickle
+import pickletools
 import shutil
+import stat
 import time
+import zipfile
 from pathlib import Path
 
 import torch
@@ -49,17 +57,12 @@ def save_checkpoint(directory: Path, step: int, module: nn.Module, state: dict,
     """
     directory = Path(directory)
     final = directory / f"step-{step:07d}"
-    tmp = directory / f".tmp-step-{step:07d}"
+    tmp = directory / f".tmp-step-{step:07d}.{os.getpid()}"  # this process's own
+    weights = _weights(module)
     try:
         directory.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        save_file(_weights(module), str(tmp / WEIGHTS), metadata={"format": "pt"})
-        torch.save(state, tmp / STATE)
-        (tmp / META).write_text(json.dumps({**meta, "step": step}, indent=1))
-        for name in (WEIGHTS, STATE, META):
-            atomic.fsync_file(tmp / name)
-        atomic.fsync_dir(tmp)
+        _write_files(tmp, weights, state, {**meta, "step": step})
         _fault_injection_pause(tmp, step)
         # A rerun of a saved step: move the old copy aside (a folder cannot be renamed
         # onto a non-empty one) and delete it only once the new one is in place.
@@ -74,19 +77,67 @@ def save_checkpoint(directory: Path, step: int, module: nn.Module, state: dict,
         # A full disk reaches us as OSError (Python), SafetensorError (safetensors'
         # writer) or RuntimeError (torch.save's zip writer).
         shutil.rmtree(tmp, ignore_errors=True)
-        good = latest_checkpoint(directory) or "none yet"
-        reason = getattr(err, "strerror", None) or str(err).splitlines()[0][:120]
-        raise TwotowerError(
-            f"could not write checkpoint {final} ({reason}); last good "
-            f"checkpoint: {good}. Free disk space or fix the folder's permissions, "
-            "then rerun the same command to resume") from None
+        raise _save_failed(err, final, _nbytes(weights) + _nbytes(state)) from None
     # Only now that the new checkpoint is in place: old ones beyond ``keep``, copies
     # set aside and the leftovers of saves a crash interrupted.
     stale = sorted(directory.glob("step-*"))[:-keep] if keep > 0 else []
     for path in (*stale, *directory.glob(".old-step-*"),
-                 *directory.glob(".tmp-step-*")):
+                 *filter(_abandoned, directory.glob(".tmp-step-*"))):
         shutil.rmtree(path, ignore_errors=True)
     return final
+
+
+def _write_files(tmp: Path, weights: dict, state: dict, meta: dict) -> None:
+    """The three files of a checkpoint in the new folder ``tmp``, flushed to disk."""
+    tmp.mkdir()
+    save_file(weights, str(tmp / WEIGHTS), metadata={"format": "pt"})
+    with open(tmp / STATE, "wb") as f:  # a full disk raises OSError(ENOSPC) here,
+        torch.save(state, f)  # where torch's own file writer hides the errno
+    (tmp / META).write_text(json.dumps(meta, indent=1))
+    # safetensors writes through a private temporary file (0o600): the weights get the
+    # mode any new file gets here (the umask's), which meta.json has.
+    os.chmod(tmp / WEIGHTS, stat.S_IMODE((tmp / META).stat().st_mode))
+    for name in (WEIGHTS, STATE, META):
+        atomic.fsync_file(tmp / name)
+    atomic.fsync_dir(tmp)
+
+
+def _save_failed(err: BaseException, final: Path, needed: int) -> TwotowerError:
+    """The one line for a save of ``final`` (``needed`` bytes) that ``err`` ended:
+    a full disk in plain words, anything else with its reason."""
+    directory = final.parent
+    good = latest_checkpoint(directory) or "none yet"
+    if atomic.out_of_space(err, directory, needed):
+        return TwotowerError(
+            f"{atomic.no_space(f'checkpoint {final}', directory, needed)}; last good "
+            f"checkpoint: {good}. Free disk space, then rerun the same command to "
+            "resume")
+    reason = getattr(err, "strerror", None) or str(err).splitlines()[0][:120]
+    return TwotowerError(
+        f"could not write checkpoint {final} ({reason}); last good checkpoint: "
+        f"{good}. Free disk space or fix the folder's permissions, then rerun the same "
+        "command to resume")
+
+
+def _abandoned(tmp: Path) -> bool:
+    """Whether a temporary checkpoint folder was left by a save that an error or a
+    crash ended (this process's, or one whose process is gone), not one that another
+    process is writing now."""
+    pid = tmp.name.rsplit(".", 1)[-1]
+    if not pid.isdigit():
+        return True
+    return int(pid) == os.getpid() or not atomic.pid_alive(int(pid))
+
+
+def _nbytes(obj) -> int:
+    """Bytes of the tensors in ``obj`` (nested dicts, lists, tuples)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_nbytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_nbytes(v) for v in obj)
+    return 0
 
 
 def _fault_injection_pause(tmp: Path, step: int) -> None:
@@ -191,6 +242,22 @@ def _aliases(module: nn.Module) -> dict[str, tuple[str, ...]]:
             for names in by_storage.values() for n in names}
 
 
+def weights_sha256(module: nn.Module) -> str:
+    """SHA-256 of ``module``'s weights: each state-dict tensor's name, dtype, shape and
+    bytes, in name order.
+
+    The same on every device, and the same for a module just trained and for one that
+    :func:`load_weights` filled from its checkpoint; a run records it for the weights
+    its scores came from (``book/when_things_go_wrong.md``, *A damaged run folder*).
+    """
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        tensor = tensor.detach().to("cpu").contiguous()
+        digest.update(f"{name} {tensor.dtype} {tuple(tensor.shape)}\n".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
 def load_state(path: Path) -> dict:
     """``state.pt`` of a checkpoint, refusing anything that would run code.
 
@@ -201,6 +268,11 @@ def load_state(path: Path) -> dict:
     try:
         return torch.load(file, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
+        if not _holds_code(file):
+            raise TwotowerError(f"cannot read {file}: it is damaged or not a "
+                                "checkpoint file (no zip archive or pickle that "
+                                "torch.save writes is in it); delete its folder to "
+                                "resume from an earlier checkpoint") from None
         raise TwotowerError(f"refusing to load {file}: it holds Python objects that "
                             f"would run code ({str(err).splitlines()[0][:120]}); only "
                             "load checkpoints made by twotower") from None
@@ -208,6 +280,44 @@ def load_state(path: Path) -> dict:
         raise TwotowerError(f"cannot read {file} ({str(err).splitlines()[0][:120]}); "
                             "it is truncated or damaged: use an earlier checkpoint"
                             ) from None
+
+
+# Opcodes that import or call something: what makes a pickle run code when loaded.
+_CODE_OPCODES = frozenset({"GLOBAL", "STACK_GLOBAL", "INST", "OBJ", "REDUCE", "NEWOBJ",
+                           "NEWOBJ_EX", "EXT1", "EXT2", "EXT4"})
+
+
+def _holds_code(file: Path) -> bool:
+    """Whether ``file`` holds a pickle that imports or calls something (read with
+    :mod:`pickletools`, which runs nothing): torch's zip archive around
+    ``data.pkl``, or the pickles of torch's older format one after the other. Random
+    bytes or a damaged file are no pickle at all."""
+    try:
+        if zipfile.is_zipfile(file):
+            with zipfile.ZipFile(file) as archive:
+                return any(_pickles_call(archive.read(name))
+                           for name in archive.namelist() if name.endswith("data.pkl"))
+        with open(file, "rb") as f:
+            return _pickles_call(f.read(_SCANNED))
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
+_SCANNED = 1 << 26  # the pickles of torch's older format come first: 64 MB is plenty
+
+
+def _pickles_call(data: bytes) -> bool:
+    """Whether one of the pickles at the start of ``data`` has a code opcode; the scan
+    stops at the first bytes that are not a pickle. (In memory: a length field in
+    random bytes cannot make a read allocate gigabytes.)"""
+    stream = io.BytesIO(data)
+    while True:
+        try:
+            ops = {op.name for op, _, _ in pickletools.genops(stream)}
+        except Exception:  # noqa: BLE001 - any parse failure: not a pickle (any more)
+            return False
+        if _CODE_OPCODES & ops:
+            return True
 
 
 def load_meta(path: Path) -> dict:

@@ -23,9 +23,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from twotower.config import TrainConfig
+from twotower.errors import TwotowerError
 from twotower.models.tower_lm import IGNORE, TowerLM, mean_cross_entropy, select_targets
 from twotower.data.objectives import Batch
 from twotower.data.scores import TokenScores
+from twotower.training import checkpoint as ckpt
 from twotower.training.runtime import autocast, resolve_device, resolve_precision
 from twotower.training.trainer import WindowBatches, train
 
@@ -78,22 +80,46 @@ def freeze(model: nn.Module) -> nn.Module:
 def train_readouts(model: TowerLM, batches: WindowBatches, cfg: TrainConfig, *,
                    val: WindowBatches | None = None, run_dir: Path | None = None,
                    callbacks: Iterable = (), progress: bool = True,
-                   phase: str = "readouts") -> tuple[TowerReadouts, dict]:
+                   phase: str = "readouts", towers_step: int | None = None
+                   ) -> tuple[TowerReadouts, dict]:
     """Freeze ``model`` and train one fresh readout per tower (phases 2 and 3).
 
-    Both readouts see the same batches; gradients are clipped per readout.
+    Both readouts see the same batches; gradients are clipped per readout. Every
+    checkpoint records the towers it was trained on (``towers_step`` and
+    :func:`twotower.training.checkpoint.weights_sha256`), and a resumed training
+    refuses readouts that were trained on other towers.
 
     Returns:
         ``(readouts, training summary)``.
+
+    Raises:
+        TwotowerError: when ``run_dir`` holds readouts trained on other towers.
     """
     freeze(model).to(resolve_device(cfg.device))
+    towers = {"step": towers_step, "sha256": ckpt.weights_sha256(model)}
+    if run_dir is not None:
+        _refuse_other_towers(Path(run_dir) / phase, towers)
     torch.manual_seed(cfg.seed + 1)  # readout init differs from the model's
     readouts = TowerReadouts(model.cfg.d_model, model.cfg.vocab_size, model.n_towers)
     summary = train(readouts, lambda b: readouts.loss(model, b), batches, cfg,
                     phase=phase, val=val, run_dir=run_dir, callbacks=callbacks,
                     clip_groups=[list(r.parameters()) for r in readouts.readouts],
-                    progress=progress)
+                    meta={"towers": towers}, progress=progress)
     return readouts.eval(), summary
+
+
+def _refuse_other_towers(folder: Path, towers: dict) -> None:
+    """Refuse to resume the readouts in ``folder`` when their newest checkpoint was
+    trained on towers other than ``towers`` (one replaced or trained again since);
+    checkpoints made before the record are not checked."""
+    last = ckpt.latest_checkpoint(folder)
+    trained_on = ckpt.load_meta(last).get("towers", {}) if last is not None else {}
+    if trained_on.get("sha256") not in (None, towers["sha256"]):
+        raise TwotowerError(
+            f"{last} holds readouts trained on other towers (step "
+            f"{trained_on.get('step')}) than the towers of step {towers['step']} now "
+            f"in {folder.parent}; delete {folder} and rerun to train the readouts "
+            "again on these towers")
 
 
 def _true_logprob(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

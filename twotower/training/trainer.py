@@ -36,7 +36,7 @@ from twotower.training.faults import StepGuard, numerical_fault
 from twotower.training.metrics_log import MetricsLog
 from twotower.training.optim import make_optimizer
 from twotower.training.runtime import (autocast, resolve_device, resolve_precision,
-                                       sum_dtype)
+                                       sum_dtype, warn_of_other_threads)
 
 LossFn = Callable[[Batch], torch.Tensor]
 
@@ -151,7 +151,7 @@ class Trainer:
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.ckpt_dir = self.run_dir / phase if self.run_dir is not None else None
         self.meta = {"phase": phase, "train_config": config_to_dict(cfg),
-                     **(meta or {})}
+                     "threads": torch.get_num_threads(), **(meta or {})}
         self.start, loss_sum, self.window_steps = self._resume()
         # the sum of the losses since the last log line, kept on the device
         self.window_loss = torch.tensor(loss_sum, dtype=sum_dtype(self.device),
@@ -214,6 +214,7 @@ class Trainer:
             return 0, 0.0, 0
         ckpt.load_weights(last, self.module)
         state, meta = ckpt.load_state(last), ckpt.load_meta(last)
+        warn_of_other_threads(last, meta.get("threads"), self.device)
         try:
             step, steps = int(meta["step"]), self.cfg.steps
             if not 0 <= step <= steps:
