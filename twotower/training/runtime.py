@@ -15,7 +15,6 @@ import platform
 import random
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
 
 import numpy as np
 import torch
@@ -25,7 +24,6 @@ from twotower.errors import TwotowerError
 from twotower.training import checkpoint as ckpt
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -166,12 +164,12 @@ def fixed_threads(threads: int) -> Iterator[int]:
         torch.set_num_threads(before)
 
 
-def computing_with_run_threads(run: Callable[..., T]) -> Callable[..., T]:
+def computing_with_run_threads(run: Callable) -> Callable:
     """Decorate ``run(cfg, out, ...)`` (a whole run: training and scoring) to compute
     with the run's own thread count (:func:`run_threads`), whatever the process used
     before and goes back to after."""
     @functools.wraps(run)
-    def with_run_threads(cfg, out, *args, **kwargs) -> T:
+    def with_run_threads(cfg, out, *args, **kwargs):
         with fixed_threads(run_threads(cfg.threads, out)):
             return run(cfg, out, *args, **kwargs)
     return with_run_threads
