@@ -16,6 +16,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from cli_helpers import cli, lines
 from twotower.training import checkpoint as ckpt
 from twotower.experiments import pipeline
 from twotower.cli import build_parser, config_from_args, main
@@ -23,20 +24,6 @@ from twotower.config import PRESETS
 from twotower.errors import TwotowerError
 from twotower.models.tower_lm import TwoTowerLM
 from twotower.training.readouts import TokenScores
-
-
-def cli(argv: list[str], capsys) -> tuple[int, str, str]:
-    """Run the CLI in-process: ``(exit status, stdout, stderr)``."""
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as exit_:  # argparse exits instead of returning
-        code = exit_.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def lines(text: str) -> list[str]:
-    return [line for line in text.splitlines() if line.strip()]
 
 
 def snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:

@@ -22,25 +22,12 @@ import torch
 from safetensors import SafetensorError
 from torch import nn
 
+from cli_helpers import cli, lines
 from twotower import atomic
-from twotower.cli import build_parser, config_from_args, main
+from twotower.cli import build_parser, config_from_args
 from twotower.errors import TwotowerError
 from twotower.experiments import controls, pipeline
 from twotower.training import checkpoint as ckpt
-
-
-def cli(argv: list, capsys) -> tuple[int, str, str]:
-    """Run the CLI in-process: ``(exit status, stdout, stderr)``."""
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as exit_:  # argparse exits instead of returning
-        code = exit_.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def lines(text: str) -> list[str]:
-    return [line for line in text.splitlines() if line.strip()]
 
 
 def fast_args(corpus: Path, out, *extra) -> list[str]:
