@@ -78,7 +78,9 @@ class ScoreRow:
     p_holm: float = float("nan")  # Holm-adjusted over every row with a p-value
 
 
-def _above(low: float, bar: float = 0.0) -> str:
+def interval_verdict(low: float, bar: float = 0.0) -> str:
+    """The verdict on an interval whose lower end is ``low``: it holds when ``low`` lies
+    strictly above ``bar``; NaN (nothing measured) says so (chapter 11's exercise)."""
     if not np.isfinite(low):
         return NOT_MEASURED
     return HOLDS if low > bar else FAILS
@@ -100,7 +102,7 @@ def _claim2(runs, n_boot, n_perm, seed) -> list[ScoreRow]:
     if main is not None:
         rel = stability.reliability(main, True, seed, n_boot)
         within = replace(within, value=rel.r, low=rel.low, high=rel.high,
-                         verdict=_above(rel.low))
+                         verdict=interval_verdict(rel.low))
     rows = [within]
     for name, label in CONTROL_NAMES.items():
         control = _find(runs, seed=seed, variant=name)
@@ -109,7 +111,7 @@ def _claim2(runs, n_boot, n_perm, seed) -> list[ScoreRow]:
                        "(nats)")
         if main is not None and control is not None:
             diff, lo, hi = stability.compare_spread(main, control, True, seed, n_boot)
-            row = replace(row, value=diff, low=lo, high=hi, verdict=_above(lo))
+            row = replace(row, value=diff, low=lo, high=hi, verdict=interval_verdict(lo))
         rows.append(row)
     reseeded = _find(runs, seed=seed, variant="reseeded")
     row = ScoreRow(claim, "it belongs to the towers (same towers, readouts of "
@@ -117,7 +119,7 @@ def _claim2(runs, n_boot, n_perm, seed) -> list[ScoreRow]:
     if main is not None and reseeded is not None:
         c = stability.compare_runs(main, reseeded, n_boot=n_boot, seed=seed)
         row = replace(row, value=c.r_x, low=c.low, high=c.high,
-                      verdict=_above(c.low, c.null95))
+                      verdict=interval_verdict(c.low, c.null95))
     rows.append(row)
     return rows + _across_seeds(runs, claim, n_perm, seed)
 
@@ -159,7 +161,7 @@ def _across_seeds(runs, claim, n_perm, seed) -> list[ScoreRow]:
 def _seed_verdict(low: float, n_seeds: int) -> str:
     if n_seeds < across_seeds.MIN_SEEDS:
         return f"{TOO_FEW} ({n_seeds})"
-    return _above(low)
+    return interval_verdict(low)
 
 
 # --- claim 3: regardless of configuration and type ------------------------------------
@@ -173,14 +175,14 @@ def _claim3(runs, n_boot, seed) -> list[ScoreRow]:
         rel = stability.reliability(run, True, seed, n_boot)
         rows.append(ScoreRow(claim, f"a preference emerges ({run.family}, seed {seed})",
                              "split-half r of centred pref", rel.r, rel.low, rel.high,
-                             verdict=_above(rel.low)))
+                             verdict=interval_verdict(rel.low)))
     statistic = "r_x of centred pref (bar: shuffled-token 95%)"
     pairs = stability.family_pairs(runs, seed)
     for kind, a, b in pairs:
         c = stability.compare_runs(a, b, n_boot=n_boot, seed=seed)
         rows.append(ScoreRow(claim, f"across {kind}, seeds {a.seed} and {b.seed}",
                              statistic, c.r_x, c.low, c.high,
-                             verdict=_above(c.low, c.null95)))
+                             verdict=interval_verdict(c.low, c.null95)))
     if not pairs:
         rows.append(ScoreRow(claim, "across families", statistic))
     wide = [r for r in runs if r.variant.startswith("width") and r.seed == seed]
@@ -192,7 +194,7 @@ def _claim3(runs, n_boot, seed) -> list[ScoreRow]:
         if variant is not None and main is not None:
             c = stability.compare_runs(main, variant, n_boot=n_boot, seed=seed)
             row = replace(row, value=c.r_x, low=c.low, high=c.high,
-                          verdict=_above(c.low, c.null95))
+                          verdict=interval_verdict(c.low, c.null95))
         rows.append(row)
     return rows
 
@@ -237,11 +239,11 @@ def _claim4(verdict, probes, n_boot, seed) -> list[ScoreRow]:
         if "vs_untrained" in s:
             probe_rows[2] = replace(
                 probe_rows[2], value=s["vs_untrained"], low=s["vs_low"],
-                high=s["vs_high"], verdict=_above(s["vs_low"]))
+                high=s["vs_high"], verdict=interval_verdict(s["vs_low"]))
         if "vs_chain" in s:
             probe_rows[3] = replace(
                 probe_rows[3], value=s["vs_chain"], low=s["vs_chain_low"],
-                high=s["vs_chain_high"], verdict=_above(s["vs_chain_low"]))
+                high=s["vs_chain_high"], verdict=interval_verdict(s["vs_chain_low"]))
         if s.get("instrument_fails"):  # below a tree that needs no vectors at all
             probe_rows = [replace(row, verdict=INSTRUMENT_FAILS) if
                           np.isfinite(row.value) else row for row in probe_rows]

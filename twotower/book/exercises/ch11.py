@@ -10,20 +10,12 @@ import numpy as np
 
 from twotower.analysis.stats import holm
 from twotower.book.exercises.framework import Attempt, exercise
-from twotower.experiments.scorecard import FAILS, HOLDS, NOT_MEASURED
+from twotower.experiments.scorecard import interval_verdict
 
 # --- verdict --------------------------------------------------------------------------
 
 
-def reference_verdict(low, bar=0.0):
-    """The exercise's solution: the scorecard's rule for an interval whose lower end is
-    ``low``."""
-    if not np.isfinite(low):
-        return NOT_MEASURED
-    return HOLDS if low > bar else FAILS
-
-
-@exercise(reference_verdict, hint=(
+@exercise(interval_verdict, hint=(
     "Hint: NaN (nothing measured) -> 'not measured at this scale'; a lower end "
     "strictly above the bar -> 'holds'; anything else -> 'does not hold'."))
 def check_verdict(attempt: Attempt) -> str:
@@ -34,7 +26,7 @@ def check_verdict(attempt: Attempt) -> str:
               (0.2, 0.15))]
     for case in cases:
         got = attempt.call(**case)
-        expected = reference_verdict(**case)
+        expected = interval_verdict(**case)
         if got != expected:
             attempt.fail(f"got {got!r}, expected {expected!r} for low={case['low']}, "
                          f"bar={case['bar']}.")
