@@ -270,16 +270,16 @@ def kept_phase_summaries(out: str | Path, results: dict) -> dict:
                 new.get("phase"), new.get("steps")):
             kept[key] = {**new, **old}
         elif "train_loss" not in new:
-            losses = [r["loss"] for r in _metric_records(out) if r.get("loss")
-                      is not None and r.get("phase") == new.get("phase")]
+            records = _metric_records(Path(out) / METRICS)
+            losses = [r["loss"] for r in records if r.get("loss") is not None
+                      and r.get("phase") == new.get("phase")]
             kept[key] = {**new, "train_loss": losses[-1]} if losses else new
     return kept
 
 
-def _metric_records(run_dir: str | Path) -> list[dict]:
-    """The records of ``metrics.jsonl`` in order (none without one; a line cut short
-    by a crash is skipped)."""
-    path = Path(run_dir) / METRICS
+def _metric_records(path: Path) -> list[dict]:
+    """The records of a ``metrics.jsonl`` file in order (none without one; a line cut
+    short by a crash is skipped)."""
     if not path.is_file():
         return []
     records = []
@@ -389,11 +389,5 @@ def load_metrics(run_dir: str | Path) -> pd.DataFrame:
     path = path / METRICS if path.is_dir() else path
     if not path.is_file():
         raise TwotowerError(f"no metrics log at {path}; train the run first")
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return pd.DataFrame(rows).sort_values(["phase", "step"], kind="stable",
-                                          ignore_index=True)
+    return pd.DataFrame(_metric_records(path)).sort_values(
+        ["phase", "step"], kind="stable", ignore_index=True)
