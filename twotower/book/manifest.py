@@ -33,15 +33,6 @@ TIMINGS = "timings.json"
 SHOWN_PARAMETERS = ("PRESET", "SEED", "DEVICE")
 
 
-def file_sha256(path: Path) -> str:
-    """The SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def kernel_package(root: Path) -> Path:
     """The folder of the package the chapters' kernels import: the repository's own
     ``twotower/`` (the build puts the repository first on ``PYTHONPATH``), else the
@@ -57,7 +48,7 @@ def package_fingerprint(package: Path) -> dict:
     for path in sorted(package.rglob("*")):
         if path.is_file() and "__pycache__" not in path.parts:
             digest.update(path.relative_to(package).as_posix().encode() + b"\0")
-            digest.update(file_sha256(path).encode())
+            digest.update(atomic.file_sha256(path).encode())
     try:
         version = importlib.metadata.version("twotower")
     except importlib.metadata.PackageNotFoundError:  # a source tree, not installed
@@ -95,7 +86,7 @@ class Manifest:
         # the record of a copy that is there, with the bytes it was recorded with
         entry, copy = self.copies.get(name), self.executed / name
         if not isinstance(entry, dict) or not copy.is_file() or \
-                entry.get("copy_sha256") != file_sha256(copy):
+                entry.get("copy_sha256") != atomic.file_sha256(copy):
             return None
         return entry
 
@@ -110,7 +101,7 @@ class Manifest:
         copy = self.executed / name
         self.copies[name] = {
             "status": run.status, **key, "seconds": run.seconds, "error": run.error,
-            "copy_sha256": file_sha256(copy) if copy.is_file() else None,
+            "copy_sha256": atomic.file_sha256(copy) if copy.is_file() else None,
             "executed_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
         atomic.write_text(self.path, json.dumps({"copies": self.copies}, indent=2))
 

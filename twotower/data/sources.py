@@ -26,13 +26,13 @@ corpus and the online source for one that is not (WikiText-103).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
+from twotower import atomic
 from twotower.errors import TwotowerError
 
 log = logging.getLogger(__name__)
@@ -119,15 +119,6 @@ def parse_source(source: str) -> str:
     return source
 
 
-def sha256_of(path: str | os.PathLike) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def checksums(corpus: str) -> dict[str, str]:
     """Bundled file name -> SHA-256, from the corpus folder's ``SHA256SUMS``.
 
@@ -166,7 +157,7 @@ def bundled_file(corpus: str, name: str) -> Path:
                             f"source='online' ({entry.official})") from None
     key = (str(path), stat.st_size, stat.st_mtime_ns)
     if key not in _whole:
-        if sha256_of(path) != sums[name]:
+        if atomic.file_sha256(path) != sums[name]:
             raise TwotowerError(f"bundled file {path} is damaged (its SHA-256 does not "
                                 f"match SHA256SUMS); {REINSTALL}, or use "
                                 f"source='online' ({entry.official})")

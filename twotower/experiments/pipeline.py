@@ -38,7 +38,7 @@ from twotower.training.readouts import (TokenScores, TowerReadouts, freeze,
                                         loss_summary, score_readouts, train_readouts)
 from twotower.training.run_folder import (CONFIG, FILE_SHA256, MADE_FROM, PREFERENCE,
                                           PREFERENCE_COLUMNS, RESULTS, SCORES,
-                                          file_sha256, is_finished, read_preference,
+                                          is_finished, read_preference,
                                           read_results, read_scores, save_results)
 from twotower.training.runtime import (computing_with_run_threads, reproducibility,
                                        resolve_device, resolve_precision,
@@ -258,7 +258,8 @@ def score_and_save(out: Path, cfg: RunConfig, data: PreparedData, model: nn.Modu
                                                     cfg.min_count)),
         MADE_FROM: {"towers": weights_record(model, towers_step),
                     "readouts": weights_record(readouts, readouts_step)},
-        FILE_SHA256: {name: file_sha256(out / name) for name in (SCORES, PREFERENCE)},
+        FILE_SHA256: {name: atomic.file_sha256(out / name)
+                      for name in (SCORES, PREFERENCE)},
         "reproducibility": reproducibility(cfg.train.device),  # threads, CPU, torch
     }
 

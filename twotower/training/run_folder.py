@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import json
 import operator
 import os
@@ -309,20 +308,11 @@ def rescore_fix(run_dir: str | Path) -> str:
             "made the run: it is scored again, nothing is trained again")
 
 
-def file_sha256(path: str | Path) -> str:
-    """SHA-256 of a file's bytes (read in blocks)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _check_recorded(file: Path, results: dict) -> None:
     """Refuse ``file`` unless it is the one ``results``' record names (nothing to
     compare in a folder written before the record)."""
     recorded = results.get(FILE_SHA256, {}).get(file.name)
-    if recorded is not None and file_sha256(file) != recorded:
+    if recorded is not None and atomic.file_sha256(file) != recorded:
         step = results.get(MADE_FROM, {}).get("towers", {}).get("step")
         raise TwotowerError(
             f"{file} is not the file {RESULTS} records (sha256 {recorded[:12]}, made "
