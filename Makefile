@@ -26,7 +26,7 @@ pytest:  ## only the tests
 browser:  ## headless Chromium for the browser tests, where it can be installed
 	$(TASKS) browser
 
-student:  ## student copies of the chapters (solutions dropped) in student/
+student:  ## the reader and student copies of the chapters, in colab/
 	$(TASKS) student
 
 lab:  ## JupyterLab on the chapters, in .venv

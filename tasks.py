@@ -5,7 +5,8 @@
     python3 tasks.py test   # set up, build the smoke book and pass the tests (CI's run)
 
 Other tasks: ``setup`` (only the environment), ``smoke-book``, ``pytest``, ``browser``,
-``student``, ``lab`` (JupyterLab on the chapters). ``make TASK`` runs the same.
+``student`` (the reader and student copies in ``colab/``), ``lab`` (JupyterLab on the
+chapters). ``make TASK`` runs the same.
 
 ``setup`` makes a virtual environment in ``.venv`` (with ``python -m venv``; where Debian
 or Ubuntu left out ``ensurepip``, without it, and pip is then bootstrapped from its wheel
@@ -142,18 +143,22 @@ def setup(force: bool = False) -> None:
 # --- the tasks ------------------------------------------------------------------------
 
 def browser() -> None:
-    if any(shutil.which(name) for name in ("chromium", "chromium-browser")):
+    """Chromium and its WebDriver (Debian's chromium-driver), which Selenium drives."""
+    if any(shutil.which(name) for name in ("chromium", "chromium-browser")) and \
+            shutil.which("chromedriver"):
         return
     if hasattr(os, "geteuid") and os.geteuid() == 0 and shutil.which("apt-get"):
-        say("installing Chromium (Debian package) for the browser tests")
+        say("installing Chromium and chromedriver (Debian packages) for the browser "
+            "tests")
         env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
         failed = subprocess.run(["apt-get", "update", "-q"], env=env).returncode or \
-            subprocess.run(["apt-get", "install", "-y", "-q", "chromium"],
-                           env=env).returncode
+            subprocess.run(["apt-get", "install", "-y", "-q", "chromium",
+                            "chromium-driver"], env=env).returncode
         if not failed:
             return
-    say("Chromium is not installed and cannot be installed here (it needs root: "
-        "sudo apt-get install chromium): the browser tests will be skipped")
+    say("Chromium and chromedriver are not installed and cannot be installed here (it "
+        "needs root: sudo apt-get install chromium chromium-driver): the browser tests "
+        "will be skipped")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -177,8 +182,8 @@ def main(argv: list[str] | None = None) -> None:
         browser()
         run(*book, "build", "--preset", "smoke")
         run(PY, "-m", "pytest", "-q", "-rs")
-    elif args.task == "student":
-        run(*book, "student", "--out", "student")
+    elif args.task == "student":  # the committed copies: colab/reader, colab/student
+        run(*book, "copies")
     elif args.task == "lab":
         run(PY, "-m", "pip", "install", "--quiet", "jupyterlab")
         run(PY, "-m", "jupyter", "lab", "book/")

@@ -94,9 +94,9 @@ def test_template_check_flags_a_chapter_without_parameters_or_exercises(tmp_path
 def test_colab_links_are_built_from_the_repository_in_config():
     owner, name, branch = notebooks.repository(CONFIG)
     assert CONFIG["repository"]["url"] == f"https://github.com/{owner}/{name}"
-    assert notebooks.colab_url(CONFIG, "book/01_x") == (
+    assert notebooks.colab_url(CONFIG, "book/01_x") == (  # the badge: the student copy
         f"https://colab.research.google.com/github/{owner}/{name}/blob/{branch}/"
-        "book/01_x.ipynb")
+        "colab/student/01_x.ipynb")
 
 
 def test_links_command_rewrites_badge_and_install_after_a_change_of_url(tmp_path):
@@ -110,7 +110,7 @@ def test_links_command_rewrites_badge_and_install_after_a_change_of_url(tmp_path
     assert book.main(["--root", str(tmp_path), "links"]) == 0
     assert notebooks.notebook_problems(chapter, config, tmp_path) == []
     text = chapter.read_text()
-    assert "github/someone/fork/blob/main/book/" in text
+    assert "github/someone/fork/blob/main/colab/student/" in text
     assert "git+https://github.com/someone/fork@main" in text
 
 
@@ -123,7 +123,9 @@ def test_student_copy_drops_solutions_and_keeps_stubs_and_checks(tmp_path):
         copy = nbformat.read(tmp_path / chapter.name, as_version=4)
         solutions = [cell for cell in source.cells
                      if "solution" in cell.metadata.get("tags", [])]
-        assert len(copy.cells) == len(source.cells) - len(solutions)
+        assert [c.source for c in copy.cells if c.cell_type == "code"] == [
+            c.source for c in source.cells
+            if c.cell_type == "code" and c not in solutions]
         assert not any("solution" in c.metadata.get("tags", []) for c in copy.cells)
         text = "\n".join(c.source for c in copy.cells)
         assert "{solution-start}" not in text and "{solution-end}" not in text
@@ -240,9 +242,22 @@ def test_build_injects_parameters_keeps_going_after_a_failure_and_times_it(tmp_p
     failed = nbformat.read(timings["chapters"][0]["notebook"], as_version=4)
     assert any(output.get("ename") == "RuntimeError"
                for cell in failed.cells for output in cell.get("outputs", []))
-    injected = [c for c in failed.cells
+    assert not [c for c in failed.cells  # its values are in the visible cell
                 if "injected-parameters" in c.metadata.get("tags", [])]
-    assert injected and "hide-cell" in injected[0].metadata["tags"]
+    shown = [c for c in failed.cells if "parameters" in c.metadata.get("tags", [])]
+    assert shown[0].source == ('PRESET = "smoke"\nSEED = 3\nDEVICE = "auto"\n'
+                               'RUNS_DIR = "_build/runs/smoke"')
+
+
+def test_a_failed_exercise_check_fails_its_chapter(tmp_path):
+    _tiny_book(tmp_path, {"01_check": "print('✔ check_a passed: 3 cases')\n"
+                                      "print('✘ check_b: values differ. Hint: ...')"})
+    out = tmp_path / "_build"
+    assert book.main(["--root", str(tmp_path), "build", "--out", str(out),
+                      "--no-html"]) == 1
+    timings = json.loads((out / "executed" / "timings.json").read_text())
+    assert timings["chapters"][0]["error"].endswith("✘ check_b: values differ. "
+                                                    "Hint: ...")
 
 
 def _no_chapter_may_run(*args, **kwargs):

@@ -116,7 +116,8 @@ def test_every_check_is_importable_from_the_package_under_its_name():
 
 def test_a_check_shows_the_reader_its_argument_and_docstring(capsys):
     check = ch01.check_token_preference
-    assert str(inspect.signature(check)) == "(token_preference: 'Callable') -> 'None'"
+    assert str(inspect.signature(check)) == \
+        "(token_preference: 'Callable', *, strict: 'bool' = False) -> 'Callable'"
     assert check.__doc__.startswith("Check ``token_preference(")
     check(token_preference=ch01.reference_token_preference)  # by name, as signed
     assert "passed" in capsys.readouterr().out
@@ -124,8 +125,35 @@ def test_a_check_shows_the_reader_its_argument_and_docstring(capsys):
 
 @pytest.mark.parametrize("name", sorted(CHECKS))
 def test_check_accepts_its_reference_and_prints_a_pass_line(name, capsys):
-    CHECKS[name](CHECKS[name].reference)
+    reference = CHECKS[name].reference
+    assert CHECKS[name](reference) is reference
     assert capsys.readouterr().out.startswith(f"✔ {name} passed")
+
+
+def test_a_passing_check_hands_back_the_readers_own_function(capsys):
+    def token_preference(*args, **kwargs):  # the reader's, not the reference object
+        return ch01.reference_token_preference(*args, **kwargs)
+
+    assert ch01.check_token_preference(token_preference) is token_preference
+
+
+@pytest.mark.parametrize("name", sorted(CHECKS))
+def test_a_skipped_exercise_hands_back_the_reference_and_says_so(name, capsys):
+    def stub(*args, **kwargs):
+        raise NotImplementedError
+
+    assert CHECKS[name](stub) is CHECKS[name].reference  # the chapter goes on
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith(f"✘ {name}") and "NotImplementedError" in out[0]
+    reference = CHECKS[name].reference
+    assert out[1].endswith(f"{reference.__module__}.{reference.__qualname__}")
+
+
+@pytest.mark.parametrize("name, broken", [(name, BROKEN[name][0]) for name in
+                                          sorted(BROKEN)], ids=lambda v: str(v)[:40])
+def test_a_wrong_answer_is_shown_and_replaced_by_the_reference(name, broken, capsys):
+    assert CHECKS[name](broken) is CHECKS[name].reference
+    assert capsys.readouterr().out.startswith(f"✘ {name}")
 
 
 @pytest.mark.parametrize("name, broken", [(name, broken) for name in sorted(BROKEN)
@@ -133,7 +161,7 @@ def test_check_accepts_its_reference_and_prints_a_pass_line(name, capsys):
                          ids=lambda value: getattr(value, "__name__", value))
 def test_check_rejects_a_broken_variant_with_a_one_paragraph_hint(name, broken):
     with pytest.raises(AssertionError) as failure:
-        CHECKS[name](broken)
+        CHECKS[name](broken, strict=True)
     message = str(failure.value)
     assert message.startswith(f"✘ {name}")
     assert "Traceback" not in message and "\n" not in message
@@ -148,7 +176,7 @@ def test_check_says_the_stub_is_not_written_yet(name):
         raise NotImplementedError
 
     with pytest.raises(AssertionError, match="NotImplementedError"):
-        CHECKS[name](stub)
+        CHECKS[name](stub, strict=True)
 
 
 def test_check_reports_a_crash_of_the_readers_code_in_one_line():
@@ -156,13 +184,13 @@ def test_check_reports_a_crash_of_the_readers_code_in_one_line():
         return logp_a[vocab_size * 10**6]
 
     with pytest.raises(AssertionError, match="raised IndexError") as failure:
-        ch01.check_token_preference(crashes)
+        ch01.check_token_preference(crashes, strict=True)
     assert failure.value.__suppress_context__
 
 
 def test_check_refuses_a_value_where_a_function_is_expected():
     with pytest.raises(AssertionError, match="expected a function"):
-        ch01.check_centred_preference(np.zeros(3))
+        ch01.check_centred_preference(np.zeros(3), strict=True)
 
 
 def test_alternate_halves_balances_every_token():

@@ -14,6 +14,7 @@ diagram of chapters 1 and 5 is :func:`twotower.analysis.diagram.architecture_dia
 
 from __future__ import annotations
 
+import html
 import re
 from typing import Sequence
 
@@ -21,6 +22,7 @@ import matplotlib as mpl
 import matplotlib.pyplot as plt
 import numpy as np
 
+from twotower.analysis import alt_text
 from twotower.errors import TwotowerError
 
 #: Colour of each tower, the same in every figure of the book.
@@ -40,7 +42,9 @@ FONT_FAMILY = "DejaVu Sans"
 ALTAIR_THEME = "twotower"
 
 RC_PARAMS: dict[str, object] = {
-    "figure.figsize": (6.4, 3.6),
+    # at the book's 110 dpi a 6.2-inch figure is 682 px: no wider than the page's
+    # column, so it is never shrunk (and its fonts with it)
+    "figure.figsize": (6.2, 3.5),
     "figure.dpi": 110,
     "savefig.dpi": 150,
     "savefig.bbox": "tight",
@@ -90,7 +94,8 @@ def setup() -> None:
     """Apply the book's figure style to matplotlib and Altair (safe to call twice).
 
     Altair charts are rendered to static SVG by vl-convert, so an executed notebook
-    stores an image, not a JavaScript chart that would need Vega from a CDN.
+    stores an image, not a JavaScript chart that would need Vega from a CDN; each
+    carries its alt text (:func:`twotower.analysis.alt_text.svg_bundle`).
     """
     mpl.rcParams.update(RC_PARAMS)
     try:
@@ -104,7 +109,9 @@ def setup() -> None:
         import vl_convert  # noqa: F401  (the svg renderer needs it)
     except ImportError:
         return
-    alt.renderers.enable("svg")
+    if alt_text.RENDERER not in alt.renderers.names():
+        alt.renderers.register(alt_text.RENDERER, alt_text.svg_bundle)
+    alt.renderers.enable(alt_text.RENDERER)
 
 
 def _finite(values: Sequence[float] | np.ndarray) -> np.ndarray:
@@ -407,4 +414,6 @@ def chart_with_tooltips(chart):
     """
     from IPython.display import HTML
 
-    return HTML(f'<div class="twotower-chart">{svg_with_tooltips(chart)}</div>')
+    label = html.escape(alt_text.chart_alt_text(chart.to_dict()), quote=True)
+    return HTML(f'<div class="twotower-chart" role="img" aria-label="{label}">'
+                f'{svg_with_tooltips(chart)}</div>')

@@ -6,6 +6,7 @@ Usage (from the repository root)::
 
     python -m twotower.book build [--preset smoke] [--chapters 01 02] [--out _build]
     python -m twotower.book build --force              # execute even unchanged ones
+    python -m twotower.book copies                     # colab/reader, colab/student
     python -m twotower.book student [--out student]   # exercise copies, no solutions
     python -m twotower.book check                      # stored chapters are clean
     python -m twotower.book strip                      # remove outputs in place
@@ -45,14 +46,17 @@ from pathlib import Path
 
 import yaml
 
+from twotower.book.copies import (Book, copy_problems, write_copies,
+                                  write_student_copies)
 from twotower.book.execution import (ChapterRun, execute_chapter, stop_on_sigterm,
                                      stop_signal)
 from twotower.book.manifest import (Manifest, chapter_key, kernel_package,
                                     package_fingerprint, print_timings,
                                     read_build_parameters, write_timings)
 from twotower.book.notebooks import (notebook_problems, read_notebook, rewrite_links,
-                                     strip_notebook, structure_problems, student_copy,
+                                     strip_notebook, structure_problems,
                                      write_notebook)
+from twotower.book.teaching import TIMINGS_FOLDER, grade_notebooks, record_timings
 from twotower.book.vendor import fetch_vendor, offline_problems
 from twotower.config import PRESETS
 from twotower.data import sources
@@ -150,7 +154,8 @@ def execute_chapters(root: Path, executed: Path, selected: list[Path], parameter
             print(f"executing {name} with {parameters}", flush=True)
             start = time.perf_counter()
             try:
-                run = execute_chapter(chapter, executed / name, parameters, timeout)
+                run = execute_chapter(chapter, executed / name, parameters, timeout,
+                                      root)
             except KeyboardInterrupt:
                 runs.append(ChapterRun(chapter.stem, "interrupted",
                                        round(time.perf_counter() - start, 1), ""))
@@ -229,6 +234,9 @@ def stage(root: Path, out: Path, executed: Path,
             missing[name.with_suffix("").as_posix()] = reason
         else:
             shutil.copy2(executed / name, staging / name)
+    # this build's timings beside those recorded by others, for "For teachers"
+    record_timings({"copies": manifest.copies}, parameters["PRESET"],
+                   staging / "book" / TIMINGS_FOLDER)
     toc = yaml.safe_load((root / "_toc.yml").read_text(encoding="utf-8"))
     toc = _trim_toc(toc, lambda entry: str(Path(entry).with_suffix("")) not in missing)
     (staging / "_toc.yml").write_text(yaml.safe_dump(toc, sort_keys=False))
@@ -348,15 +356,27 @@ def _parser() -> argparse.ArgumentParser:
                      "chapter, also those unchanged since their last execution")
     html = commands.add_parser("html", help="build the HTML from the executed copies")
     html.add_argument("--out", type=Path, default=Path("_build"))
-    student = commands.add_parser("student", help="copies without the solution cells")
+    commands.add_parser("copies", help="write the chapters' reader and student copies "
+                        "for Colab (colab/reader, colab/student)")
+    student = commands.add_parser("student", help="student copies (no solutions), "
+                                  "into --out")
     student.add_argument("--out", type=Path, default=Path("student"))
-    commands.add_parser("check", help="fail if a chapter has outputs, stale links, or "
-                        "departs from the chapter template")
+    commands.add_parser("check", help="fail if a chapter has outputs, stale links, "
+                        "departs from the chapter template, or a copy is stale")
     commands.add_parser("strip", help="remove outputs and execution counts in place")
     commands.add_parser("links", help="rewrite Colab links from _config.yml")
     vendor = commands.add_parser("vendor", help="fetch the HTML's MathJax and widget "
                                  "assets (make setup runs this)")
     vendor.add_argument("--out", type=Path, default=Path("_build"))
+    grade = commands.add_parser("grade", help="run students' notebooks and report "
+                                "their exercise checks (twotower.book.teaching)")
+    grade.add_argument("notebooks", nargs="+", type=Path)
+    grade.add_argument("--out", type=Path, default=Path("_build/grading"))
+    grade.add_argument("--no-execute", action="store_true", help="read the outputs "
+                       "the notebooks hold instead of running them")
+    record = commands.add_parser("record-timings", help="keep the last build's "
+                                 "chapter timings in book/_timings for 'For teachers'")
+    record.add_argument("--out", type=Path, default=Path("_build"))
     return parser
 
 
@@ -366,6 +386,15 @@ def _build_command(args: argparse.Namespace, root: Path) -> int:
         return build(root, args.out, args.preset, args.seed, args.device,
                      args.chapters, html=not args.no_html, timeout=args.timeout,
                      runs_dir=args.runs_dir, force=args.force)
+    if args.command == "record-timings":
+        executed = args.out.resolve() / "executed"
+        preset = read_build_parameters(executed)["PRESET"]
+        path = record_timings({"copies": Manifest(executed).copies}, preset,
+                              root / "book" / TIMINGS_FOLDER)
+        print(f"timings of the {preset} build in {path.relative_to(root)}")
+        return 0
+    if args.command == "grade":
+        return grade_notebooks(args.notebooks, args.out, not args.no_execute)
     if args.command == "html":  # with the preset, seed and device of the last build
         executed = args.out.resolve() / "executed"
         result = build_html(root, executed.parent, executed,
@@ -377,11 +406,19 @@ def _build_command(args: argparse.Namespace, root: Path) -> int:
 
 
 def _chapter_command(args: argparse.Namespace, root: Path, config: dict) -> int:
-    """``student``, ``strip``, ``links`` and ``check``: what is done to the chapters."""
+    """``copies``, ``student``, ``strip``, ``links`` and ``check``: what is done to the
+    chapters."""
+    if args.command == "copies":
+        written, removed = write_copies(Book(root, config), chapters(root))
+        for path in written + removed:
+            done = "wrote" if path in written else "removed"
+            print(f"{done} {path.relative_to(root)}")
+        print(f"{2 * len(chapters(root))} copies, {len(written)} written, "
+              f"{len(removed)} removed")
+        return 0
     if args.command == "student":
-        for chapter in chapters(root):
-            target = args.out / chapter.name
-            removed = student_copy(chapter, target)
+        for target, removed in write_student_copies(Book(root, config), chapters(root),
+                                                    args.out).items():
             print(f"{target}: {removed} solution cells removed")
         return 0
     if args.command == "strip":
@@ -399,6 +436,7 @@ def _chapter_command(args: argparse.Namespace, root: Path, config: dict) -> int:
     problems = [p for chapter in chapters(root)
                 for p in notebook_problems(chapter, config, root)
                 + structure_problems(chapter)]
+    problems += copy_problems(Book(root, config), chapters(root))
     for problem in problems:
         print(problem)
     print(f"{len(chapters(root))} chapters checked, {len(problems)} problems")
@@ -412,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
         with stop_on_sigterm():
             root = find_root(args.root)
             config = read_config(root)
-            if args.command in ("build", "html", "vendor"):
+            if args.command in ("build", "html", "vendor", "grade", "record-timings"):
                 return _build_command(args, root)
             return _chapter_command(args, root, config)
     except TwotowerError as error:

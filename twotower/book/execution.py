@@ -25,7 +25,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from twotower.book.notebooks import read_notebook, write_notebook
+from twotower.book.notebooks import read_notebook
+from twotower.book.present import failed_check, present
 
 STOP_WAIT_SECONDS = 30  # for the child to stop its kernel before it is killed
 
@@ -87,8 +88,10 @@ def papermill_command(source: Path, output: Path, parameters: dict,
 
 
 def execute_chapter(source: Path, target: Path, parameters: dict,
-                    timeout: int | None = None) -> ChapterRun:
-    """Run one chapter with papermill; a failing cell is reported, not raised.
+                    timeout: int | None = None, root: Path | None = None) -> ChapterRun:
+    """Run one chapter with papermill; a failing cell, or an exercise check that
+    failed, is reported, not raised. The executed copy shows ``RUNS_DIR`` relative to
+    ``root`` (default: the current folder).
 
     Raises:
         KeyboardInterrupt: on Ctrl-C (:class:`Stopped` on SIGTERM), once the chapter's
@@ -111,9 +114,10 @@ def execute_chapter(source: Path, target: Path, parameters: dict,
             log.unlink(missing_ok=True)
             raise
     seconds = round(time.perf_counter() - start, 1)
-    error = "" if returncode == 0 else _failure(running, log, returncode)
+    error = _failure(running, log, returncode) if returncode else \
+        failed_check(read_notebook(running))
     if running.exists():
-        _hide_injected_parameters(running)
+        present(running, parameters, root or Path.cwd())
         os.replace(running, target)
     else:
         target.unlink(missing_ok=True)  # an older copy must not pass for this run's
@@ -147,13 +151,3 @@ def _failure(running: Path, log: Path, returncode: int) -> str:
              .splitlines() if line.strip()]
     last = lines[-1].strip()[:300] if lines else "no output"
     return f"papermill exited with status {returncode}: {last} (log: {log})"
-
-
-def _hide_injected_parameters(path: Path) -> None:
-    # the injected values stay readable in the HTML, behind a "show" toggle
-    notebook = read_notebook(path)
-    for cell in notebook.cells:
-        tags = cell.metadata.get("tags", [])
-        if "injected-parameters" in tags and "hide-cell" not in tags:
-            cell.metadata["tags"] = tags + ["hide-cell"]
-    write_notebook(notebook, path)

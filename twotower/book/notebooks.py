@@ -1,10 +1,10 @@
-"""The chapters as files: outputs stripped, the chapter template, Colab links, and
-the student copies without solutions.
+"""The chapters as files: outputs stripped, the chapter template and Colab links.
 
 Introduced in chapter 1 (*Is language divisible?*), section "Running this notebook".
-:mod:`twotower.book.build` runs these as ``python -m twotower.book check``, ``strip``,
-``links`` and ``student``, and hashes a chapter (:func:`source_sha256`) so that a
-rebuild executes only the chapters that changed.
+:mod:`twotower.book.build` runs these as ``python -m twotower.book check``, ``strip``
+and ``links``, and hashes a chapter (:func:`source_sha256`) so that a rebuild executes
+only the chapters that changed. A chapter's badge opens its student copy in Colab
+(:func:`colab_url`); :mod:`twotower.book.copies` writes the copies.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ from pathlib import Path
 
 from twotower.errors import TwotowerError
 
+COLAB = "https://colab.research.google.com"
+COPIES = "colab"  # the copies that Colab opens: colab/reader/, colab/student/
 # the variables that python -m twotower.book build injects into every chapter
 CHAPTER_PARAMETERS = ("PRESET", "SEED", "DEVICE", "RUNS_DIR")
 COLAB_LINK = re.compile(r"https://colab\.research\.google\.com/github/[^\s)\"'>\]]+")
@@ -38,14 +40,24 @@ def repository(config: dict) -> tuple[str, str, str]:
     return match.group(1), match.group(2), str(repo.get("branch", "main"))
 
 
-def colab_url(config: dict, docname: str) -> str:
-    """The Colab link of a chapter, e.g. ``docname="book/01_is_language_divisible"``."""
-    owner, name, branch = repository(config)
-    base = config.get("launch_buttons", {}).get("colab_url") or \
-        "https://colab.research.google.com"
+def repository_path(config: dict, path: str) -> str:
+    """``path`` (relative to the folder of ``_config.yml``) from the repository root."""
     prefix = str(config.get("repository", {}).get("path_to_book", "")).strip("/")
-    path = f"{prefix}/{docname}" if prefix else docname
-    return f"{base.rstrip('/')}/github/{owner}/{name}/blob/{branch}/{path}.ipynb"
+    return f"{prefix}/{path}" if prefix else path
+
+
+def copy_url(config: dict, kind: str, name: str) -> str:
+    """The Colab link of a chapter's copy, ``colab/<kind>/<name>.ipynb``: ``kind`` is
+    ``"reader"`` (with the solutions) or ``"student"`` (without)."""
+    owner, repo, branch = repository(config)
+    path = repository_path(config, f"{COPIES}/{kind}/{name}.ipynb")
+    return f"{COLAB}/github/{owner}/{repo}/blob/{branch}/{path}"
+
+
+def colab_url(config: dict, docname: str) -> str:
+    """The link of a chapter's Colab badge: its student copy, which has no solutions,
+    e.g. for ``docname="book/01_is_language_divisible"``."""
+    return copy_url(config, "student", docname.rsplit("/", 1)[-1])
 
 
 def git_install(config: dict) -> str:
@@ -126,6 +138,11 @@ def notebook_problems(path: Path, config: dict | None = None,
 
 
 MAX_CELL_LINES = 15  # a code cell longer than this belongs in the package
+MAX_CODE_CHARS = 76  # a longer line is cut at the right edge of the page (cells that
+# the page leaves out, tagged remove-cell, are exempt: the Colab install line is longer)
+# a check hands back the function the rest of the chapter uses (the reader's, or the
+# package's reference when the exercise was skipped or is wrong)
+CHECK_CALL = re.compile(r"^(\w+) = ex\.check_\1\(\s*\1\s*\)$", re.M)
 
 
 def _tags(cell) -> list[str]:
@@ -176,12 +193,23 @@ def structure_problems(path: Path) -> list[str]:
     if sum("{solution-start}" in c.source for c in gates) != \
             sum("{solution-end}" in c.source for c in gates):
         problems.append(f"{name}: every solution-start needs a solution-end")
+    for cell in checks:
+        if not CHECK_CALL.search(cell.source):
+            problems.append(f"{name}: write the check as `f = ex.check_f(f)`, so that "
+                            "the chapter goes on with what the check hands back: "
+                            f"{cell.source.strip()[:60]!r}")
     for index, cell in enumerate(cells):
         lines = len(cell.source.strip().splitlines())
         if cell.cell_type == "code" and "remove-cell" not in _tags(cell) and \
                 lines > MAX_CELL_LINES:
             problems.append(f"{name}: cell {index} has {lines} lines (at most "
                             f"{MAX_CELL_LINES}); move the code into the package")
+        shown = cell.cell_type == "code" and "remove-cell" not in _tags(cell)
+        wide = [n for n, line in enumerate(cell.source.splitlines(), 1)
+                if len(line) > MAX_CODE_CHARS] if shown else []
+        if wide:
+            problems.append(f"{name}: cell {index} has {len(wide)} line(s) longer than "
+                            f"{MAX_CODE_CHARS} characters (line {wide[0]}); wrap them")
     return problems
 
 
@@ -199,14 +227,3 @@ def rewrite_links(path: Path, config: dict, root: Path) -> bool:
         write_notebook(notebook, path)
     return changed
 
-
-def student_copy(source: Path, target: Path) -> int:
-    """Write ``source`` without the cells tagged ``solution``; return how many went."""
-    notebook = read_notebook(source)
-    kept = [cell for cell in notebook.cells
-            if "solution" not in cell.metadata.get("tags", [])]
-    removed = len(notebook.cells) - len(kept)
-    notebook.cells = kept
-    strip_notebook(notebook)
-    write_notebook(notebook, target)
-    return removed

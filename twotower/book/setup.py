@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import torch
 
-from twotower.analysis import plotting
+from twotower.analysis import alt_text, plotting
 from twotower.config import PRESETS, get_preset
 from twotower.data import sources
 from twotower.data.corpus import FALLBACK
@@ -77,6 +77,7 @@ def setup(preset: str = "auto", seed: int = 0, device: str = "auto", *,
     found = check_data(name, data)
     seed_everything(int(seed))
     plotting.setup()
+    style_outputs()
     if not quiet:
         where = "Colab" if in_colab() else "local"
         how = f" (auto: {'GPU' if name == GPU_PRESET else 'no CUDA GPU'})" \
@@ -86,6 +87,45 @@ def setup(preset: str = "auto", seed: int = 0, device: str = "auto", *,
         print(f"device {chosen} | preset {name}{how} | seed {seed}")
         print(textwrap.fill("data: " + "; ".join(found), 76, subsequent_indent="  "))
     return name, chosen
+
+
+#: Digits after the decimal point of every number in a table the book shows.
+TABLE_PRECISION = 3
+
+
+def style_outputs() -> None:
+    """Tables with :data:`TABLE_PRECISION` digits, and every matplotlib figure shown
+    with its alt text (:func:`twotower.analysis.alt_text.figure_alt_text`) in the
+    output's metadata, where the book build finds it (safe to call twice)."""
+    import pandas as pd
+
+    pd.set_option("display.precision", TABLE_PRECISION)
+    pd.set_option("styler.format.precision", TABLE_PRECISION)
+    if not in_ipython():
+        return
+    import matplotlib
+    import matplotlib.pyplot as plt
+    from IPython import get_ipython
+    from matplotlib.figure import Figure
+
+    # pyplot loads its backend at the first figure, and the inline backend registers
+    # its PNG formatter then: load it now, so that there is a formatter to extend
+    plt.switch_backend(matplotlib.get_backend())
+    formatter = get_ipython().display_formatter.formatters["image/png"]
+    png = formatter.lookup_by_type(Figure) if Figure in formatter.type_printers \
+        else None
+    if png is None or getattr(png, "adds_alt_text", False):
+        return
+
+    def png_with_alt_text(figure):
+        data = png(figure)
+        if data is None:
+            return None
+        data, metadata = data if isinstance(data, tuple) else (data, {})
+        return data, {**(metadata or {}), "alt": alt_text.figure_alt_text(figure)}
+
+    png_with_alt_text.adds_alt_text = True
+    formatter.for_type(Figure, png_with_alt_text)
 
 
 def choose_preset(preset: str, device: torch.device) -> str:

@@ -86,6 +86,35 @@ def interval_verdict(low: float, bar: float = 0.0) -> str:
     return HOLDS if low > bar else FAILS
 
 
+def with_interval(table: pd.DataFrame, value: str = "value", low: str = "low",
+                  high: str = "high", *, fmt: str = "+.3f",
+                  name: str | None = None) -> pd.DataFrame:
+    """``table`` with its ``value``, ``low`` and ``high`` columns shown as one text
+    column, e.g. ``-0.051 [-0.096, -0.006]`` (chapters 9 and 11).
+
+    Three bare columns of numbers make a table too wide for the page and run
+    together when squeezed; one formatted column does neither. Its spaces are
+    non-breaking, so a narrow column wraps around the interval, never inside it.
+    A missing value leaves the cell empty, a missing interval the value alone.
+
+    Args:
+        fmt: format of each number.
+        name: the new column's name (default ``"<value> [95% interval]"``); it takes
+            the place of ``value``.
+    """
+    def text(v: float, lo: float, hi: float) -> str:
+        if not np.isfinite(v):
+            return ""
+        if not (np.isfinite(lo) and np.isfinite(hi)):
+            return format(v, fmt)
+        return f"{v:{fmt}}\u00a0[{lo:{fmt}},\u00a0{hi:{fmt}}]"
+
+    numbers = table[[value, low, high]].to_numpy(dtype=float)
+    shown = table.drop(columns=[low, high])
+    shown[value] = [text(*row) for row in numbers]
+    return shown.rename(columns={value: name or f"{value} [95% interval]"})
+
+
 def _find(runs, family=MAIN_FAMILY, seed=0, variant="") -> RunPreference | None:
     return next((r for r in runs if (r.family, r.seed, r.variant) ==
                  (family, seed, variant)), None)

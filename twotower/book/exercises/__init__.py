@@ -6,12 +6,15 @@ An exercise in a chapter is a stub cell, a hidden solution, and a check cell::
 
     from twotower.book.exercises import ch01 as ex
 
-    ex.check_token_preference(token_preference)
+    token_preference = ex.check_token_preference(token_preference)
 
 Every ``check_*`` calls the reader's function on several inputs, compares the result
-with a reference implementation, and prints one line ``✔ check_... passed: ...``. On a
-mismatch it raises :class:`AssertionError` whose message says what differed and gives a
-hint; it never lets a traceback from inside NumPy or torch through.
+with a reference implementation, prints one line ``✔ check_... passed: ...`` and
+returns the reader's function. On a mismatch, or a stub not yet written, it prints one
+line ``✘ check_...: what differed. Hint: ...`` and returns the package's reference,
+saying so, so that the rest of the chapter still runs; ``strict=True`` raises an
+:class:`AssertionError` with that message instead. It never lets a traceback from
+inside NumPy or torch through.
 
 ``framework`` supplies what every check shares: its decorator
 :func:`twotower.book.exercises.framework.exercise` gives the name, the pass line and the

@@ -10,12 +10,16 @@ A check is written once as a body that states its cases and what it compares, an
         \"\"\"Check ``centred_preference(pref)``: ...\"\"\"
         return attempt.compare(cases, lambda c: "...", "cases, NaN kept")
 
-The reader calls ``check_centred_preference(centred_preference)``. The body receives an
-:class:`Attempt` (the reader's function, the reference and the hint) and returns what
-the pass line says after ``passed:``; the frame prints ``✔ check_... passed: ...``. A
-mismatch raises :class:`ExerciseFailed`, an :class:`AssertionError` whose one-line
-message is ``✘ check_...: what differed. Hint: ...``; no traceback from inside NumPy,
-torch or the check itself reaches the reader.
+The reader writes ``centred_preference = check_centred_preference(centred_preference)``.
+The body receives an :class:`Attempt` (the reader's function, the reference and the
+hint) and returns what the pass line says after ``passed:``; the frame prints
+``✔ check_... passed: ...`` and hands the reader's function back. A mismatch (or a stub
+that still raises ``NotImplementedError``) prints the one-line ``✘ check_...: what
+differed. Hint: ...`` and hands back the package's reference instead, saying so: a
+student who skips an exercise can still run the rest of the chapter, which goes on with
+whatever the check returned. With ``strict=True`` (tests, grading) a mismatch raises
+:class:`ExerciseFailed`, an :class:`AssertionError` with that message; no traceback
+from inside NumPy, torch or the check itself reaches the reader either way.
 """
 
 from __future__ import annotations
@@ -137,32 +141,46 @@ def exercise(reference: Callable, hint: str) -> Callable:
 
     Returns:
         A decorator. The body ``check_name(attempt) -> str`` becomes
-        ``check_name(name)``, whose one argument is the reader's function; it prints
-        ``✔ check_name passed: <what the body returned>`` or raises
+        ``check_name(name, strict=False)``, whose first argument is the reader's
+        function. It prints ``✔ check_name passed: <what the body returned>`` and
+        returns that function; on a mismatch it prints the ``✘`` line and returns
+        ``reference``, saying so, or with ``strict=True`` raises
         :class:`ExerciseFailed`.
     """
 
-    def decorate(body: Callable[[Attempt], str]) -> Callable[[Callable], None]:
+    def decorate(body: Callable[[Attempt], str]) -> Callable[..., Callable]:
         name = body.__name__
 
-        def check(*args: Any, **kwargs: Any) -> None:
+        def check(*args: Any, **kwargs: Any) -> Callable:
             __tracebackhide__ = True  # pytest and IPython leave this frame out
-            # one argument, by position or by its name: check_x(x) or check_x(x=x)
-            (function,) = check.__signature__.bind(*args, **kwargs).arguments.values()
+            # the function by position or by its name: check_x(x) or check_x(x=x)
+            bound = check.__signature__.bind(*args, **kwargs)
+            function, strict = bound.arguments[argument], \
+                bound.arguments.get("strict", False)
             try:
                 detail = body(Attempt(name, function, reference, hint))
             except ExerciseFailed as failure:  # drop the frames inside the check
-                raise failure.with_traceback(None) from None
+                if strict:
+                    raise failure.with_traceback(None) from None
+                print(f"{failure}\n→ the rest of this chapter uses the package's "
+                      f"reference instead: {reference.__module__}."
+                      f"{reference.__qualname__}")
+                return reference
             print(f"✔ {name} passed: {detail}")
+            return function
 
-        # what the reader sees: check_name(name: Callable) -> None, the body's docstring
+        # what the reader sees: check_name(name, strict=False), the body's docstring
         check.__module__, check.__doc__ = body.__module__, body.__doc__
         check.__name__, check.__qualname__ = name, body.__qualname__
         argument = name.removeprefix("check_")
-        check.__annotations__ = {argument: "Callable", "return": "None"}
+        check.__annotations__ = {argument: "Callable", "strict": "bool",
+                                 "return": "Callable"}
         check.__signature__ = inspect.Signature(
             [inspect.Parameter(argument, inspect.Parameter.POSITIONAL_OR_KEYWORD,
-                               annotation="Callable")], return_annotation="None")
+                               annotation="Callable"),
+             inspect.Parameter("strict", inspect.Parameter.KEYWORD_ONLY,
+                               default=False, annotation="bool")],
+            return_annotation="Callable")
         check.reference = reference
         return check
 
