@@ -50,7 +50,10 @@ def test_config_keeps_execution_off_and_offline_assets_out_of_static():
     sphinx = CONFIG["sphinx"]["config"]
     assert sphinx["mathjax_path"].startswith("../vendor/")
     assert all(path.startswith("../vendor/") for path in sphinx["nb_ipywidgets_js"])
-    assert not (ROOT / "_static").exists() and not (ROOT / "book" / "_static").exists()
+    # every file in a static folder is loaded on every page: only the book's stylesheet
+    assert not (ROOT / "_static").exists()
+    assert sorted(p.name for p in (ROOT / "book" / "_static").iterdir()) == \
+        sphinx["html_css_files"] == ["twotower.css"]
 
 
 def _notebook_with(cells, path: Path) -> Path:
@@ -418,7 +421,7 @@ def test_notebook_setup_seeds_styles_and_picks_the_cpu(capsys):
     import altair as alt
 
     assert alt.theme.active == plotting.ALTAIR_THEME
-    assert alt.renderers.active == "svg"
+    assert alt.renderers.active == "twotower-svg"  # static SVG with its alt text
 
 
 def test_plotting_helpers_skip_nan_and_draw_the_architecture():
