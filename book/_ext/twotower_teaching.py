@@ -50,11 +50,12 @@ class ChapterSessions(SphinxDirective):
                      for p in presets]
             rows.append([f"{chapter.stem[:2]}. {_title(chapter)}", listed, *times,
                          " · ".join(f"{i}: {s}" for i, s in enumerate(sessions, 1))])
-        lines = [".. list-table::", "   :header-rows: 1", "   :class: teaching-table",
-                 ""]
+        # the page is MyST Markdown, so the table is written as MyST's list-table
+        lines = [":::{list-table}", ":header-rows: 1", ":class: teaching-table", ""]
         for row in [header, *rows]:
-            lines.append(f"   * - {row[0]}")
-            lines += [f"     - {cell}" for cell in row[1:]]
+            lines.append(f"* - {row[0]}")
+            lines += [f"  - {cell}" for cell in row[1:]]
+        lines.append(":::")
         container = self.parse_text_to_nodes("\n".join(lines))
         self.env.note_dependency(str(book / teaching.TIMINGS_FOLDER))
         return container
