@@ -11,9 +11,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 from twotower.book.notebooks import read_notebook, write_notebook
+
+#: The line every ``check_*`` prints: ``✔ check_x passed: ...`` or ``✘ check_x: ...``.
+CHECK_LINE = re.compile(r"^(?P<mark>[✔✘]) (?P<check>check_\w+)", re.M)
 
 
 def failed_check(notebook) -> str:
@@ -23,8 +27,9 @@ def failed_check(notebook) -> str:
     solution sits before the check, the line means the solution is wrong."""
     for cell in notebook.cells:
         for out in cell.get("outputs", []):
-            for line in str(out.get("text", "")).splitlines():
-                if line.startswith("✘ check_"):
+            for match in CHECK_LINE.finditer(str(out.get("text", ""))):
+                if match["mark"] == "✘":
+                    line = out["text"][match.start():].split("\n", 1)[0]
                     return f"cell {cell.get('execution_count')}: {line}"
     return ""
 

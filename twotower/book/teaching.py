@@ -17,12 +17,12 @@ from pathlib import Path
 
 from twotower.book.execution import execute_chapter
 from twotower.book.notebooks import read_notebook
+from twotower.book.present import CHECK_LINE
 
 #: Minutes of one class session.
 SESSION_MINUTES = 90
 _EXERCISE = re.compile(r"^(?:```+|:::+)\{exercise\}\s*(?P<title>.*)$", re.M)
 _MINUTES = re.compile(r"about (\d+) minutes")
-_CHECK_LINE = re.compile(r"^(?P<mark>[✔✘]) (?P<check>check_\w+)", re.M)
 TIMINGS_FOLDER = "_timings"  # in book/: one <preset>.json per recorded build
 
 
@@ -105,7 +105,7 @@ def check_results(notebook) -> dict[str, str]:
     results = {}
     for cell in notebook.cells:
         for out in cell.get("outputs", []):
-            for match in _CHECK_LINE.finditer(str(out.get("text", ""))):
+            for match in CHECK_LINE.finditer(str(out.get("text", ""))):
                 results[match["check"]] = "passed" if match["mark"] == "✔" else "failed"
     return results
 
