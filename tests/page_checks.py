@@ -8,7 +8,8 @@ per problem, each naming the page and the element:
 
 - a code block (``pre``) whose content is wider than its box (cut, or a scrollbar);
 - a table whose right edge is past the article column's, unless it sits in a box that
-  scrolls sideways on purpose (overflow-x auto or scroll) and that box fits the column;
+  scrolls sideways on purpose (overflow-x auto or scroll) and that box fits the column
+  (with ``whole_tables``, for pages whose every table must be seen whole, not even then);
 - an image that did not load; an image whose alt text is empty or its own file name;
 - an output image shown at less than ``MIN_IMAGE_SCALE`` of its natural width;
 - an error in the browser console. ``CONSOLE_ALLOWED`` would list, each with why, any
@@ -186,24 +187,32 @@ def measure(driver, url: str) -> tuple[dict, list[dict]]:
     return measured, driver.get_log("browser")
 
 
-def page_problems(driver, base: str, page: str, folder: Path) -> list[str]:
-    """One line per problem on ``page`` (a path relative to ``folder``)."""
+def page_problems(driver, base: str, page: str, folder: Path,
+                  whole_tables: bool = False) -> list[str]:
+    """One line per problem on ``page`` (a path relative to ``folder``); with
+    ``whole_tables``, a table that scrolls inside its box is one too."""
     measured, console = measure(driver, base + page)
     html = (folder / page).read_text(encoding="utf-8", errors="replace")
     build_paths = [str(Path(__file__).resolve().parents[1]), str(folder.resolve())]
-    found = problems(measured, console, html, build_paths)
+    found = problems(measured, console, html, build_paths, whole_tables)
     return [f"{page}: {line}" for line in found]
 
 
 def problems(measured: dict, console: list[dict], html: str,
-             build_paths: list[str]) -> list[str]:
+             build_paths: list[str], whole_tables: bool = False) -> list[str]:
     """Turn one page's measurements into problem lines (without the page's name)."""
     out = []
     column = measured["column"]
     for number, table in enumerate(measured["tables"], 1):
         box = table["scroller"]
         past = table["right"] - column["right"]
-        if past <= SLACK_PX or (box and box["right"] <= column["right"] + SLACK_PX):
+        if past <= SLACK_PX:
+            continue
+        if box and box["right"] <= column["right"] + SLACK_PX:
+            if whole_tables:
+                out.append(f"table {number} is {table['width']} px wide in a "
+                           f"{column['width']} px column and scrolls inside its box; "
+                           f"this page must show it whole: {table['text']!r}")
             continue
         scrolls = " (its scrolling box too)" if box else ""
         out.append(f"table {number} is {table['width']} px wide in a {column['width']} "

@@ -50,10 +50,26 @@ def test_config_keeps_execution_off_and_offline_assets_out_of_static():
     sphinx = CONFIG["sphinx"]["config"]
     assert sphinx["mathjax_path"].startswith("../vendor/")
     assert all(path.startswith("../vendor/") for path in sphinx["nb_ipywidgets_js"])
-    # every file in a static folder is loaded on every page: only the book's stylesheet
+    # every .js and .css in a static folder is loaded on every page: only the book's
+    # stylesheet (beside it, the favicon that _config.yml names)
     assert not (ROOT / "_static").exists()
-    assert sorted(p.name for p in (ROOT / "book" / "_static").iterdir()) == \
+    static = ROOT / "book" / "_static"
+    assert sorted(p.name for p in static.iterdir() if p.suffix in (".js", ".css")) == \
         sphinx["html_css_files"] == ["twotower.css"]
+    assert (ROOT / CONFIG["html"]["favicon"]).is_file()
+
+
+def test_widget_pages_load_the_embed_setup_between_requirejs_and_the_embedder():
+    """Without it the embedder looks for its fonts beside the page and calls MathJax 2's
+    API (twotower.book.vendor.EMBED_SETUP_JS): console errors on every widget page."""
+    from twotower.book import vendor
+
+    scripts = list(CONFIG["sphinx"]["config"]["nb_ipywidgets_js"])
+    assert [s.split("/")[-1] for s in scripts] == ["require.js", "embed-setup.js",
+                                                    "embed-amd.js"]
+    assert scripts[1] == f"../vendor/{vendor.EMBED_SETUP}"
+    assert "@jupyter-widgets/html-manager/dist" in vendor.EMBED_SETUP_JS
+    assert "MathJax" in vendor.EMBED_SETUP_JS
 
 
 def _notebook_with(cells, path: Path) -> Path:
@@ -359,11 +375,11 @@ def test_live_loss_plot_redraws_in_place_in_a_notebook(monkeypatch):
     calls = []
 
     class Handle:
-        def update(self, image):
-            calls.append(("update", image))
+        def update(self, image, metadata=None):
+            calls.append(("update", image, metadata))
 
-    def display(image, display_id=False):
-        calls.append(("display", image))
+    def display(image, display_id=False, metadata=None):
+        calls.append(("display", image, metadata))
         return Handle()
 
     monkeypatch.setattr(IPython.display, "display", display)
@@ -372,8 +388,10 @@ def test_live_loss_plot_redraws_in_place_in_a_notebook(monkeypatch):
     for step in range(1, 10):
         plot.on_step_end({"phase": 1, "step": step, "steps": 9, "loss": 1.0, "lr": 0.1})
     plot.on_train_end({})
-    assert [kind for kind, _ in calls] == ["display", "update", "update", "update"]
+    assert [kind for kind, *_ in calls] == ["display", "update", "update", "update"]
     assert calls[0][1].format == "png" and calls[0][1].data.startswith(b"\x89PNG")
+    alt = calls[-1][2]["image/png"]["alt"]  # what the page's alt text is made from
+    assert alt == "loss (nats) against step; learning rate against step", alt
 
 
 SETUP_CALL = re.compile(

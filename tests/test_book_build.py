@@ -62,7 +62,7 @@ class FakeExecutor:
         self.calls, self.fail, self.interrupt = [], fail, interrupt
         self.on_call = on_call
 
-    def __call__(self, source, target, parameters, timeout=None):
+    def __call__(self, source, target, parameters, timeout=None, root=None):
         self.calls.append(source.stem)
         if self.on_call:
             self.on_call(source.stem, target)

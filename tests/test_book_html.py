@@ -35,6 +35,9 @@ NOT_CHECKED = {  # pages that Sphinx generates, with no author's content in them
     "py-modindex.html": "the module index: a generated list of links",
 }
 SCREENSHOT_WIDTHS = {"08": (1280,), "09": (1280,), "11": (1280, 390)}  # 390: a phone
+# chapters whose tables a reader compares side by side: at 1280 px each is shown whole,
+# never in a box that scrolls sideways (elsewhere, a long table may scroll in its box)
+WHOLE_TABLES = ("08", "09", "11")
 
 
 def _unavailable(reason: str):
@@ -57,7 +60,9 @@ class Reader:
     def visit(self, page: str) -> dict:
         if page not in self._seen:
             assert (HTML / page).is_file(), f"{page} was not built (is it in _toc.yml?)"
-            problems = page_checks.page_problems(self.driver, self.base, page, HTML)
+            whole = Path(page).name[:2] in WHOLE_TABLES
+            problems = page_checks.page_problems(self.driver, self.base, page, HTML,
+                                                 whole_tables=whole)
             find = self.driver.find_elements
             self._seen[page] = {
                 "problems": problems, "title": self.driver.title,

@@ -82,10 +82,11 @@ def planted(tmp_path, browser):
     (tmp_path / "small.svg").write_text(WIDE_SVG.format(100))
     (tmp_path / "wide.svg").write_text(WIDE_SVG.format(1000))
 
-    def problems(body: str) -> list[str]:
+    def problems(body: str, whole_tables: bool = False) -> list[str]:
         (tmp_path / "page.html").write_text(PAGE.format(body), encoding="utf-8")
         with page_checks.serve(tmp_path) as base:
-            return page_checks.page_problems(browser, base, "page.html", tmp_path)
+            return page_checks.page_problems(browser, base, "page.html", tmp_path,
+                                             whole_tables)
     return problems
 
 
@@ -100,6 +101,13 @@ def test_a_planted_fault_is_reported_in_one_line_naming_page_and_element(
 
 def test_a_page_without_faults_reports_nothing(planted):
     assert planted(CLEAN) == []
+
+
+def test_a_table_that_scrolls_is_reported_where_every_table_must_be_whole(planted):
+    scrolling = f'<div style="overflow-x: auto">{TABLE}</div>'
+    assert planted(scrolling) == []
+    found = planted(scrolling, whole_tables=True)
+    assert len(found) == 1 and "scrolls inside its box" in found[0], found
 
 
 def test_an_overflow_planted_in_a_built_chapter_is_reported(tmp_path, browser):

@@ -224,7 +224,7 @@ def test_a_row_that_holds_alone_fails_when_holm_does_not_reject():
     assert np.isnan(out[3].p_holm) and out[2].p_holm == pytest.approx(0.003)
 
 
-def test_an_interval_is_shown_as_one_column_that_never_breaks_inside():
+def test_an_interval_is_shown_as_one_column_that_breaks_only_before_its_interval():
     table = pd.DataFrame({"test": ["a", "b", "c"], "value": [-0.0514, 0.8, np.nan],
                           "low": [-0.096, np.nan, 0.1], "high": [-0.006, np.nan, 0.2],
                           "p": [0.5, 0.1, 0.2]})
@@ -232,7 +232,7 @@ def test_an_interval_is_shown_as_one_column_that_never_breaks_inside():
     assert list(shown.columns) == ["test", "value [95% interval]", "p"]
     nbsp = "\u00a0"
     assert shown["value [95% interval]"].tolist() == [
-        f"-0.051{nbsp}[-0.096,{nbsp}-0.006]", "+0.800", ""]
+        f"-0.051 [-0.096,{nbsp}-0.006]", "+0.800", ""]
     named = scorecard.with_interval(table, fmt=".2f", name="r_x")
-    assert named["r_x"].iloc[0] == f"-0.05{nbsp}[-0.10,{nbsp}-0.01]"
+    assert named["r_x"].iloc[0] == f"-0.05 [-0.10,{nbsp}-0.01]"
     assert "value" in table and "low" in table  # the input is left as it was

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from twotower.analysis import plotting
+from twotower.analysis import alt_text, plotting
 from twotower.book.setup import in_ipython
 
 _PHASE_TOWER = {"2": "A", "phase2": "A", "readout_a": "A", "readout-a": "A", "a": "A",
@@ -99,7 +99,7 @@ class LiveLossPlot:
 
     def figure(self):
         """The current curves as a new :class:`matplotlib.figure.Figure`."""
-        fig = Figure(figsize=(8.0, 3.2), layout="constrained")
+        fig = Figure(figsize=(6.2, 3.6), layout="constrained")
         ax_loss, ax_lr = fig.subplots(1, 2, width_ratios=(2.2, 1))
         for name in self._phases:
             record = self.history[name]
@@ -125,8 +125,10 @@ class LiveLossPlot:
         ax_lr.set_xlabel("step")
         ax_lr.set_ylabel("learning rate")
         ax_lr.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
-        if self._phases:
-            ax_loss.legend(fontsize=8)
+        if self._phases:  # below the panels, never over the curves
+            handles, labels = ax_loss.get_legend_handles_labels()
+            fig.legend(handles, labels, loc="outside lower center", fontsize=8,
+                       ncols=min(len(labels), 3))
         if self.title:
             fig.suptitle(self.title)
         return fig
@@ -138,12 +140,15 @@ class LiveLossPlot:
         from IPython.display import Image, display
 
         buffer = io.BytesIO()
-        self.figure().savefig(buffer, format="png", dpi=100)
+        figure = self.figure()
+        figure.savefig(buffer, format="png", dpi=100)
         image = Image(data=buffer.getvalue(), format="png")
+        # the alt text travels in the output's metadata, as for every figure of the book
+        metadata = {"image/png": {"alt": alt_text.figure_alt_text(figure)}}
         if self._handle is None:
-            self._handle = display(image, display_id=True)
+            self._handle = display(image, display_id=True, metadata=metadata)
         else:
-            self._handle.update(image)
+            self._handle.update(image, metadata=metadata)
 
 
 def _ema(values: np.ndarray, weight: float) -> np.ndarray:

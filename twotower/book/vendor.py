@@ -1,5 +1,6 @@
 """The HTML's own copies of MathJax, the widget embedder and RequireJS, so that the
-book never asks a CDN for them.
+book never asks a CDN for them, and the script that lets the embedder find its fonts
+and typeset with MathJax 3 (:data:`EMBED_SETUP_JS`).
 
 Introduced in chapter 1 (*Is language divisible?*), section "Running this notebook".
 ``python -m twotower.book vendor`` (run by ``make setup``) fetches them, and
@@ -42,6 +43,38 @@ CDN_PATTERN = re.compile(
 VENDOR_SKIP = re.compile(r"^mathjax/es5/(?!tex-mml-chtml\.js$)[^/]+\.js$|\.map$|"
                          r"^html-manager/dist/(embed|libembed-amd)\.js$")
 
+# The book's own script, loaded between RequireJS and the embedder on pages with widgets
+# (_config.yml: nb_ipywidgets_js). Two things the embedder assumes of a page:
+# - its fonts are found next to the module "@jupyter-widgets/html-manager/dist/...",
+#   which RequireJS resolves against the page's folder unless told where it lives;
+# - MathJax 2's MathJax.Hub.Queue typesets a widget's label; the book loads MathJax 3,
+#   so a Hub that forwards to MathJax 3's typesetPromise is added to whichever MathJax
+#   object the page holds (not enumerable: MathJax 3 never sees it as an option).
+EMBED_SETUP = "html-manager/embed-setup.js"
+EMBED_SETUP_JS = """\
+(function () {
+  var here = document.currentScript.src;
+  require.config({paths: {"@jupyter-widgets/html-manager/dist":
+    here.slice(0, here.lastIndexOf("/")) + "/dist"}});
+  var hub = {Queue: function (job) {
+    var m = window.MathJax;
+    if (m && m.typesetPromise && Array.isArray(job) && job[2]) {
+      m.typesetPromise([job[2]]).catch(function () {});
+    }
+  }};
+  function withHub(m) {
+    if (m && typeof m === "object" && !("Hub" in m)) {
+      Object.defineProperty(m, "Hub", {value: hub, configurable: true});
+    }
+    return m;
+  }
+  var current = withHub(window.MathJax);
+  Object.defineProperty(window, "MathJax", {configurable: true, enumerable: true,
+    get: function () { return current; },
+    set: function (m) { current = withHub(m); }});
+})();
+"""
+
 
 def vendor_url(name: str, version: str) -> str:
     """The npm registry's address of a package's tarball."""
@@ -64,6 +97,7 @@ def fetch_vendor(out: Path) -> Path:
     if (target / "mathjax/es5/tex-mml-chtml.js").is_file() and \
             (target / "html-manager/dist/embed-amd.js").is_file() and \
             (target / "requirejs/require.js").is_file():
+        (target / EMBED_SETUP).write_text(EMBED_SETUP_JS, encoding="utf-8")
         return extra
     tarballs = {}
     for name, (version, integrity) in VENDOR.items():
@@ -86,6 +120,7 @@ def fetch_vendor(out: Path) -> Path:
                 path = target / relative
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_bytes(archive.extractfile(member).read())
+    (target / EMBED_SETUP).write_text(EMBED_SETUP_JS, encoding="utf-8")
     return extra
 
 

@@ -93,8 +93,9 @@ def with_interval(table: pd.DataFrame, value: str = "value", low: str = "low",
     column, e.g. ``-0.051 [-0.096, -0.006]`` (chapters 9 and 11).
 
     Three bare columns of numbers make a table too wide for the page and run
-    together when squeezed; one formatted column does neither. Its spaces are
-    non-breaking, so a narrow column wraps around the interval, never inside it.
+    together when squeezed; one formatted column does neither. A narrow column
+    breaks only between the value and its interval (the interval's own space is
+    non-breaking), so a table fits the page by putting the interval under its value.
     A missing value leaves the cell empty, a missing interval the value alone.
 
     Args:
@@ -107,7 +108,7 @@ def with_interval(table: pd.DataFrame, value: str = "value", low: str = "low",
             return ""
         if not (np.isfinite(lo) and np.isfinite(hi)):
             return format(v, fmt)
-        return f"{v:{fmt}}\u00a0[{lo:{fmt}},\u00a0{hi:{fmt}}]"
+        return f"{v:{fmt}} [{lo:{fmt}},\u00a0{hi:{fmt}}]"
 
     numbers = table[[value, low, high]].to_numpy(dtype=float)
     shown = table.drop(columns=[low, high])
