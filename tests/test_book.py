@@ -70,6 +70,37 @@ def test_widget_pages_load_the_embed_setup_between_requirejs_and_the_embedder():
     assert scripts[1] == f"../vendor/{vendor.EMBED_SETUP}"
     assert "@jupyter-widgets/html-manager/dist" in vendor.EMBED_SETUP_JS
     assert "MathJax" in vendor.EMBED_SETUP_JS
+    assert '"@jupyter-widgets": dist' in vendor.EMBED_SETUP_JS  # the second stylesheet
+
+
+def _page_extension():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "twotower_page", ROOT / "book" / "_ext" / "twotower_page.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_each_page_keeps_one_copy_of_each_script_and_a_light_default_mode():
+    """book/_ext/twotower_page.py: sphinx-thebe's inline script came twice, once with
+    the filename None and once with "" (a SyntaxError in every page's console)."""
+    from sphinx.builders.html._assets import _JavaScript
+
+    page = _page_extension()
+    thebe = {"body": "const THEBE_JS_URL = 'x'"}
+    scripts = [_JavaScript("_static/a.js"), _JavaScript(None, **thebe),
+               _JavaScript("_static/b.js", **{"async": "async"}), _JavaScript("", **thebe),
+               _JavaScript("_static/a.js"), _JavaScript("_static/b.js")]
+    context = {"script_files": scripts, "default_mode": ""}
+    page.one_copy_of_each_script(None, "p", "page.html", context, None)
+    assert context["script_files"] == [scripts[0], scripts[1], scripts[2], scripts[5]]
+    page.default_mode(None, "p", "page.html", context, None)
+    assert context["default_mode"] == page.DEFAULT_MODE == "light"
+    context["default_mode"] = "dark"  # a configured mode is kept
+    page.default_mode(None, "p", "page.html", context, None)
+    assert context["default_mode"] == "dark"
 
 
 def _notebook_with(cells, path: Path) -> Path:

@@ -119,6 +119,21 @@ def test_no_page_loads_mathjax_or_widgets_from_a_cdn():
     assert vendor.offline_problems(HTML) == []
 
 
+def test_the_scorecard_shows_every_table_whole_on_a_phone(reader):
+    """Chapter 11 at 390 px: its tables shrink to the screen (twotower.css's phone
+    rules), none scrolls sideways. Code may scroll there: a 76-character line cannot
+    fit a phone at a legible size."""
+    chapter = next(c for c in CHAPTERS if c.stem.startswith("11"))
+    reader.driver.set_window_size(390, 900)
+    try:
+        found = page_checks.page_problems(reader.driver, reader.base, _page(chapter),
+                                          HTML, whole_tables=True)
+    finally:
+        reader.driver.set_window_size(1280, 900)
+    tables = [line for line in found if ": table " in line]
+    assert not tables, "\n".join(tables)
+
+
 def test_screenshots(reader):
     """Full-height screenshots of chapters 8, 9 and 11 at 1280 px and 11 on a phone;
     in ``_build/screenshots/`` (not committed), to look at after a layout change."""

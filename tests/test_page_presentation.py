@@ -83,6 +83,23 @@ def test_the_parameters_cell_shows_the_executed_values_and_no_absolute_path(tmp_
     assert str(tmp_path) not in "".join(c.source for c in cells)
 
 
+def test_a_warning_that_names_a_run_directory_shows_it_relative_to_the_repository(
+        tmp_path):
+    root = (tmp_path / "repo").resolve()
+    run = root / "_build" / "runs" / "smoke" / "step-0000060"
+    notebook = new_notebook(cells=[new_code_cell("train()", outputs=[
+        new_output("stream", name="stderr", text=f"{run} was computed with 2 threads\n"),
+        new_output("execute_result", data={"text/plain": f"PosixPath('{run}')",
+                                           "text/html": f"<code>{run}</code>"}),
+        new_output("stream", name="stdout", text="/elsewhere/file stays\n")])])
+    assert present.relative_paths_in_outputs(notebook, root) == 2
+    first, second, third = notebook.cells[0].outputs
+    assert first.text == "_build/runs/smoke/step-0000060 was computed with 2 threads\n"
+    assert second.data["text/plain"] == "PosixPath('_build/runs/smoke/step-0000060')"
+    assert str(root) not in second.data["text/html"]
+    assert third.text == "/elsewhere/file stays\n"
+
+
 def test_every_figure_of_a_cell_lends_its_alt_text_to_the_page(tmp_path):
     path = _executed_chapter(tmp_path, "/x")
     present.present(path, {"PRESET": "smoke"}, tmp_path)

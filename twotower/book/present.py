@@ -83,11 +83,41 @@ def alt_text_in_cells(notebook) -> int:
     return described
 
 
+def relative_paths_in_outputs(notebook, root: Path) -> int:
+    """Write paths under ``root`` (the repository, where the build ran) relative to it
+    in every text output: a warning that names a run directory reads
+    ``_build/runs/...`` on the page, never the build machine's absolute path. Returns
+    how many outputs changed."""
+    prefixes = {str(Path(root).absolute()) + os.sep, str(Path(root).resolve()) + os.sep}
+    changed = 0
+
+    def line(text: str) -> str:
+        for prefix in prefixes:
+            text = text.replace(prefix, "")
+        return text
+
+    def relative(text):
+        return line(text) if isinstance(text, str) else [line(t) for t in text]
+
+    for cell in notebook.cells:
+        for out in cell.get("outputs", []):
+            before = json.dumps(out, sort_keys=True)
+            if "text" in out:
+                out["text"] = relative(out["text"])
+            for mime, data in out.get("data", {}).items():
+                if mime.startswith("text/") or mime == "application/javascript":
+                    out["data"][mime] = relative(data)
+            changed += before != json.dumps(out, sort_keys=True)
+    return changed
+
+
 def present(path: Path, parameters: dict, root: Path) -> None:
     """Prepare an executed chapter for its page: the parameters it ran with, shown
-    (:func:`show_executed_parameters`), and its figures' alt texts
+    (:func:`show_executed_parameters`), paths of the build machine written relative to
+    the repository (:func:`relative_paths_in_outputs`), and its figures' alt texts
     (:func:`alt_text_in_cells`)."""
     notebook = read_notebook(path)
     show_executed_parameters(notebook, parameters, root)
+    relative_paths_in_outputs(notebook, root)
     alt_text_in_cells(notebook)
     write_notebook(notebook, path)

@@ -46,7 +46,9 @@ VENDOR_SKIP = re.compile(r"^mathjax/es5/(?!tex-mml-chtml\.js$)[^/]+\.js$|\.map$|
 # The book's own script, loaded between RequireJS and the embedder on pages with widgets
 # (_config.yml: nb_ipywidgets_js). Two things the embedder assumes of a page:
 # - its fonts are found next to the module "@jupyter-widgets/html-manager/dist/...",
-#   which RequireJS resolves against the page's folder unless told where it lives;
+#   and a second copy of its Font Awesome stylesheet looks for them under
+#   "@jupyter-widgets/": RequireJS resolves both against the page's folder (a 404 per
+#   font) unless told that both live in dist/;
 # - MathJax 2's MathJax.Hub.Queue typesets a widget's label; the book loads MathJax 3,
 #   so a Hub that forwards to MathJax 3's typesetPromise is added to whichever MathJax
 #   object the page holds (not enumerable: MathJax 3 never sees it as an option).
@@ -54,8 +56,9 @@ EMBED_SETUP = "html-manager/embed-setup.js"
 EMBED_SETUP_JS = """\
 (function () {
   var here = document.currentScript.src;
-  require.config({paths: {"@jupyter-widgets/html-manager/dist":
-    here.slice(0, here.lastIndexOf("/")) + "/dist"}});
+  var dist = here.slice(0, here.lastIndexOf("/")) + "/dist";
+  require.config({paths: {"@jupyter-widgets/html-manager/dist": dist,
+                          "@jupyter-widgets": dist}});
   var hub = {Queue: function (job) {
     var m = window.MathJax;
     if (m && m.typesetPromise && Array.isArray(job) && job[2]) {
