@@ -11,6 +11,7 @@ quantile or tie rule shows up here as a changed number in the book.
 from __future__ import annotations
 
 import hashlib
+import math
 import types
 
 import numpy as np
@@ -152,8 +153,26 @@ def test_the_permutation_p_is_uniform_under_a_null_and_small_under_an_effect():
 
 
 def _hash(a) -> str:
-    a = np.ascontiguousarray(np.asarray(a, dtype=np.float64))
+    """Of the array rounded to 10 decimals: CPUs differ in the last bits of a float
+    (vectorised sums), never in the tenth decimal of these values."""
+    a = np.ascontiguousarray(np.round(np.asarray(a, dtype=np.float64), 10))
     return hashlib.sha256(a.tobytes()).hexdigest()[:16]
+
+
+def _same(got, expected) -> bool:
+    """Pinned values: a float written as its repr agrees to 12 significant digits (the
+    last bits of a float differ between CPUs; a changed computation moves far more);
+    anything else (a hash, a label, a flag) is equal."""
+    if isinstance(expected, list):
+        return isinstance(got, list) and len(got) == len(expected) and \
+            all(_same(g, e) for g, e in zip(got, expected))
+    try:
+        g, e = float(got), float(expected)
+    except (TypeError, ValueError):
+        return got == expected
+    if isinstance(expected, bool) or not isinstance(expected, str):
+        return got == expected
+    return math.isclose(g, e, rel_tol=1e-12, abs_tol=1e-15)
 
 
 def _reprs(*values) -> list[str]:
@@ -296,7 +315,7 @@ PINNED = {
         ["0.017964071856287425", "0.03792415169660679", "0.46265938415441904",
          "0.4240454367746026", "0.24700956937799035", "1.0910608723289748"]]),
     "planted split score, shares and division gap (chapters 2, 11)": (_planted, [
-        ["0.026578073089700997", "6190d392f8daa94d"],
+        ["0.026578073089700997", "717b4cf73a11364f"],
         ["0.3965877534647019", "0.17006975769600524", "0.5795096984008495",
          "0.004975124378109453"],
         ["'A'", "0.7083333333333334", "0.6666666666666667", "0.6875000000000001",
@@ -328,4 +347,12 @@ PINNED = {
 @pytest.mark.parametrize("caller", list(PINNED))
 def test_every_caller_reports_the_numbers_it_reported_before(caller):
     compute, expected = PINNED[caller]
-    assert compute() == expected
+    got = compute()
+    assert _same(got, expected), f"{got} != {expected}"
+
+
+def test_pinned_values_must_agree_in_every_digit_but_the_last_bits():
+    assert _same(["0.3153922120603035"], ["0.31539221206030355"])
+    assert not _same(["0.3153922121"], ["0.31539221206030355"])  # a changed value
+    assert not _same(["6190d392f8daa94e"], ["717b4cf73a11364f"])   # another hash
+    assert not _same([True], [False]) and not _same(["1.0"], ["1.0", "2.0"])

@@ -397,9 +397,12 @@ def stacked_seeds(seeds: int, steps: int, preset: str = "small") -> dict:
     config, ``steps`` steps each) trained one after another with
     :func:`twotower.training.trainer.train`, then as one stacked computation
     (:func:`twotower.training.stacked.train_stacked`), in one process; and how far the
-    weights of the two ways differ."""
+    weights of the two ways differ. Both ways compute in fp32 (the stacked trainer has
+    no autocast; with "auto", a CPU with bf16 matmuls would train the separate seeds in
+    bf16 and the weights would differ by bf16's rounding, not by the stacking)."""
     cfg = PLANTED_PRESETS.get(preset, PLANTED_PRESETS["small"])
-    joint = dataclasses.replace(cfg.joint, steps=steps, checkpoint_every=0)
+    joint = dataclasses.replace(cfg.joint, steps=steps, checkpoint_every=0,
+                                precision="fp32")
     language = PlantedLanguage(cfg.language)
     objective = Objective("causal", SPECIAL_IDS, pad_id=0, cls_id=CLS_ID, mask_id=4,
                           n_tokens=language.vocab_size)
@@ -423,7 +426,8 @@ def stacked_seeds(seeds: int, steps: int, preset: str = "small") -> dict:
                    for p, q in zip(a.parameters(), b.parameters()))
     return {"preset": preset, "seeds": seeds, "steps": steps, "separate_s": separate_s,
             "stacked_s": stacked_s, "speedup": separate_s / stacked_s,
-            "max_abs_diff": diff, "threads": torch.get_num_threads()}
+            "max_abs_diff": diff, "precision": joint.precision,
+            "threads": torch.get_num_threads()}
 
 
 def _flags(common: list[str]) -> list[str]:
