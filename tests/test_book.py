@@ -73,11 +73,12 @@ def test_widget_pages_load_the_embed_setup_between_requirejs_and_the_embedder():
     assert '"@jupyter-widgets": dist' in vendor.EMBED_SETUP_JS  # the second stylesheet
 
 
-def _page_extension():
+def _book_extension(name: str):
+    """A local Sphinx extension of book/_ext, imported from its file."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location(
-        "twotower_page", ROOT / "book" / "_ext" / "twotower_page.py")
+        name, ROOT / "book" / "_ext" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -88,7 +89,7 @@ def test_each_page_keeps_one_copy_of_each_script_and_a_light_default_mode():
     the filename None and once with "" (a SyntaxError in every page's console)."""
     from sphinx.builders.html._assets import _JavaScript
 
-    page = _page_extension()
+    page = _book_extension("twotower_page")
     thebe = {"body": "const THEBE_JS_URL = 'x'"}
     scripts = [_JavaScript("_static/a.js"), _JavaScript(None, **thebe),
                _JavaScript("_static/b.js", **{"async": "async"}), _JavaScript("", **thebe),
@@ -499,13 +500,7 @@ def test_plotting_helpers_skip_nan_and_draw_the_architecture():
 
 
 def test_docstring_extension_escapes_absolute_values_but_not_literals_or_tables():
-    import sys
-
-    sys.path.insert(0, str(ROOT / "book" / "_ext"))
-    try:
-        import twotower_docs
-    finally:
-        sys.path.pop(0)
+    twotower_docs = _book_extension("twotower_docs")
     lines = ["sum of |pred - gold| and |r|", "``|x|`` and |y|", "| a | b |", ">>> |z|"]
     twotower_docs._escape_absolute_values(None, None, None, None, None, lines)
     assert lines == [r"sum of \|pred - gold\| and \|r\|", r"``|x|`` and \|y\|",

@@ -166,13 +166,12 @@ def _same(got, expected) -> bool:
     if isinstance(expected, list):
         return isinstance(got, list) and len(got) == len(expected) and \
             all(_same(g, e) for g, e in zip(got, expected))
+    if not isinstance(expected, str):  # a flag
+        return got == expected
     try:
-        g, e = float(got), float(expected)
-    except (TypeError, ValueError):
+        return math.isclose(float(got), float(expected), rel_tol=1e-12, abs_tol=1e-15)
+    except (TypeError, ValueError):  # a hash or a label
         return got == expected
-    if isinstance(expected, bool) or not isinstance(expected, str):
-        return got == expected
-    return math.isclose(g, e, rel_tol=1e-12, abs_tol=1e-15)
 
 
 def _reprs(*values) -> list[str]:

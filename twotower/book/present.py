@@ -96,18 +96,20 @@ def relative_paths_in_outputs(notebook, root: Path) -> int:
             text = text.replace(prefix, "")
         return text
 
-    def relative(text):
+    def relative(text):  # a string, or the list of lines a notebook may keep
         return line(text) if isinstance(text, str) else [line(t) for t in text]
 
     for cell in notebook.cells:
         for out in cell.get("outputs", []):
-            before = json.dumps(out, sort_keys=True)
-            if "text" in out:
-                out["text"] = relative(out["text"])
-            for mime, data in out.get("data", {}).items():
-                if mime.startswith("text/") or mime == "application/javascript":
-                    out["data"][mime] = relative(data)
-            changed += before != json.dumps(out, sort_keys=True)
+            fields = [(out, "text")] if "text" in out else []
+            fields += [(out["data"], mime) for mime in out.get("data", {})
+                       if mime.startswith("text/") or mime == "application/javascript"]
+            edited = False
+            for holder, key in fields:
+                text = relative(holder[key])
+                edited |= text != holder[key]
+                holder[key] = text
+            changed += edited
     return changed
 
 

@@ -97,11 +97,17 @@ def fetch_vendor(out: Path) -> Path:
     """
     extra = out / "vendor" / "extra"
     target = extra / "vendor"
-    if (target / "mathjax/es5/tex-mml-chtml.js").is_file() and \
-            (target / "html-manager/dist/embed-amd.js").is_file() and \
-            (target / "requirejs/require.js").is_file():
-        (target / EMBED_SETUP).write_text(EMBED_SETUP_JS, encoding="utf-8")
-        return extra
+    if not ((target / "mathjax/es5/tex-mml-chtml.js").is_file() and
+            (target / "html-manager/dist/embed-amd.js").is_file() and
+            (target / "requirejs/require.js").is_file()):
+        _unpack_vendor(target)
+    (target / EMBED_SETUP).write_text(EMBED_SETUP_JS, encoding="utf-8")
+    return extra
+
+
+def _unpack_vendor(target: Path) -> None:
+    """Download the :data:`VENDOR` tarballs (checked, cached) and unpack what
+    :data:`VENDOR_LAYOUT` keeps of each into ``target``, replacing what was there."""
     tarballs = {}
     for name, (version, integrity) in VENDOR.items():
         algorithm, digest = integrity.split("-", 1)
@@ -123,8 +129,6 @@ def fetch_vendor(out: Path) -> Path:
                 path = target / relative
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_bytes(archive.extractfile(member).read())
-    (target / EMBED_SETUP).write_text(EMBED_SETUP_JS, encoding="utf-8")
-    return extra
 
 
 def offline_problems(html: Path) -> list[str]:
